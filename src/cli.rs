@@ -1,0 +1,91 @@
+//! The command line: `criguard serve | check | demo`, each runtime flag with a `CRIGUARD_*`
+//! environment twin. Flags and environment variables win over the configuration file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(name = "criguard", version, about = "A transparent, CRI-aware proxy between the kubelet and the container runtime")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the CRI socket and forward every call to the runtime.
+    Serve(ServeArgs),
+    /// Validate a configuration file and exit (non-zero on any problem).
+    Check {
+        /// The configuration file to check.
+        #[arg(long, env = "CRIGUARD_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start an embedded fake runtime with criguard in front of it, drive a kubelet-like
+    /// sequence of calls through it and print what passed. Needs no container runtime.
+    Demo,
+    /// Serve the embedded fake runtime on a socket (for benchmarks and experiments).
+    #[command(hide = true)]
+    FakeRuntime {
+        /// Socket path to serve on.
+        #[arg(long)]
+        listen: PathBuf,
+        /// Containers to pre-create, so that ListContainers answers are large.
+        #[arg(long, default_value_t = 0)]
+        containers: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file (YAML); flags and environment variables override it.
+    #[arg(long, env = "CRIGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Socket to serve the kubelet on [default: /run/criguard/criguard.sock].
+    #[arg(long, env = "CRIGUARD_LISTEN")]
+    pub listen: Option<PathBuf>,
+    /// Permission bits of the socket, octal [default: 0660].
+    #[arg(long, env = "CRIGUARD_SOCKET_MODE")]
+    pub socket_mode: Option<String>,
+    /// Group owning the socket (name or gid).
+    #[arg(long, env = "CRIGUARD_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// The runtime's CRI socket [default: unix:///run/containerd/containerd.sock].
+    #[arg(long, env = "CRIGUARD_RUNTIME_ENDPOINT")]
+    pub runtime_endpoint: Option<String>,
+    /// A separate socket for ImageService calls.
+    #[arg(long, env = "CRIGUARD_IMAGE_ENDPOINT")]
+    pub image_endpoint: Option<String>,
+    /// Largest gRPC message in either direction: bytes or e.g. 16MiB [default: 16MiB].
+    #[arg(long, env = "CRIGUARD_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<String>,
+    /// Time in-flight calls get to finish on SIGTERM/SIGINT, e.g. 15s [default: 15s].
+    #[arg(long, env = "CRIGUARD_SHUTDOWN_GRACE_PERIOD", value_parser = humantime::parse_duration)]
+    pub shutdown_grace_period: Option<Duration>,
+    /// Log filter, e.g. `info` or `criguard=debug` [default: RUST_LOG, else info].
+    #[arg(long, env = "CRIGUARD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(long, env = "CRIGUARD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            socket_mode: self.socket_mode.clone(),
+            socket_group: self.socket_group.clone(),
+            runtime_endpoint: self.runtime_endpoint.clone(),
+            image_endpoint: self.image_endpoint.clone(),
+            max_message_size: self.max_message_size.clone(),
+            shutdown_grace_period: self.shutdown_grace_period,
+            log_level: self.log_level.clone(),
+            log_format: self.log_format,
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! criguard's configuration: the YAML file (`--config`), then `CRIGUARD_*` environment
+//! variables and command-line flags over it, validated into one typed [`Config`].
+//!
+//! Every key of the file is documented in the README ("Configuration"). Unknown keys are
+//! errors: a typo must not silently leave a setting at its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::proxy::listener::SocketOptions;
+use crate::proxy::runtime::Endpoint;
+
+pub const DEFAULT_LISTEN: &str = "/run/criguard/criguard.sock";
+pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+/// The kubelet's and containerd's own limit.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+const MIN_MESSAGE_SIZE: usize = 4 << 10;
+const MAX_MESSAGE_SIZE: usize = 2 << 30;
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(15);
+
+/// The configuration file as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<PathBuf>,
+    pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
+    pub runtime_endpoint: Option<String>,
+    pub image_endpoint: Option<String>,
+    pub max_message_size: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace_period: Option<Duration>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Values from flags and environment variables; each one set wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<PathBuf>,
+    pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
+    pub runtime_endpoint: Option<String>,
+    pub image_endpoint: Option<String>,
+    pub max_message_size: Option<String>,
+    pub shutdown_grace_period: Option<Duration>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The validated configuration criguard runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The socket the kubelet connects to.
+    pub socket: SocketOptions,
+    /// The runtime's CRI socket; every call goes there unless `image_endpoint` is set.
+    pub runtime_endpoint: Endpoint,
+    /// A separate socket for ImageService calls, as the kubelet's `imageServiceEndpoint`.
+    pub image_endpoint: Option<Endpoint>,
+    /// Largest gRPC message accepted in either direction, in bytes.
+    pub max_message_size: usize,
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_period: Duration,
+    /// `--log-level` / `logLevel`, an `EnvFilter` directive; `None` means `RUST_LOG` or `info`.
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
+}
+
+/// A configuration problem, naming the key (and the file) it comes from.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}: {problem}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `overrides`, and validates the result.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let (file_config, source_name) = match file {
+            Some(path) => (read_file(path)?, path.display().to_string()),
+            None => (FileConfig::default(), "flags".to_string()),
+        };
+        Config::resolve(file_config, overrides, &source_name)
+    }
+
+    fn resolve(
+        file: FileConfig,
+        over: Overrides,
+        source_name: &str,
+    ) -> Result<Config, ConfigError> {
+        let error = |key: &str, problem: String| ConfigError {
+            source_name: source_name.to_string(),
+            key: key.to_string(),
+            problem,
+        };
+        let listen = over
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        if !listen.is_absolute() {
+            return Err(error("listen", format!("{} is not an absolute path", listen.display())));
+        }
+        let mode = match over.socket_mode.or(file.socket_mode) {
+            None => 0o660,
+            Some(text) => parse_mode(&text).map_err(|p| error("socketMode", p))?,
+        };
+        let runtime_endpoint = over
+            .runtime_endpoint
+            .or(file.runtime_endpoint)
+            .unwrap_or_else(|| DEFAULT_RUNTIME_ENDPOINT.into());
+        let runtime_endpoint =
+            Endpoint::parse(&runtime_endpoint).map_err(|p| error("runtimeEndpoint", p))?;
+        let image_endpoint = over
+            .image_endpoint
+            .or(file.image_endpoint)
+            .map(|e| Endpoint::parse(&e))
+            .transpose()
+            .map_err(|p| error("imageEndpoint", p))?;
+        let max_message_size = match over.max_message_size {
+            Some(text) => ByteSize::parse(&text).map_err(|p| error("maxMessageSize", p))?.0,
+            None => file.max_message_size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |b| b.0),
+        };
+        if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&max_message_size) {
+            return Err(error(
+                "maxMessageSize",
+                format!(
+                    "{max_message_size} bytes is outside {MIN_MESSAGE_SIZE}..={MAX_MESSAGE_SIZE} (4KiB to 2GiB)"
+                ),
+            ));
+        }
+        if runtime_endpoint.path == listen
+            || image_endpoint.as_ref().is_some_and(|e| e.path == listen)
+        {
+            return Err(error(
+                "listen",
+                "is the same socket as the runtime endpoint: criguard would call itself".into(),
+            ));
+        }
+        Ok(Config {
+            socket: SocketOptions {
+                path: listen,
+                mode,
+                group: over.socket_group.or(file.socket_group),
+            },
+            runtime_endpoint,
+            image_endpoint,
+            max_message_size,
+            shutdown_grace_period: over
+                .shutdown_grace_period
+                .or(file.shutdown_grace_period)
+                .unwrap_or(DEFAULT_GRACE_PERIOD),
+            log_level: over.log_level.or(file.log_level),
+            log_format: over.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        key: "(file)".into(),
+        problem: e.to_string(),
+    })?;
+    parse_yaml(&text, &name)
+}
+
+/// Parses a YAML document, reporting the failing key path and its line.
+pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(
+    text: &str,
+    source_name: &str,
+) -> Result<T, ConfigError> {
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Ok(T::default());
+    }
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let key = err.path().to_string();
+        ConfigError {
+            source_name: source_name.to_string(),
+            key: if key == "." { "(document)".into() } else { key },
+            problem: err.into_inner().to_string(),
+        }
+    })
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text:?} is not an octal mode such as \"0660\""))?;
+    if mode > 0o777 {
+        return Err(format!("{text:?} has bits outside 0777"));
+    }
+    Ok(mode)
+}
+
+/// A size in bytes: a number, or a number with a unit (`16MiB`, `80Mi`, `512KiB`, `1GiB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub usize);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let number: usize = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size such as 16777216 or \"16MiB\""))?;
+        let factor = match unit.trim() {
+            "" | "B" => 1,
+            "Ki" | "KiB" => 1 << 10,
+            "Mi" | "MiB" => 1 << 20,
+            "Gi" | "GiB" => 1 << 30,
+            other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(usize),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let file = parse_yaml(text, "criguard.yaml")?;
+        Config::resolve(file, Overrides::default(), "criguard.yaml")
+    }
+
+    #[test]
+    fn defaults_match_a_containerd_node() {
+        let config = from_yaml("").unwrap();
+        assert_eq!(config.socket.path, PathBuf::from(DEFAULT_LISTEN));
+        assert_eq!(config.socket.mode, 0o660);
+        assert_eq!(config.runtime_endpoint.to_string(), DEFAULT_RUNTIME_ENDPOINT);
+        assert_eq!(config.max_message_size, 16 << 20);
+        assert_eq!(config.image_endpoint, None);
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let config = from_yaml(
+            "listen: /run/x/criguard.sock\nsocketMode: \"0600\"\nsocketGroup: kube\n\
+             runtimeEndpoint: unix:///run/crio/crio.sock\nimageEndpoint: /run/img.sock\n\
+             maxMessageSize: 80MiB\nshutdownGracePeriod: 30s\nlogFormat: json\n",
+        )
+        .unwrap();
+        assert_eq!(config.socket.mode, 0o600);
+        assert_eq!(config.socket.group.as_deref(), Some("kube"));
+        assert_eq!(config.runtime_endpoint.path, PathBuf::from("/run/crio/crio.sock"));
+        assert_eq!(config.image_endpoint.unwrap().path, PathBuf::from("/run/img.sock"));
+        assert_eq!(config.max_message_size, 80 << 20);
+        assert_eq!(config.shutdown_grace_period, Duration::from_secs(30));
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = parse_yaml("maxMessageSize: 1MiB\nlisten: /a.sock\n", "f").unwrap();
+        let over = Overrides {
+            max_message_size: Some("32MiB".into()),
+            ..Default::default()
+        };
+        let config = Config::resolve(file, over, "f").unwrap();
+        assert_eq!(config.max_message_size, 32 << 20);
+        assert_eq!(config.socket.path, PathBuf::from("/a.sock"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_problem() {
+        let err = from_yaml("listen: /a.sock\nmaxMesageSize: 10\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `maxMesageSize`"), "{err}");
+        assert!(err.to_string().contains("line 2"), "{err}");
+
+        let err = from_yaml("maxMessageSize: lots\n").unwrap_err();
+        assert_eq!(err.key, "maxMessageSize", "{err}");
+
+        let err = from_yaml("runtimeEndpoint: tcp://10.0.0.1:1234\n").unwrap_err();
+        assert_eq!(err.key, "runtimeEndpoint");
+        assert!(err.problem.contains("only unix://"), "{err}");
+
+        let err = from_yaml("maxMessageSize: 10\n").unwrap_err();
+        assert!(err.problem.contains("outside"), "{err}");
+
+        let err = from_yaml("socketMode: \"rw\"\n").unwrap_err();
+        assert_eq!(err.key, "socketMode");
+
+        let err = from_yaml("listen: /x.sock\nruntimeEndpoint: /x.sock\n").unwrap_err();
+        assert!(err.problem.contains("call itself"), "{err}");
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(ByteSize::parse("16777216"), Ok(ByteSize(16 << 20)));
+        assert_eq!(ByteSize::parse("80Mi"), Ok(ByteSize(80 << 20)));
+        assert_eq!(ByteSize::parse("512KiB"), Ok(ByteSize(512 << 10)));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! The layers of the stack, one concern each. `app.rs` assembles them.
+
+pub mod log;

@@ -1,0 +1,100 @@
+//! criguard's entry point: command line → config → logs → run → exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use criguard::cli::{Cli, Command};
+use criguard::config::{Config, LogFormat};
+use criguard::telemetry::logging;
+use tokio_util::sync::CancellationToken;
+
+/// Exit codes: 0 clean stop, 1 failure while running, 2 bad configuration.
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("criguard: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match Config::load(args.config.as_deref(), args.overrides()) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("criguard: invalid configuration: {err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            logging::init(config.log_level.as_deref(), config.log_format);
+            serve(config).await
+        }
+        Command::Check { config } => match Config::load(Some(&config), Default::default()) {
+            Ok(checked) => {
+                println!(
+                    "{}: OK (listen {}, runtime {}, maxMessageSize {})",
+                    config.display(),
+                    checked.socket.path.display(),
+                    checked.runtime_endpoint,
+                    checked.max_message_size
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("criguard: invalid configuration: {err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Demo => {
+            logging::init(Some("error"), LogFormat::Text);
+            match criguard::demo::run().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("criguard demo failed: {err:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::FakeRuntime { listen, containers } => {
+            logging::init(None, LogFormat::Text);
+            let shutdown = CancellationToken::new();
+            if let Err(err) = criguard::signal::shutdown_on_signals(shutdown.clone()) {
+                eprintln!("criguard: cannot watch signals: {err}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            let runtime = criguard::fake::FakeRuntime::with_containers(containers);
+            match runtime.serve(&listen, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("criguard fake-runtime: {err:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    if let Err(err) = criguard::signal::shutdown_on_signals(shutdown.clone()) {
+        tracing::error!(error = %err, "cannot watch signals");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    let proxy = match criguard::app::Proxy::bind(config).await {
+        Ok(proxy) => proxy,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    proxy.run(shutdown).await;
+    ExitCode::SUCCESS
+}

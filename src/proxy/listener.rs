@@ -1,0 +1,198 @@
+//! The listening socket the kubelet connects to: created with the configured mode and group,
+//! replacing a stale socket file but never a live one; or handed over by systemd socket
+//! activation (`LISTEN_FDS`), so that the socket outlives every restart of criguard.
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+
+use tokio::net::UnixListener;
+
+/// Where the listening socket comes from.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub listener: UnixListener,
+    /// The socket file criguard created itself, removed on exit unless another process has
+    /// replaced it meanwhile. `None` for a socket passed by systemd, which systemd keeps.
+    pub owned: Option<OwnedSocket>,
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("another process is already serving {0}; refusing to replace a live socket")]
+    InUse(PathBuf),
+    #[error("{path}: {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("socket group {0:?} does not exist in /etc/group")]
+    UnknownGroup(String),
+    #[error("systemd passed a listening socket that is not a unix stream socket: {0}")]
+    Activation(io::Error),
+}
+
+/// Socket settings from the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub path: PathBuf,
+    /// Permission bits, 0o660 by default.
+    pub mode: u32,
+    /// Group owning the socket: a name or a numeric gid.
+    pub group: Option<String>,
+}
+
+/// Takes the socket systemd passed (first `LISTEN_FDS` descriptor) if there is one, or creates
+/// the socket at `options.path`.
+pub async fn listen(options: &SocketOptions) -> Result<BoundListener, ListenError> {
+    if let Some(listener) = from_systemd()? {
+        return Ok(BoundListener {
+            listener,
+            owned: None,
+            description: "socket from systemd (LISTEN_FDS)".into(),
+        });
+    }
+    let listener = bind(options).await?;
+    let inode = std::fs::metadata(&options.path).map(|m| m.ino()).unwrap_or(0);
+    Ok(BoundListener {
+        listener,
+        owned: Some(OwnedSocket {
+            path: options.path.clone(),
+            inode,
+        }),
+        description: options.path.display().to_string(),
+    })
+}
+
+fn from_systemd() -> Result<Option<UnixListener>, ListenError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let Some(std_listener) = fds.take_unix_listener(0).map_err(ListenError::Activation)? else {
+        return Ok(None);
+    };
+    std_listener
+        .set_nonblocking(true)
+        .map_err(ListenError::Activation)?;
+    UnixListener::from_std(std_listener)
+        .map(Some)
+        .map_err(ListenError::Activation)
+}
+
+async fn bind(options: &SocketOptions) -> Result<UnixListener, ListenError> {
+    let path = &options.path;
+    let io_err = |action: &'static str| {
+        move |source| ListenError::Io {
+            path: path.clone(),
+            action,
+            source,
+        }
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err("creating the socket directory"))?;
+    }
+    if path.exists() {
+        // A socket someone still answers on is live: leave it alone.
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ListenError::InUse(path.clone()));
+        }
+        tracing::info!(path = %path.display(), "replacing stale socket file");
+        std::fs::remove_file(path).map_err(io_err("removing the stale socket"))?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err("binding"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(options.mode))
+        .map_err(io_err("setting the socket mode"))?;
+    if let Some(group) = &options.group {
+        let gid = resolve_group(group)?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err("setting the socket group"))?;
+    }
+    Ok(listener)
+}
+
+/// A numeric gid, or a group name looked up in /etc/group.
+pub fn resolve_group(group: &str) -> Result<u32, ListenError> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| ListenError::UnknownGroup(group.to_string()))
+}
+
+/// A socket file criguard created.
+#[derive(Debug)]
+pub struct OwnedSocket {
+    pub path: PathBuf,
+    inode: u64,
+}
+
+impl OwnedSocket {
+    /// Removes the socket file on a clean exit, unless a newer criguard has already replaced it
+    /// with its own.
+    pub fn remove(&self) {
+        let ours = std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode);
+        if !ours {
+            return;
+        }
+        if let Err(err) = std::fs::remove_file(&self.path)
+            && err.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %err, "could not remove the socket file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(path: PathBuf) -> SocketOptions {
+        SocketOptions {
+            path,
+            mode: 0o660,
+            group: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn creates_the_socket_with_its_mode_and_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/criguard.sock");
+        let _listener = bind(&options(path.clone())).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660);
+    }
+
+    #[tokio::test]
+    async fn replaces_a_stale_socket_but_not_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("criguard.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // stale file left behind
+        let live = bind(&options(path.clone())).await.unwrap();
+        let err = bind(&options(path.clone())).await.unwrap_err();
+        assert!(matches!(err, ListenError::InUse(_)), "{err}");
+        assert!(err.to_string().contains("already serving"));
+        drop(live);
+    }
+
+    #[test]
+    fn groups_resolve_by_number_and_name() {
+        assert_eq!(resolve_group("1234").unwrap(), 1234);
+        assert_eq!(resolve_group("root").unwrap(), 0);
+        assert!(matches!(
+            resolve_group("no-such-group-criguard"),
+            Err(ListenError::UnknownGroup(_))
+        ));
+    }
+}

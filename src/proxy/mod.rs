@@ -1,0 +1,11 @@
+//! The transparent core: the listening socket, the parsed call, the bodies that carry the
+//! caller's bytes, the forwarder to the runtime, and the one place that makes gRPC statuses.
+
+pub mod body;
+pub mod error;
+pub mod head;
+pub mod listener;
+pub mod rpc;
+pub mod runtime;
+pub mod server;
+pub mod status;

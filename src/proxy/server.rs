@@ -1,0 +1,88 @@
+//! Accepts callers on the listening socket and serves each connection with HTTP/2, passing every
+//! call to the stack. A connection that does not speak HTTP/2 (garbage, broken frames) is
+//! closed on its own; every other connection goes on. At shutdown: stop accepting, tell every
+//! connection to finish (GOAWAY), wait for in-flight calls up to the grace period.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+/// Streams one caller may have open at once on one connection.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
+const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// How long to pause accepting after an accept error such as "too many open files".
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves `listener` until `shutdown` fires, then drains within `grace`.
+pub async fn serve<S, B>(
+    listener: UnixListener,
+    stack: S,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buf_size(1 << 20);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(stack.clone()),
+        );
+        let connection = graceful.watch(connection);
+        let open = open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "caller connection closed with an error");
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    let connections = open.load(Ordering::Relaxed);
+    tracing::info!(connections, grace = ?grace, "stopped accepting; draining");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all calls finished"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(
+            connections = open.load(Ordering::Relaxed),
+            "grace period over; cutting the remaining calls"
+        ),
+    }
+}

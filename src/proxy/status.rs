@@ -1,0 +1,186 @@
+//! The one place that turns criguard's own errors into gRPC statuses.
+//!
+//! A caller always gets a real gRPC status, never an HTTP error page: before the runtime
+//! answered, as a trailers-only response (HTTP 200, `grpc-status` in the headers); after the
+//! answer started, as trailers that end the stream.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use pin_project_lite::pin_project;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tonic::Code;
+
+use super::body::ResponseBody;
+use super::error::ProxyError;
+
+/// The status a caller sees for an error.
+pub fn code_of(err: &ProxyError) -> Code {
+    match err {
+        ProxyError::MessageTooLarge(_) => Code::ResourceExhausted,
+        ProxyError::Runtime(_) => Code::Unavailable,
+        ProxyError::BadRequest(_) => Code::InvalidArgument,
+        ProxyError::ShuttingDown => Code::Unavailable,
+    }
+}
+
+/// The status message: always says that it comes from criguard, not from the runtime.
+pub fn message_of(err: &ProxyError) -> String {
+    format!("criguard: {err}")
+}
+
+/// A trailers-only gRPC response carrying the status for `err`.
+pub fn error_response<B>(err: &ProxyError) -> http::Response<ResponseBody<B>> {
+    let mut res = http::Response::new(ResponseBody::empty());
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    insert_status(headers, code_of(err), &message_of(err));
+    res
+}
+
+/// Trailers that end an answer which is already under way with the status for `err`.
+pub fn error_trailers(err: &ProxyError) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    insert_status(&mut trailers, code_of(err), &message_of(err));
+    trailers
+}
+
+/// Layer for [`RespondWithStatus`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RespondWithStatusLayer;
+
+impl<S> tower::Layer<S> for RespondWithStatusLayer {
+    type Service = RespondWithStatus<S>;
+
+    fn layer(&self, inner: S) -> RespondWithStatus<S> {
+        RespondWithStatus { inner, not_ready: None }
+    }
+}
+
+/// Answers every error of the layers below with its gRPC status; never fails itself.
+#[derive(Clone, Debug)]
+pub struct RespondWithStatus<S> {
+    inner: S,
+    /// A readiness error of the layers below, answered on the next call.
+    not_ready: Option<ProxyError>,
+}
+
+impl<S, Req, B> tower::Service<Req> for RespondWithStatus<S>
+where
+    S: tower::Service<Req, Response = http::Response<ResponseBody<B>>, Error = ProxyError>,
+{
+    type Response = http::Response<ResponseBody<B>>;
+    type Error = Infallible;
+    type Future = RespondFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.not_ready.is_none()
+            && let Err(err) = ready!(self.inner.poll_ready(cx))
+        {
+            self.not_ready = Some(err);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match self.not_ready.take() {
+            Some(err) => RespondFuture::Failed { err: Some(err) },
+            None => RespondFuture::Called {
+                inner: self.inner.call(request),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`RespondWithStatus`].
+    #[project = RespondFutureProj]
+    pub enum RespondFuture<F> {
+        Called { #[pin] inner: F },
+        Failed { err: Option<ProxyError> },
+    }
+}
+
+impl<F, B> Future for RespondFuture<F>
+where
+    F: Future<Output = Result<http::Response<ResponseBody<B>>, ProxyError>>,
+{
+    type Output = Result<http::Response<ResponseBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match self.project() {
+            RespondFutureProj::Called { inner } => ready!(inner.poll(cx)),
+            RespondFutureProj::Failed { err } => Err(err.take().expect("polled after completion")),
+        };
+        Poll::Ready(Ok(result.unwrap_or_else(|err| error_response(&err))))
+    }
+}
+
+/// gRPC's percent-encoding for `grpc-message`: everything outside printable ASCII, and `%`.
+const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+
+fn insert_status(headers: &mut HeaderMap, code: Code, message: &str) {
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    let encoded = utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", value);
+    }
+}
+
+/// Reads `grpc-status` from headers or trailers; `None` when absent or malformed.
+pub fn read_code(headers: &HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    value.parse::<i32>().ok().map(Code::from_i32)
+}
+
+/// Reads and decodes `grpc-message`.
+pub fn read_message(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get("grpc-message")?.as_bytes();
+    Some(
+        percent_encoding::percent_decode(raw)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::error::{Direction, MessageTooLarge, RuntimeError};
+
+    #[test]
+    fn runtime_unreachable_is_unavailable_and_names_the_socket() {
+        let err = ProxyError::from(RuntimeError::Unreachable {
+            endpoint: "unix:///run/containerd/containerd.sock".into(),
+            reason: "No such file or directory (os error 2)".into(),
+        });
+        let res = error_response::<()>(&err);
+        assert_eq!(res.status(), http::StatusCode::OK);
+        assert_eq!(res.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(read_code(res.headers()), Some(Code::Unavailable));
+        let msg = read_message(res.headers()).unwrap();
+        assert!(msg.starts_with("criguard: runtime endpoint unix:///run/containerd/containerd.sock"), "{msg}");
+    }
+
+    #[test]
+    fn oversized_message_is_resource_exhausted_and_names_the_limit() {
+        let err = ProxyError::from(MessageTooLarge {
+            direction: Direction::Response,
+            size: 20 << 20,
+            limit: 16 << 20,
+        });
+        let trailers = error_trailers(&err);
+        assert_eq!(read_code(&trailers), Some(Code::ResourceExhausted));
+        assert!(read_message(&trailers).unwrap().contains("limit of 16777216 bytes"));
+    }
+
+    #[test]
+    fn messages_survive_percent_encoding() {
+        let mut headers = HeaderMap::new();
+        insert_status(&mut headers, Code::Internal, "100% broken: ünïcode\nline");
+        assert_eq!(read_message(&headers).unwrap(), "100% broken: ünïcode\nline");
+    }
+}

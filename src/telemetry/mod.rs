@@ -1,0 +1,3 @@
+//! What criguard tells operators about itself: logs.
+
+pub mod logging;
