@@ -105,6 +105,23 @@ pin_project! {
         rest_done: bool,
         trailers: Option<HeaderMap>,
         scanner: FrameScanner,
+        failure: BodyFailure,
+    }
+}
+
+/// Why a request body failed, kept for the forwarder: the HTTP/2 client only reports a reset
+/// stream, and the caller should learn the real reason (e.g. a message over the limit).
+#[derive(Clone, Debug, Default)]
+pub struct BodyFailure(std::sync::Arc<std::sync::OnceLock<ProxyError>>);
+
+impl BodyFailure {
+    pub fn get(&self) -> Option<&ProxyError> {
+        self.0.get()
+    }
+
+    fn record(&self, err: ProxyError) -> ProxyError {
+        let _ = self.0.set(err.clone());
+        err
     }
 }
 
@@ -117,7 +134,13 @@ impl<B> RequestBody<B> {
             rest_done: false,
             trailers: None,
             scanner: FrameScanner::new(limit),
+            failure: BodyFailure::default(),
         }
+    }
+
+    /// Where the reason for a failure of this body will be found.
+    pub fn failure(&self) -> BodyFailure {
+        self.failure.clone()
     }
 }
 
@@ -146,13 +169,15 @@ where
                     && let Err(over) = this.scanner.scan(data)
                 {
                     *this.rest_done = true;
-                    return Poll::Ready(Some(Err(too_large(Direction::Request, over, this.scanner))));
+                    let err = too_large(Direction::Request, over, this.scanner);
+                    return Poll::Ready(Some(Err(this.failure.record(err))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(err)) => {
                 *this.rest_done = true;
-                Poll::Ready(Some(Err(BadRequest(err.to_string()).into())))
+                let err = BadRequest(err.to_string()).into();
+                Poll::Ready(Some(Err(this.failure.record(err))))
             }
             None => {
                 *this.rest_done = true;
@@ -219,6 +244,7 @@ where
                             rest_done,
                             trailers: None,
                             scanner,
+                            failure: BodyFailure::default(),
                         };
                         return Ok((Some(message), forwarded));
                     }
@@ -239,6 +265,7 @@ where
         rest_done: true,
         trailers,
         scanner,
+        failure: BodyFailure::default(),
     };
     Ok((None, forwarded))
 }

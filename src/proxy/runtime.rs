@@ -170,10 +170,11 @@ impl RuntimeConnection {
     ) -> Result<http::Response<Incoming>, ProxyError> {
         let mut sender = self.sender().await?;
         sender.ready().await.map_err(|e| self.lost(&e))?;
+        let failure = request.body().failure();
         sender.send_request(request).await.map_err(|e| {
             // Our own request body failed (an oversized message, a caller that broke off):
             // say so, not "runtime lost".
-            match find_source::<ProxyError>(&e) {
+            match failure.get() {
                 Some(own) => own.clone(),
                 None => self.lost(&e),
             }
@@ -187,19 +188,6 @@ impl RuntimeConnection {
         }
         .into()
     }
-}
-
-fn find_source<'a, T: std::error::Error + 'static>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
 }
 
 /// hyper's errors say little at the top level; the innermost cause says what happened.

@@ -1,0 +1,333 @@
+//! Shared pieces of the integration tests: temporary sockets, criguard started in-process in
+//! front of a backend, a fake runtime, and a recording runtime that shows exactly what reached
+//! it and answers as the test says.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use criguard::app::Proxy;
+use criguard::config::{Config, Overrides};
+use criguard::fake::FakeRuntime;
+use http::HeaderMap;
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use criguard::client::{RawClient, grpc_frame};
+
+/// A temporary directory holding the sockets of one test.
+pub struct Sockets {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sockets {
+    pub fn new() -> Sockets {
+        Sockets {
+            dir: tempfile::Builder::new().prefix("criguard-test").tempdir().unwrap(),
+        }
+    }
+    pub fn runtime(&self) -> PathBuf {
+        self.dir.path().join("runtime.sock")
+    }
+    pub fn criguard(&self) -> PathBuf {
+        self.dir.path().join("criguard.sock")
+    }
+}
+
+/// criguard running in-process; stops when dropped.
+pub struct Criguard {
+    pub socket: PathBuf,
+    pub shutdown: CancellationToken,
+    pub done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Criguard {
+    /// Starts criguard on `sockets.criguard()` in front of `sockets.runtime()`.
+    pub async fn start(sockets: &Sockets) -> Criguard {
+        Criguard::start_with(sockets, Overrides::default()).await
+    }
+
+    pub async fn start_with(sockets: &Sockets, mut overrides: Overrides) -> Criguard {
+        overrides.listen.get_or_insert(sockets.criguard());
+        overrides
+            .runtime_endpoint
+            .get_or_insert(format!("unix://{}", sockets.runtime().display()));
+        overrides
+            .shutdown_grace_period
+            .get_or_insert(Duration::from_secs(2));
+        let config = Config::load(None, overrides).unwrap();
+        let socket = config.socket.path.clone();
+        let proxy = Proxy::bind(config).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let done = tokio::spawn(proxy.run(shutdown.clone()));
+        Criguard {
+            socket,
+            shutdown,
+            done: Some(done),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(done) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+        }
+    }
+}
+
+impl Drop for Criguard {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the fake runtime on `path`; it stops when the token is cancelled.
+pub async fn start_fake_runtime(path: &Path, runtime: FakeRuntime) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let listener = UnixListener::bind(path).unwrap();
+    tokio::spawn(runtime.serve_listener(listener, shutdown.clone()));
+    shutdown
+}
+
+/// A request as it reached the recording runtime.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the recording runtime answers.
+#[derive(Default)]
+pub struct Answer {
+    pub headers: HeaderMap,
+    /// Body chunks, sent one after the other.
+    pub chunks: Vec<Bytes>,
+    /// `None` ends the answer with the body (no trailers).
+    pub trailers: Option<HeaderMap>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Never answer at all.
+    pub hang: bool,
+    /// Keep the stream open after the chunks; further frames come from this channel.
+    pub stream: Option<mpsc::Receiver<Bytes>>,
+}
+
+impl Answer {
+    /// An OK answer carrying one message.
+    pub fn ok(message: &[u8]) -> Answer {
+        Answer {
+            chunks: vec![grpc_frame(message)],
+            trailers: Some(status_trailers(0, None)),
+            ..Default::default()
+        }
+    }
+}
+
+pub fn status_trailers(code: i32, message: Option<&str>) -> HeaderMap {
+    let mut t = HeaderMap::new();
+    t.insert("grpc-status", code.into());
+    if let Some(m) = message {
+        t.insert("grpc-message", m.parse().unwrap());
+    }
+    t
+}
+
+type Handler = Arc<dyn Fn(&Recorded) -> Answer + Send + Sync>;
+
+/// A runtime that records every request and answers with `handler`.
+pub struct RecordingRuntime {
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Calls whose answer has not ended (or been cancelled) yet.
+    pub in_flight: Arc<AtomicUsize>,
+    /// Calls the caller went away from before the answer ended.
+    pub cancelled: Arc<AtomicUsize>,
+    pub shutdown: CancellationToken,
+}
+
+impl RecordingRuntime {
+    pub async fn start(
+        path: &Path,
+        handler: impl Fn(&Recorded) -> Answer + Send + Sync + 'static,
+    ) -> RecordingRuntime {
+        let listener = UnixListener::bind(path).unwrap();
+        let runtime = RecordingRuntime {
+            requests: Default::default(),
+            in_flight: Default::default(),
+            cancelled: Default::default(),
+            shutdown: CancellationToken::new(),
+        };
+        let handler: Handler = Arc::new(handler);
+        let (requests, in_flight, cancelled, shutdown) = (
+            runtime.requests.clone(),
+            runtime.in_flight.clone(),
+            runtime.cancelled.clone(),
+            runtime.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap().0,
+                };
+                let ctx = (
+                    handler.clone(),
+                    requests.clone(),
+                    in_flight.clone(),
+                    cancelled.clone(),
+                );
+                let service = hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(answer(req, ctx).await) }
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    // Dropping the connection at shutdown breaks it, as a crashing runtime does.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                });
+            }
+        });
+        runtime
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RecordingRuntime {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+type BoxBody = Pin<Box<dyn http_body::Body<Data = Bytes, Error = Infallible> + Send>>;
+
+/// Counts a call in flight until its answer body ends or is dropped.
+struct InFlight {
+    in_flight: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicUsize>,
+    finished: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.finished {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn answer(
+    req: http::Request<Incoming>,
+    (handler, requests, in_flight, cancelled): (
+        Handler,
+        Arc<Mutex<Vec<Recorded>>>,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+    ),
+) -> http::Response<BoxBody> {
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    let mut guard = InFlight {
+        in_flight,
+        cancelled,
+        finished: false,
+    };
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let recorded = Recorded {
+        path: parts.uri.path().to_string(),
+        headers: parts.headers,
+        body,
+    };
+    requests.lock().unwrap().push(recorded.clone());
+    let answer = handler(&recorded);
+    if answer.hang {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(answer.delay).await;
+    let mut response = http::Response::new(());
+    *response.headers_mut() = answer.headers;
+    response
+        .headers_mut()
+        .entry("content-type")
+        .or_insert("application/grpc".parse().unwrap());
+    let trailers = answer.trailers;
+    let mut frames: Vec<Frame<Bytes>> = answer.chunks.into_iter().map(Frame::data).collect();
+    let body: BoxBody = match answer.stream {
+        None => {
+            frames.extend(trailers.map(Frame::trailers));
+            guard.finished = true;
+            drop(guard);
+            Box::pin(StreamBody::new(futures_util::stream::iter(
+                frames.into_iter().map(Ok),
+            )))
+        }
+        Some(rx) => Box::pin(streaming_body(frames, rx, trailers, guard)),
+    };
+    response.map(|_| body)
+}
+
+/// A streaming body: `first` frames, then what arrives on `rx` until it closes, then
+/// `trailers`. The call counts as cancelled if the caller goes away first.
+fn streaming_body(
+    first: Vec<Frame<Bytes>>,
+    mut rx: mpsc::Receiver<Bytes>,
+    trailers: Option<HeaderMap>,
+    guard: InFlight,
+) -> impl http_body::Body<Data = Bytes, Error = Infallible> + Send {
+    let (tx, out) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    tokio::spawn(async move {
+        let mut guard = guard;
+        for frame in first {
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                next = rx.recv() => match next {
+                    Some(data) => if tx.send(Ok(Frame::data(data))).await.is_err() { return },
+                    None => break,
+                },
+            }
+        }
+        if let Some(t) = trailers {
+            let _ = tx.send(Ok(Frame::trailers(t))).await;
+        }
+        guard.finished = true;
+    });
+    StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(out))
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
