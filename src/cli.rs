@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{LogFormat, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(name = "criguard", version, about = "A transparent, CRI-aware proxy between the kubelet and the container runtime")]
+#[command(
+    name = "criguard",
+    version,
+    about = "A transparent, CRI-aware proxy between the kubelet and the container runtime"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -65,13 +65,19 @@ impl RawResponse {
     /// `grpc-status` from the trailers, or from the headers of a trailers-only answer.
     pub fn grpc_status(&self) -> Option<i32> {
         let from = |h: &HeaderMap| h.get("grpc-status")?.to_str().ok()?.parse().ok();
-        self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers))
+        self.trailers
+            .as_ref()
+            .and_then(from)
+            .or_else(|| from(&self.headers))
     }
 
     /// `grpc-message`, percent-decoded, from wherever the status was.
     pub fn grpc_message(&self) -> Option<String> {
         let from = |h: &HeaderMap| crate::proxy::status::read_message(h);
-        self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers))
+        self.trailers
+            .as_ref()
+            .and_then(from)
+            .or_else(|| from(&self.headers))
     }
 }
 

@@ -110,7 +110,10 @@ impl Config {
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.into());
         if !listen.is_absolute() {
-            return Err(error("listen", format!("{} is not an absolute path", listen.display())));
+            return Err(error(
+                "listen",
+                format!("{} is not an absolute path", listen.display()),
+            ));
         }
         let mode = match over.socket_mode.or(file.socket_mode) {
             None => 0o660,
@@ -129,8 +132,14 @@ impl Config {
             .transpose()
             .map_err(|p| error("imageEndpoint", p))?;
         let max_message_size = match over.max_message_size {
-            Some(text) => ByteSize::parse(&text).map_err(|p| error("maxMessageSize", p))?.0,
-            None => file.max_message_size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |b| b.0),
+            Some(text) => {
+                ByteSize::parse(&text)
+                    .map_err(|p| error("maxMessageSize", p))?
+                    .0
+            }
+            None => file
+                .max_message_size
+                .map_or(DEFAULT_MAX_MESSAGE_SIZE, |b| b.0),
         };
         if !(MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE).contains(&max_message_size) {
             return Err(error(
@@ -182,7 +191,10 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(
     text: &str,
     source_name: &str,
 ) -> Result<T, ConfigError> {
-    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Ok(T::default());
     }
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
@@ -212,7 +224,9 @@ pub struct ByteSize(pub usize);
 impl ByteSize {
     pub fn parse(text: &str) -> Result<ByteSize, String> {
         let text = text.trim();
-        let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (number, unit) = text.split_at(digits);
         let number: usize = number
             .parse()
@@ -260,7 +274,10 @@ mod tests {
         let config = from_yaml("").unwrap();
         assert_eq!(config.socket.path, PathBuf::from(DEFAULT_LISTEN));
         assert_eq!(config.socket.mode, 0o660);
-        assert_eq!(config.runtime_endpoint.to_string(), DEFAULT_RUNTIME_ENDPOINT);
+        assert_eq!(
+            config.runtime_endpoint.to_string(),
+            DEFAULT_RUNTIME_ENDPOINT
+        );
         assert_eq!(config.max_message_size, 16 << 20);
         assert_eq!(config.image_endpoint, None);
     }
@@ -275,8 +292,14 @@ mod tests {
         .unwrap();
         assert_eq!(config.socket.mode, 0o600);
         assert_eq!(config.socket.group.as_deref(), Some("kube"));
-        assert_eq!(config.runtime_endpoint.path, PathBuf::from("/run/crio/crio.sock"));
-        assert_eq!(config.image_endpoint.unwrap().path, PathBuf::from("/run/img.sock"));
+        assert_eq!(
+            config.runtime_endpoint.path,
+            PathBuf::from("/run/crio/crio.sock")
+        );
+        assert_eq!(
+            config.image_endpoint.unwrap().path,
+            PathBuf::from("/run/img.sock")
+        );
         assert_eq!(config.max_message_size, 80 << 20);
         assert_eq!(config.shutdown_grace_period, Duration::from_secs(30));
         assert_eq!(config.log_format, LogFormat::Json);
@@ -297,7 +320,10 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_the_problem() {
         let err = from_yaml("listen: /a.sock\nmaxMesageSize: 10\n").unwrap_err();
-        assert!(err.to_string().contains("unknown field `maxMesageSize`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `maxMesageSize`"),
+            "{err}"
+        );
         assert!(err.to_string().contains("line 2"), "{err}");
 
         let err = from_yaml("maxMessageSize: lots\n").unwrap_err();

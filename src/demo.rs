@@ -69,7 +69,10 @@ async fn drive(dir: &std::path::Path) -> anyhow::Result<()> {
 
     println!("criguard demo");
     println!("  fake runtime : unix://{}", runtime_socket.display());
-    println!("  criguard     : unix://{}  (the kubelet would point here)", criguard_socket.display());
+    println!(
+        "  criguard     : unix://{}  (the kubelet would point here)",
+        criguard_socket.display()
+    );
     println!();
 
     let channel = crate::client::channel(&criguard_socket).await?;
@@ -87,10 +90,14 @@ async fn drive(dir: &std::path::Path) -> anyhow::Result<()> {
         }};
     }
 
-    call!("Version", rt.version(VersionRequest::default()), |r| format!(
-        "{} {} (CRI {})",
-        r.runtime_name, r.runtime_version, r.runtime_api_version
-    ));
+    call!(
+        "Version",
+        rt.version(VersionRequest::default()),
+        |r| format!(
+            "{} {} (CRI {})",
+            r.runtime_name, r.runtime_version, r.runtime_api_version
+        )
+    );
     call!("Status", rt.status(StatusRequest::default()), |r| {
         let conditions = r.status.map(|s| s.conditions).unwrap_or_default();
         conditions
@@ -163,13 +170,21 @@ async fn drive(dir: &std::path::Path) -> anyhow::Result<()> {
             container_id: created.clone(),
             verbose: false
         }),
-        |r| format!("state {:?}", r.status.map(|s| s.state()).unwrap_or_default())
+        |r| format!(
+            "state {:?}",
+            r.status.map(|s| s.state()).unwrap_or_default()
+        )
     );
     call!(
         "ExecSync",
         rt.exec_sync(ExecSyncRequest {
             container_id: created.clone(),
-            cmd: vec!["echo".into(), "hello".into(), "through".into(), "criguard".into()],
+            cmd: vec![
+                "echo".into(),
+                "hello".into(),
+                "through".into(),
+                "criguard".into()
+            ],
             timeout: 5
         }),
         |r| format!("stdout {:?}", String::from_utf8_lossy(&r.stdout).trim_end())
@@ -221,7 +236,11 @@ async fn drive(dir: &std::path::Path) -> anyhow::Result<()> {
             _ => break,
         }
     }
-    println!("  ok   {:<26} events seen: {}", "GetContainerEvents", seen.join(", "));
+    println!(
+        "  ok   {:<26} events seen: {}",
+        "GetContainerEvents",
+        seen.join(", ")
+    );
 
     // A method newer than criguard's proto: forwarded all the same; the runtime answers.
     let mut raw = crate::client::RawClient::connect(&criguard_socket).await?;

@@ -112,17 +112,27 @@ impl FakeRuntime {
             .initial_connection_window_size(16 << 20)
             .add_service(runtime)
             .add_service(image)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
             .await
             .context("fake runtime server")
     }
 }
 
-fn kubelet_labels(pod: &str, namespace: &str, container: &str) -> std::collections::HashMap<String, String> {
+fn kubelet_labels(
+    pod: &str,
+    namespace: &str,
+    container: &str,
+) -> std::collections::HashMap<String, String> {
     [
         ("io.kubernetes.pod.name", pod),
         ("io.kubernetes.pod.namespace", namespace),
-        ("io.kubernetes.pod.uid", "5f0c3bd4-94a5-4bb4-9f3a-2b0c2f7c9d11"),
+        (
+            "io.kubernetes.pod.uid",
+            "5f0c3bd4-94a5-4bb4-9f3a-2b0c2f7c9d11",
+        ),
         ("io.kubernetes.container.name", container),
     ]
     .into_iter()
@@ -135,7 +145,10 @@ fn sample_container(i: usize) -> ContainerStatus {
     let mut annotations: std::collections::HashMap<String, String> = [
         ("io.kubernetes.container.hash", "6a3c0f5e"),
         ("io.kubernetes.container.restartCount", "0"),
-        ("io.kubernetes.container.terminationMessagePath", "/dev/termination-log"),
+        (
+            "io.kubernetes.container.terminationMessagePath",
+            "/dev/termination-log",
+        ),
         ("io.kubernetes.container.terminationMessagePolicy", "File"),
         ("io.kubernetes.pod.terminationGracePeriod", "30"),
     ]
@@ -189,7 +202,10 @@ fn container_of(status: &ContainerStatus, pod_sandbox_id: &str) -> Container {
 
 #[tonic::async_trait]
 impl RuntimeService for FakeRuntime {
-    async fn version(&self, _: Request<VersionRequest>) -> Result<Response<VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
         Ok(Response::new(VersionResponse {
             version: "0.1.0".into(),
             runtime_name: RUNTIME_NAME.into(),
@@ -238,7 +254,11 @@ impl RuntimeService for FakeRuntime {
         let id = request.into_inner().pod_sandbox_id;
         match self.state.pods.lock().unwrap().get_mut(&id) {
             Some(pod) => pod.state = PodSandboxState::SandboxNotready as i32,
-            None => return Err(Status::not_found(format!("an error occurred when try to find sandbox {id:?}: not found"))),
+            None => {
+                return Err(Status::not_found(format!(
+                    "an error occurred when try to find sandbox {id:?}: not found"
+                )));
+            }
         }
         Ok(Response::new(StopPodSandboxResponse {}))
     }
@@ -288,7 +308,13 @@ impl RuntimeService for FakeRuntime {
         request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
         let request = request.into_inner();
-        if !self.state.pods.lock().unwrap().contains_key(&request.pod_sandbox_id) {
+        if !self
+            .state
+            .pods
+            .lock()
+            .unwrap()
+            .contains_key(&request.pod_sandbox_id)
+        {
             return Err(Status::not_found(format!(
                 "failed to get sandbox {:?}: not found",
                 request.pod_sandbox_id
@@ -307,7 +333,11 @@ impl RuntimeService for FakeRuntime {
             annotations: config.annotations,
             ..Default::default()
         };
-        self.state.containers.lock().unwrap().insert(id.clone(), status);
+        self.state
+            .containers
+            .lock()
+            .unwrap()
+            .insert(id.clone(), status);
         self.emit(&id, ContainerEventType::ContainerCreatedEvent);
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
@@ -364,7 +394,8 @@ impl RuntimeService for FakeRuntime {
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         let id = request.into_inner().container_id;
         let status = self.state.containers.lock().unwrap().get(&id).cloned();
-        let status = status.ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+        let status =
+            status.ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
         Ok(Response::new(ContainerStatusResponse {
             status: Some(status),
             ..Default::default()
@@ -378,7 +409,13 @@ impl RuntimeService for FakeRuntime {
         let request = request.into_inner();
         self.require_running(&request.container_id)?;
         // Runs nothing: echoes the command line, as `echo` would.
-        let mut stdout = request.cmd.iter().skip(1).cloned().collect::<Vec<_>>().join(" ");
+        let mut stdout = request
+            .cmd
+            .iter()
+            .skip(1)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
         stdout.push('\n');
         Ok(Response::new(ExecSyncResponse {
             stdout: stdout.into_bytes(),
@@ -401,7 +438,8 @@ impl RuntimeService for FakeRuntime {
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let id = request.into_inner().container_id;
         let status = self.state.containers.lock().unwrap().get(&id).cloned();
-        let status = status.ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
+        let status =
+            status.ok_or_else(|| Status::not_found(format!("container {id:?} not found")))?;
         Ok(Response::new(ContainerStatsResponse {
             stats: Some(ContainerStats {
                 attributes: Some(ContainerAttributes {
@@ -429,8 +467,7 @@ impl RuntimeService for FakeRuntime {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<ContainerEventResponse>>, Status> {
-        let events = BroadcastStream::new(self.events())
-            .filter_map(|event| event.ok().map(Ok));
+        let events = BroadcastStream::new(self.events()).filter_map(|event| event.ok().map(Ok));
         Ok(Response::new(Box::pin(events)))
     }
 
@@ -498,7 +535,11 @@ impl ImageService for FakeRuntime {
         &self,
         request: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
-        let wanted = request.into_inner().image.map(|i| i.image).unwrap_or_default();
+        let wanted = request
+            .into_inner()
+            .image
+            .map(|i| i.image)
+            .unwrap_or_default();
         let image = sample_image();
         let found = image.repo_tags.contains(&wanted) || image.id == wanted;
         Ok(Response::new(ImageStatusResponse {
@@ -511,7 +552,11 @@ impl ImageService for FakeRuntime {
         &self,
         request: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        let image = request.into_inner().image.map(|i| i.image).unwrap_or_default();
+        let image = request
+            .into_inner()
+            .image
+            .map(|i| i.image)
+            .unwrap_or_default();
         Ok(Response::new(PullImageResponse {
             image_ref: format!("sha256:{:0>64}", image.len()),
         }))
@@ -542,7 +587,9 @@ mod tests {
 
     #[test]
     fn five_thousand_containers_make_a_realistic_answer() {
-        let containers: Vec<_> = (0..5000).map(|i| container_of(&sample_container(i), "pod")).collect();
+        let containers: Vec<_> = (0..5000)
+            .map(|i| container_of(&sample_container(i), "pod"))
+            .collect();
         let size = ListContainersResponse { containers }.encoded_len();
         assert!((6_000_000..7_500_000).contains(&size), "{size} bytes");
     }

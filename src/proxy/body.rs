@@ -187,7 +187,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.trailers.is_none() && (self.rest_done || self.rest.is_end_stream())
+        self.head.is_none()
+            && self.trailers.is_none()
+            && (self.rest_done || self.rest.is_end_stream())
     }
 }
 
@@ -577,7 +579,11 @@ mod tests {
             let mut scanner = FrameScanner::new(300);
             scanner.scan(&stream[..split]).unwrap();
             scanner.scan(&stream[split..]).unwrap();
-            assert_eq!((scanner.prefix_len, scanner.remaining), (0, 0), "split at {split}");
+            assert_eq!(
+                (scanner.prefix_len, scanner.remaining),
+                (0, 0),
+                "split at {split}"
+            );
         }
     }
 
@@ -637,7 +643,10 @@ mod tests {
     async fn oversized_answer_ends_with_resource_exhausted_after_the_good_messages() {
         let mut wire = framed(b"first");
         wire.extend(framed(&[9; 50]));
-        let inner = body_of(vec![Frame::data(wire.into()), Frame::trailers(trailers(Code::Ok))]);
+        let inner = body_of(vec![
+            Frame::data(wire.into()),
+            Frame::trailers(trailers(Code::Ok)),
+        ]);
         let body = ResponseBody::runtime(inner, 10, "unix:///rt.sock".into());
         let collected = body.collect().await.unwrap();
         let trailers = collected.trailers().cloned().unwrap();
@@ -666,12 +675,18 @@ mod tests {
     async fn status_body_reports_trailers_only_answers_at_once_and_cancels_on_drop() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        let trailers_only =
-            status::error_response::<TestBody>(&ProxyError::ShuttingDown);
-        let _ = StatusBody::wrap(trailers_only, move |o: Outcome| sink.lock().unwrap().push(o.code));
+        let trailers_only = status::error_response::<TestBody>(&ProxyError::ShuttingDown);
+        let _ = StatusBody::wrap(trailers_only, move |o: Outcome| {
+            sink.lock().unwrap().push(o.code)
+        });
         let sink = seen.clone();
         let open = http::Response::new(body_of(vec![Frame::data(framed(b"x").into())]));
-        drop(StatusBody::wrap(open, move |o: Outcome| sink.lock().unwrap().push(o.code)));
-        assert_eq!(*seen.lock().unwrap(), vec![Code::Unavailable, Code::Cancelled]);
+        drop(StatusBody::wrap(open, move |o: Outcome| {
+            sink.lock().unwrap().push(o.code)
+        }));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Code::Unavailable, Code::Cancelled]
+        );
     }
 }

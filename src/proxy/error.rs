@@ -22,7 +22,9 @@ impl fmt::Display for Direction {
 
 /// A gRPC message larger than the configured limit (`maxMessageSize`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{direction} message of {size} bytes is larger than the limit of {limit} bytes (maxMessageSize)")]
+#[error(
+    "{direction} message of {size} bytes is larger than the limit of {limit} bytes (maxMessageSize)"
+)]
 pub struct MessageTooLarge {
     pub direction: Direction,
     pub size: usize,

@@ -56,7 +56,9 @@ pub async fn listen(options: &SocketOptions) -> Result<BoundListener, ListenErro
         });
     }
     let listener = bind(options).await?;
-    let inode = std::fs::metadata(&options.path).map(|m| m.ino()).unwrap_or(0);
+    let inode = std::fs::metadata(&options.path)
+        .map(|m| m.ino())
+        .unwrap_or(0);
     Ok(BoundListener {
         listener,
         owned: Some(OwnedSocket {
@@ -108,7 +110,8 @@ async fn bind(options: &SocketOptions) -> Result<UnixListener, ListenError> {
         .map_err(io_err("setting the socket mode"))?;
     if let Some(group) = &options.group {
         let gid = resolve_group(group)?;
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err("setting the socket group"))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(io_err("setting the socket group"))?;
     }
     Ok(listener)
 }

@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(rpc.service, Service::Runtime);
         assert_eq!(rpc.method, Method::Unknown);
         assert_eq!(rpc.method_name(), "UpdatePodSandboxResources");
-        assert_eq!(&*rpc.path, "/runtime.v1.RuntimeService/UpdatePodSandboxResources");
+        assert_eq!(
+            &*rpc.path,
+            "/runtime.v1.RuntimeService/UpdatePodSandboxResources"
+        );
     }
 
     #[test]
@@ -167,7 +170,14 @@ mod tests {
 
     #[test]
     fn garbage_paths_are_unknown_not_errors() {
-        for path in ["", "/", "//", "/x", "no-slash", "/runtime.v1alpha2.RuntimeService/Version"] {
+        for path in [
+            "",
+            "/",
+            "//",
+            "/x",
+            "no-slash",
+            "/runtime.v1alpha2.RuntimeService/Version",
+        ] {
             let rpc = Rpc::from_path(path);
             assert_eq!(rpc.method, Method::Unknown, "{path}");
             assert_eq!(rpc.service, Service::Other, "{path}");

@@ -140,10 +140,11 @@ impl RuntimeConnection {
             endpoint: self.name.clone(),
             reason,
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.endpoint.path))
-            .await
-            .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
+        let stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(&self.endpoint.path))
+                .await
+                .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+                .map_err(|e| unreachable(e.to_string()))?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

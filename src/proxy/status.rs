@@ -10,8 +10,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use pin_project_lite::pin_project;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use pin_project_lite::pin_project;
 use tonic::Code;
 
 use super::body::ResponseBody;
@@ -56,7 +56,10 @@ impl<S> tower::Layer<S> for RespondWithStatusLayer {
     type Service = RespondWithStatus<S>;
 
     fn layer(&self, inner: S) -> RespondWithStatus<S> {
-        RespondWithStatus { inner, not_ready: None }
+        RespondWithStatus {
+            inner,
+            not_ready: None,
+        }
     }
 }
 
@@ -162,7 +165,10 @@ mod tests {
         assert_eq!(res.headers()[CONTENT_TYPE], "application/grpc");
         assert_eq!(read_code(res.headers()), Some(Code::Unavailable));
         let msg = read_message(res.headers()).unwrap();
-        assert!(msg.starts_with("criguard: runtime endpoint unix:///run/containerd/containerd.sock"), "{msg}");
+        assert!(
+            msg.starts_with("criguard: runtime endpoint unix:///run/containerd/containerd.sock"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -174,13 +180,20 @@ mod tests {
         });
         let trailers = error_trailers(&err);
         assert_eq!(read_code(&trailers), Some(Code::ResourceExhausted));
-        assert!(read_message(&trailers).unwrap().contains("limit of 16777216 bytes"));
+        assert!(
+            read_message(&trailers)
+                .unwrap()
+                .contains("limit of 16777216 bytes")
+        );
     }
 
     #[test]
     fn messages_survive_percent_encoding() {
         let mut headers = HeaderMap::new();
         insert_status(&mut headers, Code::Internal, "100% broken: ünïcode\nline");
-        assert_eq!(read_message(&headers).unwrap(), "100% broken: ünïcode\nline");
+        assert_eq!(
+            read_message(&headers).unwrap(),
+            "100% broken: ünïcode\nline"
+        );
     }
 }

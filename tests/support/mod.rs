@@ -34,7 +34,10 @@ pub struct Sockets {
 impl Sockets {
     pub fn new() -> Sockets {
         Sockets {
-            dir: tempfile::Builder::new().prefix("criguard-test").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("criguard-test")
+                .tempdir()
+                .unwrap(),
         }
     }
     pub fn runtime(&self) -> PathBuf {
@@ -251,7 +254,11 @@ async fn answer(
         finished: false,
     };
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let recorded = Recorded {
         path: parts.uri.path().to_string(),
         headers: parts.headers,
