@@ -196,7 +196,6 @@ fn container_of(status: &ContainerStatus, pod_sandbox_id: &str) -> Container {
         labels: status.labels.clone(),
         annotations: status.annotations.clone(),
         image_id: status.image_ref.clone(),
-        ..Default::default()
     }
 }
 

@@ -148,6 +148,12 @@ pub fn status_trailers(code: i32, message: Option<&str>) -> HeaderMap {
 }
 
 type Handler = Arc<dyn Fn(&Recorded) -> Answer + Send + Sync>;
+type CallContext = (
+    Handler,
+    Arc<Mutex<Vec<Recorded>>>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+);
 
 /// A runtime that records every request and answers with `handler`.
 pub struct RecordingRuntime {
@@ -240,12 +246,7 @@ impl Drop for InFlight {
 
 async fn answer(
     req: http::Request<Incoming>,
-    (handler, requests, in_flight, cancelled): (
-        Handler,
-        Arc<Mutex<Vec<Recorded>>>,
-        Arc<AtomicUsize>,
-        Arc<AtomicUsize>,
-    ),
+    (handler, requests, in_flight, cancelled): CallContext,
 ) -> http::Response<BoxBody> {
     in_flight.fetch_add(1, Ordering::SeqCst);
     let mut guard = InFlight {
