@@ -24,6 +24,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+#[allow(unused_imports)]
 pub use criguard::client::{RawClient, grpc_frame};
 
 /// A temporary directory holding the sockets of one test.

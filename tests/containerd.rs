@@ -1,0 +1,327 @@
+//! criguard between a real CRI client and a real containerd (Debian's package, runc, CNI,
+//! images built offline). Run by tests/run.sh after tests/e2e/containerd-lab.sh has started
+//! containerd; by hand:
+//!
+//! ```sh
+//! sudo tests/e2e/containerd-lab.sh up
+//! CRIGUARD_E2E_ENDPOINT=unix:///run/criguard-e2e/containerd.sock \
+//!     cargo test --test containerd -- --ignored --test-threads 1
+//! ```
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use criguard::cri::image_service_client::ImageServiceClient;
+use criguard::cri::runtime_service_client::RuntimeServiceClient;
+use criguard::cri::*;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_criguard");
+const BUSYBOX: &str = "docker.io/library/busybox:1.36";
+
+fn runtime_socket() -> PathBuf {
+    let endpoint = std::env::var("CRIGUARD_E2E_ENDPOINT")
+        .expect("CRIGUARD_E2E_ENDPOINT names the containerd socket (tests/run.sh sets it)");
+    PathBuf::from(endpoint.trim_start_matches("unix://"))
+}
+
+/// The criguard binary in front of containerd; killed when dropped.
+struct Criguard {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Criguard {
+    async fn start(runtime: &Path, extra: &[&str]) -> Criguard {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("criguard.sock");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--listen")
+            .arg(&socket)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", runtime.display()))
+            .args(extra)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        assert!(
+            support::eventually(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()).await,
+            "criguard did not start"
+        );
+        Criguard { child, socket, _dir: dir }
+    }
+}
+
+impl Drop for Criguard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Clients {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+}
+
+async fn clients(socket: &Path) -> Clients {
+    let channel = criguard::client::channel(socket).await.unwrap();
+    Clients {
+        rt: criguard::client::runtime(channel.clone()),
+        img: criguard::client::image(channel),
+    }
+}
+
+fn pod_config(name: &str) -> PodSandboxConfig {
+    let uid = format!("e2e-{name}-uid");
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            namespace: "criguard-e2e".into(),
+            uid: uid.clone(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        labels: HashMap::from([("criguard-e2e".to_string(), name.to_string())]),
+        linux: Some(LinuxPodSandboxConfig {
+            // containerd 1.6 needs a cgroup parent for container stats.
+            cgroup_parent: format!("/criguard-e2e/{uid}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config() -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
+        command: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; while true; do sleep 0.2; done".into()],
+        labels: HashMap::from([("criguard-e2e".to_string(), "app".to_string())]),
+        ..Default::default()
+    }
+}
+
+/// Removes pods left by an earlier, interrupted run.
+async fn clean_up(c: &mut Clients, name: &str) {
+    let filter = PodSandboxFilter {
+        label_selector: HashMap::from([("criguard-e2e".to_string(), name.to_string())]),
+        ..Default::default()
+    };
+    let pods = c.rt.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) }).await.unwrap().into_inner();
+    for pod in pods.items {
+        let _ = c.rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
+        let _ = c.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
+    }
+}
+
+/// What a step of the lifecycle showed, with the ids and times that differ between runs left
+/// out, so that the run through criguard and the direct run can be compared.
+type Transcript = Vec<(&'static str, String)>;
+
+/// The kubelet's lifecycle of one pod with one container, step by step.
+async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
+    clean_up(c, name).await;
+    let mut t: Transcript = Vec::new();
+    let v = c.rt.version(VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
+    t.push(("Version", format!("{} {} {}", v.runtime_name, v.runtime_version, v.runtime_api_version)));
+    let s = c.rt.status(StatusRequest::default()).await.unwrap().into_inner();
+    let conditions = s.status.unwrap().conditions;
+    t.push(("Status", format!("{:?}", conditions.iter().map(|c| (&c.r#type, c.status)).collect::<Vec<_>>())));
+
+    // containerd 1.6 (Debian 12) answers UNIMPLEMENTED here: the answer must then be the same
+    // through criguard. Newer runtimes stream events; then the events must be seen.
+    let mut events = match c.rt.get_container_events(GetEventsRequest::default()).await {
+        Ok(stream) => Some(stream.into_inner()),
+        Err(status) => {
+            t.push(("GetContainerEvents", format!("{:?}: {}", status.code(), status.message())));
+            None
+        }
+    };
+
+    let config = pod_config(name);
+    let pod = c
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    t.push(("RunPodSandbox", "ok".into()));
+    let id = c
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config()),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    t.push(("CreateContainer", "ok".into()));
+    c.rt.start_container(StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    t.push(("StartContainer", "ok".into()));
+
+    let exec = c
+        .rt
+        .exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: vec!["echo".into(), "hello from a real container".into()], timeout: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    t.push(("ExecSync", format!("exit {} stdout {:?}", exec.exit_code, String::from_utf8_lossy(&exec.stdout))));
+
+    let status = c
+        .rt
+        .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    t.push(("ContainerStatus", format!("{:?} image {}", status.state(), status.image.unwrap().image)));
+
+    let listed = c
+        .rt
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    t.push(("ListContainers", format!("{} in pod: {:?}", listed.containers.len(), listed.containers.iter().map(|c| c.state()).collect::<Vec<_>>())));
+
+    let pods = c
+        .rt
+        .list_pod_sandbox(ListPodSandboxRequest {
+            filter: Some(PodSandboxFilter { id: pod.clone(), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    t.push(("ListPodSandbox", format!("{:?}", pods.items.iter().map(|p| p.state()).collect::<Vec<_>>())));
+
+    let url = c
+        .rt
+        .exec(ExecRequest { container_id: id.clone(), cmd: vec!["sh".into()], stdout: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    t.push(("Exec", format!("url on loopback: {}", url.starts_with("http://127.0.0.1:"))));
+
+    let stats = c
+        .rt
+        .container_stats(ContainerStatsRequest { container_id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    t.push(("ContainerStats", format!("for the container: {}, cpu reported: {}", stats.attributes.unwrap().id == id, stats.cpu.is_some())));
+
+    c.rt.stop_container(StopContainerRequest { container_id: id.clone(), timeout: 5 }).await.unwrap();
+    t.push(("StopContainer", "ok".into()));
+    c.rt.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+    t.push(("RemoveContainer", "ok".into()));
+    c.rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    t.push(("StopPodSandbox", "ok".into()));
+    c.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    t.push(("RemovePodSandbox", "ok".into()));
+
+    if let Some(events) = events.as_mut() {
+        let mut seen = Vec::new();
+        while !seen.contains(&ContainerEventType::ContainerDeletedEvent) {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.message())
+                .await
+                .expect("container events arrive")
+                .unwrap()
+                .expect("the event stream stays open");
+            if event.container_id == id {
+                seen.push(event.container_event_type());
+            }
+        }
+        t.push(("GetContainerEvents", format!("{seen:?}")));
+    }
+
+    let images = c.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner();
+    t.push(("ListImages", format!("busybox listed: {}", images.images.iter().any(|i| i.repo_tags.iter().any(|t| t == BUSYBOX)))));
+    let image = c
+        .img
+        .image_status(ImageStatusRequest { image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }), verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    t.push(("ImageStatus", format!("{:?}", image.image.map(|i| i.repo_tags))));
+    let fs = c.img.image_fs_info(ImageFsInfoRequest::default()).await.unwrap().into_inner();
+    t.push(("ImageFsInfo", format!("{} image filesystem(s)", fs.image_filesystems.len())));
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd: run tests/run.sh (or see the module docs)"]
+async fn a_pod_lifecycle_through_criguard_matches_the_same_calls_made_directly() {
+    let runtime = runtime_socket();
+    let criguard = Criguard::start(&runtime, &[]).await;
+
+    let through = lifecycle(&mut clients(&criguard.socket).await, "through-criguard").await;
+    let direct = lifecycle(&mut clients(&runtime).await, "direct").await;
+    for (step, (a, b)) in through.iter().zip(&direct).enumerate() {
+        println!("{:>2} {:<20} {}", step + 1, a.0, a.1);
+        assert_eq!(a, b, "step {} differs through criguard", step + 1);
+    }
+    assert_eq!(through.len(), direct.len());
+    assert_eq!(through.len(), 19);
+    let steps = |t: &Transcript| t.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(" ");
+    println!("all steps match: {}", steps(&through));
+    assert!(through.iter().any(|(m, s)| *m == "ExecSync" && s.contains("hello from a real container")));
+    let events = &through.iter().find(|(m, _)| *m == "GetContainerEvents").unwrap().1;
+    assert!(
+        events.starts_with("Unimplemented")
+            || events == "[ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent]",
+        "{events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd: run tests/run.sh (or see the module docs)"]
+async fn read_calls_answer_the_same_through_criguard_and_directly() {
+    let runtime = runtime_socket();
+    let criguard = Criguard::start(&runtime, &[]).await;
+    let mut through = clients(&criguard.socket).await;
+    let mut direct = clients(&runtime).await;
+
+    assert_eq!(
+        through.rt.version(VersionRequest::default()).await.unwrap().into_inner(),
+        direct.rt.version(VersionRequest::default()).await.unwrap().into_inner()
+    );
+    assert_eq!(
+        through.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner(),
+        direct.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner()
+    );
+    let spec = || ImageStatusRequest { image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }), verbose: true };
+    assert_eq!(
+        through.img.image_status(spec()).await.unwrap().into_inner(),
+        direct.img.image_status(spec()).await.unwrap().into_inner()
+    );
+    // An error is passed through unchanged: containerd's code and message.
+    let missing = || ContainerStatusRequest { container_id: "no-such-container".into(), verbose: false };
+    let a = through.rt.container_status(missing()).await.unwrap_err();
+    let b = direct.rt.container_status(missing()).await.unwrap_err();
+    assert_eq!((a.code(), a.message()), (b.code(), b.message()));
+    assert_eq!(a.code(), tonic::Code::NotFound);
+    // A method containerd 1.6 does not know: its own UNIMPLEMENTED comes back.
+    let mut raw = criguard::client::RawClient::connect(&criguard.socket).await.unwrap();
+    let answer = raw
+        .call("/runtime.v1.RuntimeService/UpdatePodSandboxResources", criguard::client::grpc_frame(b""), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(tonic::Code::Unimplemented as i32));
+    assert!(!answer.grpc_message().unwrap_or_default().contains("criguard"));
+}
