@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# criguard's whole test suite, on a fresh machine: installs what it needs (Debian packages,
+# Rust components), then runs formatting, lints, unit and integration tests, and the
+# end-to-end run against a real containerd. Needs root (containerd, iptables, apt-get).
+#
+#   tests/run.sh            everything
+#   CRIGUARD_E2E=0 tests/run.sh   everything but the containerd run
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing what the tests need"
+wanted=(systemd gcc libc6-dev python3)
+missing=()
+for p in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+step "unit and integration tests"
+cargo test --locked
+
+if [ "${CRIGUARD_E2E:-1}" != 0 ]; then
+  step "end to end: criguard in front of a real containerd"
+  trap 'tests/e2e/containerd-lab.sh down || true' EXIT
+  endpoint=$(tests/e2e/containerd-lab.sh up)
+  CRIGUARD_E2E_ENDPOINT=$endpoint cargo test --locked --test containerd -- --ignored --test-threads 1 --nocapture
+fi
+
+step "all tests passed"
