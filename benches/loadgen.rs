@@ -1,1 +1,357 @@
-fn main() {}
+//! Load generator: in one run, the same calls against the fake runtime directly and through
+//! criguard, and their ratio. Run it with
+//!
+//! ```sh
+//! cargo bench --bench loadgen                     # every scenario, 3 s per side
+//! CRIGUARD_BENCH_SECONDS=1 cargo bench --bench loadgen -- Version
+//! ```
+//!
+//! The fake runtime and criguard run as their own processes (the release binary), so
+//! criguard's CPU time and memory are read from /proc for criguard alone. The client sends
+//! prepared request bytes and never decodes answers: decoding a 6.6 MB ListContainers costs a
+//! client tens of milliseconds of CPU and would hide the proxy. Each scenario alternates
+//! direct and proxied rounds, so drift on a shared machine hits both sides alike.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criguard::client::{RawClient, grpc_frame};
+use hdrhistogram::Histogram;
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use prost::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_criguard");
+const ROUNDS: u32 = 2;
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not come up",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(args: &[&str], socket: &Path) -> Process {
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .env("CRIGUARD_LOG_LEVEL", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("criguard binary");
+    wait_for(socket);
+    Process(child)
+}
+
+/// A fake runtime and criguard in front of it.
+struct Pair {
+    runtime: PathBuf,
+    proxy: PathBuf,
+    proxy_process: Process,
+    _runtime_process: Process,
+}
+
+fn pair(dir: &Path, name: &str, containers: usize) -> Pair {
+    let runtime = dir.join(format!("{name}-runtime.sock"));
+    let proxy = dir.join(format!("{name}-criguard.sock"));
+    let runtime_process = spawn(
+        &[
+            "fake-runtime",
+            "--stateless",
+            "--containers",
+            &containers.to_string(),
+            "--listen",
+            runtime.to_str().unwrap(),
+        ],
+        &runtime,
+    );
+    let proxy_process = spawn(
+        &[
+            "serve",
+            "--listen",
+            proxy.to_str().unwrap(),
+            "--runtime-endpoint",
+            &format!("unix://{}", runtime.display()),
+        ],
+        &proxy,
+    );
+    Pair {
+        runtime,
+        proxy,
+        proxy_process,
+        _runtime_process: runtime_process,
+    }
+}
+
+/// utime + stime of a process, in microseconds.
+fn cpu_micros(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    ticks * 1_000_000 / 100 // USER_HZ is 100 on Linux
+}
+
+/// A line of /proc/PID/status in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Run {
+    calls: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `concurrency` callers on one HTTP/2 connection, for `duration`.
+async fn drive(
+    socket: &Path,
+    path: &'static str,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> Run {
+    let client = RawClient::connect(socket).await.expect("connect");
+    // Warm the connection up.
+    let mut warm = client.clone();
+    let answer = warm
+        .call(path, body.clone(), &HeaderMap::new())
+        .await
+        .expect("warm-up call");
+    assert_eq!(
+        answer.grpc_status(),
+        Some(0),
+        "{path}: {:?}",
+        answer.grpc_message()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let mut client = client.clone();
+            let body = body.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                let mut calls = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let request = RawClient::request(path, body.clone(), &HeaderMap::new());
+                    let response = client.send(request).await.expect("call");
+                    let mut body = response.into_body();
+                    let mut ok = false;
+                    while let Some(frame) = body.frame().await {
+                        let frame = frame.expect("answer body");
+                        if let Some(t) = frame.trailers_ref() {
+                            ok = t.get("grpc-status").is_some_and(|s| s == "0");
+                        }
+                    }
+                    assert!(ok, "{path} failed under load");
+                    latency.record(t.elapsed().as_micros() as u64).unwrap();
+                    calls += 1;
+                }
+                (calls, latency)
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Run {
+        calls: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    };
+    for worker in workers {
+        let (calls, latency) = worker.await.unwrap();
+        total.calls += calls;
+        total.latency.add(latency).unwrap();
+    }
+    total.elapsed = started.elapsed();
+    total
+}
+
+struct Scenario {
+    name: String,
+    path: &'static str,
+    body: Bytes,
+    concurrency: usize,
+    big: bool,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let version = grpc_frame(
+        &criguard::cri::VersionRequest {
+            version: "v1".into(),
+        }
+        .encode_to_vec(),
+    );
+    let list = grpc_frame(&criguard::cri::ListContainersRequest::default().encode_to_vec());
+    let create = grpc_frame(&criguard::fake::samples::create_container_request().encode_to_vec());
+    let mut all = Vec::new();
+    for c in [1, 64] {
+        all.push(Scenario {
+            name: format!("Version c={c}"),
+            path: "/runtime.v1.RuntimeService/Version",
+            body: version.clone(),
+            concurrency: c,
+            big: false,
+        });
+    }
+    for c in [1, 16] {
+        all.push(Scenario {
+            name: format!("ListContainers 100 c={c}"),
+            path: "/runtime.v1.RuntimeService/ListContainers",
+            body: list.clone(),
+            concurrency: c,
+            big: false,
+        });
+    }
+    for c in [1, 16] {
+        all.push(Scenario {
+            name: format!("ListContainers 5000 c={c}"),
+            path: "/runtime.v1.RuntimeService/ListContainers",
+            body: list.clone(),
+            concurrency: c,
+            big: true,
+        });
+    }
+    for c in [1, 64] {
+        all.push(Scenario {
+            name: format!("CreateContainer {}B c={c}", create.len() - 5),
+            path: "/runtime.v1.RuntimeService/CreateContainer",
+            body: create.clone(),
+            concurrency: c,
+            big: false,
+        });
+    }
+    all
+}
+
+fn main() {
+    // `cargo bench` passes --bench; anything else is a filter on scenario names.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let seconds: f64 = std::env::var("CRIGUARD_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let per_round = Duration::from_secs_f64(seconds / ROUNDS as f64);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let small = pair(dir.path(), "small", 100);
+    let big = pair(dir.path(), "big", 5000);
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_rss = [&small, &big].map(|p| status_kib(p.proxy_process.0.id(), "VmRSS:"));
+
+    println!(
+        "criguard load generator: {seconds} s per side per scenario, {ROUNDS} alternating rounds, one HTTP/2 connection"
+    );
+    println!();
+    println!(
+        "| scenario | direct req/s | criguard req/s | ratio | direct p50 / p99 (µs) | criguard p50 / p99 (µs) | p50 ratio | criguard CPU µs/call |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for s in scenarios() {
+        if !filter.is_empty() && !filter.iter().any(|f| s.name.contains(f.as_str())) {
+            continue;
+        }
+        let p = if s.big { &big } else { &small };
+        let pid = p.proxy_process.0.id();
+        let mut direct: Option<Run> = None;
+        let mut proxied: Option<Run> = None;
+        let mut cpu = 0u64;
+        for _ in 0..ROUNDS {
+            let d = runtime.block_on(drive(
+                &p.runtime,
+                s.path,
+                s.body.clone(),
+                s.concurrency,
+                per_round,
+            ));
+            let before = cpu_micros(pid);
+            let x = runtime.block_on(drive(
+                &p.proxy,
+                s.path,
+                s.body.clone(),
+                s.concurrency,
+                per_round,
+            ));
+            cpu += cpu_micros(pid) - before;
+            for (acc, run) in [(&mut direct, d), (&mut proxied, x)] {
+                match acc {
+                    None => *acc = Some(run),
+                    Some(a) => {
+                        a.calls += run.calls;
+                        a.elapsed += run.elapsed;
+                        a.latency.add(run.latency).unwrap();
+                    }
+                }
+            }
+        }
+        let (d, x) = (direct.unwrap(), proxied.unwrap());
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {:.2}× | {:.1} |",
+            s.name,
+            d.rate(),
+            x.rate(),
+            x.rate() / d.rate(),
+            d.latency.value_at_quantile(0.5),
+            d.latency.value_at_quantile(0.99),
+            x.latency.value_at_quantile(0.5),
+            x.latency.value_at_quantile(0.99),
+            x.latency.value_at_quantile(0.5) as f64 / d.latency.value_at_quantile(0.5) as f64,
+            cpu as f64 / x.calls as f64,
+        );
+    }
+    println!();
+    println!(
+        "criguard memory: idle RSS {} KiB (100-container pair), {} KiB (5000-container pair); peak RSS (VmHWM) {} KiB and {} KiB",
+        idle_rss[0],
+        idle_rss[1],
+        status_kib(small.proxy_process.0.id(), "VmHWM:"),
+        status_kib(big.proxy_process.0.id(), "VmHWM:"),
+    );
+}

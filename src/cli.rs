@@ -41,6 +41,9 @@ pub enum Command {
         /// Containers to pre-create, so that ListContainers answers are large.
         #[arg(long, default_value_t = 0)]
         containers: usize,
+        /// CreateContainer keeps nothing (for load runs).
+        #[arg(long)]
+        stateless: bool,
     },
 }
 

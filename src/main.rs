@@ -66,14 +66,21 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::FakeRuntime { listen, containers } => {
+        Command::FakeRuntime {
+            listen,
+            containers,
+            stateless,
+        } => {
             logging::init(None, LogFormat::Text);
             let shutdown = CancellationToken::new();
             if let Err(err) = criguard::signal::shutdown_on_signals(shutdown.clone()) {
                 eprintln!("criguard: cannot watch signals: {err}");
                 return ExitCode::from(EXIT_RUNTIME);
             }
-            let runtime = criguard::fake::FakeRuntime::with_containers(containers);
+            let mut runtime = criguard::fake::FakeRuntime::with_containers(containers);
+            if stateless {
+                runtime = runtime.stateless();
+            }
             match runtime.serve(&listen, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {

@@ -51,10 +51,17 @@ impl Criguard {
             .spawn()
             .unwrap();
         assert!(
-            support::eventually(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()).await,
+            support::eventually(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            })
+            .await,
             "criguard did not start"
         );
-        Criguard { child, socket, _dir: dir }
+        Criguard {
+            child,
+            socket,
+            _dir: dir,
+        }
     }
 }
 
@@ -100,9 +107,19 @@ fn pod_config(name: &str) -> PodSandboxConfig {
 
 fn container_config() -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata { name: "app".into(), attempt: 0 }),
-        image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }),
-        command: vec!["sh".into(), "-c".into(), "trap 'exit 0' TERM; while true; do sleep 0.2; done".into()],
+        metadata: Some(ContainerMetadata {
+            name: "app".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
+        ],
         labels: HashMap::from([("criguard-e2e".to_string(), "app".to_string())]),
         ..Default::default()
     }
@@ -114,10 +131,24 @@ async fn clean_up(c: &mut Clients, name: &str) {
         label_selector: HashMap::from([("criguard-e2e".to_string(), name.to_string())]),
         ..Default::default()
     };
-    let pods = c.rt.list_pod_sandbox(ListPodSandboxRequest { filter: Some(filter) }).await.unwrap().into_inner();
+    let pods =
+        c.rt.list_pod_sandbox(ListPodSandboxRequest {
+            filter: Some(filter),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     for pod in pods.items {
-        let _ = c.rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() }).await;
-        let _ = c.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.id }).await;
+        let _ =
+            c.rt.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            })
+            .await;
+        let _ =
+            c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id,
+            })
+            .await;
     }
 }
 
@@ -129,34 +160,63 @@ type Transcript = Vec<(&'static str, String)>;
 async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
     clean_up(c, name).await;
     let mut t: Transcript = Vec::new();
-    let v = c.rt.version(VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
-    t.push(("Version", format!("{} {} {}", v.runtime_name, v.runtime_version, v.runtime_api_version)));
-    let s = c.rt.status(StatusRequest::default()).await.unwrap().into_inner();
+    let v =
+        c.rt.version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    t.push((
+        "Version",
+        format!(
+            "{} {} {}",
+            v.runtime_name, v.runtime_version, v.runtime_api_version
+        ),
+    ));
+    let s =
+        c.rt.status(StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
     let conditions = s.status.unwrap().conditions;
-    t.push(("Status", format!("{:?}", conditions.iter().map(|c| (&c.r#type, c.status)).collect::<Vec<_>>())));
+    t.push((
+        "Status",
+        format!(
+            "{:?}",
+            conditions
+                .iter()
+                .map(|c| (&c.r#type, c.status))
+                .collect::<Vec<_>>()
+        ),
+    ));
 
     // containerd 1.6 (Debian 12) answers UNIMPLEMENTED here: the answer must then be the same
     // through criguard. Newer runtimes stream events; then the events must be seen.
     let mut events = match c.rt.get_container_events(GetEventsRequest::default()).await {
         Ok(stream) => Some(stream.into_inner()),
         Err(status) => {
-            t.push(("GetContainerEvents", format!("{:?}: {}", status.code(), status.message())));
+            t.push((
+                "GetContainerEvents",
+                format!("{:?}: {}", status.code(), status.message()),
+            ));
             None
         }
     };
 
     let config = pod_config(name);
-    let pod = c
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() })
+    let pod =
+        c.rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
         .await
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
     t.push(("RunPodSandbox", "ok".into()));
-    let id = c
-        .rt
-        .create_container(CreateContainerRequest {
+    let id =
+        c.rt.create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
             config: Some(container_config()),
             sandbox_config: Some(config),
@@ -166,73 +226,145 @@ async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
         .into_inner()
         .container_id;
     t.push(("CreateContainer", "ok".into()));
-    c.rt.start_container(StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    c.rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
     t.push(("StartContainer", "ok".into()));
 
-    let exec = c
-        .rt
-        .exec_sync(ExecSyncRequest { container_id: id.clone(), cmd: vec!["echo".into(), "hello from a real container".into()], timeout: 10 })
+    let exec =
+        c.rt.exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["echo".into(), "hello from a real container".into()],
+            timeout: 10,
+        })
         .await
         .unwrap()
         .into_inner();
-    t.push(("ExecSync", format!("exit {} stdout {:?}", exec.exit_code, String::from_utf8_lossy(&exec.stdout))));
+    t.push((
+        "ExecSync",
+        format!(
+            "exit {} stdout {:?}",
+            exec.exit_code,
+            String::from_utf8_lossy(&exec.stdout)
+        ),
+    ));
 
-    let status = c
-        .rt
-        .container_status(ContainerStatusRequest { container_id: id.clone(), verbose: false })
+    let status =
+        c.rt.container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
         .await
         .unwrap()
         .into_inner()
         .status
         .unwrap();
-    t.push(("ContainerStatus", format!("{:?} image {}", status.state(), status.image.unwrap().image)));
+    t.push((
+        "ContainerStatus",
+        format!("{:?} image {}", status.state(), status.image.unwrap().image),
+    ));
 
-    let listed = c
-        .rt
-        .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+    let listed =
+        c.rt.list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
         .into_inner();
-    t.push(("ListContainers", format!("{} in pod: {:?}", listed.containers.len(), listed.containers.iter().map(|c| c.state()).collect::<Vec<_>>())));
+    t.push((
+        "ListContainers",
+        format!(
+            "{} in pod: {:?}",
+            listed.containers.len(),
+            listed
+                .containers
+                .iter()
+                .map(|c| c.state())
+                .collect::<Vec<_>>()
+        ),
+    ));
 
-    let pods = c
-        .rt
-        .list_pod_sandbox(ListPodSandboxRequest {
-            filter: Some(PodSandboxFilter { id: pod.clone(), ..Default::default() }),
+    let pods =
+        c.rt.list_pod_sandbox(ListPodSandboxRequest {
+            filter: Some(PodSandboxFilter {
+                id: pod.clone(),
+                ..Default::default()
+            }),
         })
         .await
         .unwrap()
         .into_inner();
-    t.push(("ListPodSandbox", format!("{:?}", pods.items.iter().map(|p| p.state()).collect::<Vec<_>>())));
+    t.push((
+        "ListPodSandbox",
+        format!(
+            "{:?}",
+            pods.items.iter().map(|p| p.state()).collect::<Vec<_>>()
+        ),
+    ));
 
-    let url = c
-        .rt
-        .exec(ExecRequest { container_id: id.clone(), cmd: vec!["sh".into()], stdout: true, ..Default::default() })
+    let url =
+        c.rt.exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into()],
+            stdout: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
         .url;
-    t.push(("Exec", format!("url on loopback: {}", url.starts_with("http://127.0.0.1:"))));
+    t.push((
+        "Exec",
+        format!("url on loopback: {}", url.starts_with("http://127.0.0.1:")),
+    ));
 
-    let stats = c
-        .rt
-        .container_stats(ContainerStatsRequest { container_id: id.clone() })
+    let stats =
+        c.rt.container_stats(ContainerStatsRequest {
+            container_id: id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .stats
         .unwrap();
-    t.push(("ContainerStats", format!("for the container: {}, cpu reported: {}", stats.attributes.unwrap().id == id, stats.cpu.is_some())));
+    t.push((
+        "ContainerStats",
+        format!(
+            "for the container: {}, cpu reported: {}",
+            stats.attributes.unwrap().id == id,
+            stats.cpu.is_some()
+        ),
+    ));
 
-    c.rt.stop_container(StopContainerRequest { container_id: id.clone(), timeout: 5 }).await.unwrap();
+    c.rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 5,
+    })
+    .await
+    .unwrap();
     t.push(("StopContainer", "ok".into()));
-    c.rt.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+    c.rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
     t.push(("RemoveContainer", "ok".into()));
-    c.rt.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    c.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
     t.push(("StopPodSandbox", "ok".into()));
-    c.rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
     t.push(("RemovePodSandbox", "ok".into()));
 
     if let Some(events) = events.as_mut() {
@@ -250,17 +382,48 @@ async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
         t.push(("GetContainerEvents", format!("{seen:?}")));
     }
 
-    let images = c.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner();
-    t.push(("ListImages", format!("busybox listed: {}", images.images.iter().any(|i| i.repo_tags.iter().any(|t| t == BUSYBOX)))));
-    let image = c
+    let images = c
         .img
-        .image_status(ImageStatusRequest { image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }), verbose: false })
+        .list_images(ListImagesRequest::default())
         .await
         .unwrap()
         .into_inner();
-    t.push(("ImageStatus", format!("{:?}", image.image.map(|i| i.repo_tags))));
-    let fs = c.img.image_fs_info(ImageFsInfoRequest::default()).await.unwrap().into_inner();
-    t.push(("ImageFsInfo", format!("{} image filesystem(s)", fs.image_filesystems.len())));
+    t.push((
+        "ListImages",
+        format!(
+            "busybox listed: {}",
+            images
+                .images
+                .iter()
+                .any(|i| i.repo_tags.iter().any(|t| t == BUSYBOX))
+        ),
+    ));
+    let image = c
+        .img
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    t.push((
+        "ImageStatus",
+        format!("{:?}", image.image.map(|i| i.repo_tags)),
+    ));
+    let fs = c
+        .img
+        .image_fs_info(ImageFsInfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    t.push((
+        "ImageFsInfo",
+        format!("{} image filesystem(s)", fs.image_filesystems.len()),
+    ));
     t
 }
 
@@ -280,11 +443,20 @@ async fn a_pod_lifecycle_through_criguard_matches_the_same_calls_made_directly()
     assert_eq!(through.len(), 19);
     let steps = |t: &Transcript| t.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(" ");
     println!("all steps match: {}", steps(&through));
-    assert!(through.iter().any(|(m, s)| *m == "ExecSync" && s.contains("hello from a real container")));
-    let events = &through.iter().find(|(m, _)| *m == "GetContainerEvents").unwrap().1;
+    assert!(
+        through
+            .iter()
+            .any(|(m, s)| *m == "ExecSync" && s.contains("hello from a real container"))
+    );
+    let events = &through
+        .iter()
+        .find(|(m, _)| *m == "GetContainerEvents")
+        .unwrap()
+        .1;
     assert!(
         events.starts_with("Unimplemented")
-            || events == "[ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent]",
+            || events
+                == "[ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent]",
         "{events}"
     );
 }
@@ -298,30 +470,73 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
     let mut direct = clients(&runtime).await;
 
     assert_eq!(
-        through.rt.version(VersionRequest::default()).await.unwrap().into_inner(),
-        direct.rt.version(VersionRequest::default()).await.unwrap().into_inner()
+        through
+            .rt
+            .version(VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+        direct
+            .rt
+            .version(VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
     );
     assert_eq!(
-        through.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner(),
-        direct.img.list_images(ListImagesRequest::default()).await.unwrap().into_inner()
+        through
+            .img
+            .list_images(ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+        direct
+            .img
+            .list_images(ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
     );
-    let spec = || ImageStatusRequest { image: Some(ImageSpec { image: BUSYBOX.into(), ..Default::default() }), verbose: true };
+    let spec = || ImageStatusRequest {
+        image: Some(ImageSpec {
+            image: BUSYBOX.into(),
+            ..Default::default()
+        }),
+        verbose: true,
+    };
     assert_eq!(
         through.img.image_status(spec()).await.unwrap().into_inner(),
         direct.img.image_status(spec()).await.unwrap().into_inner()
     );
     // An error is passed through unchanged: containerd's code and message.
-    let missing = || ContainerStatusRequest { container_id: "no-such-container".into(), verbose: false };
+    let missing = || ContainerStatusRequest {
+        container_id: "no-such-container".into(),
+        verbose: false,
+    };
     let a = through.rt.container_status(missing()).await.unwrap_err();
     let b = direct.rt.container_status(missing()).await.unwrap_err();
     assert_eq!((a.code(), a.message()), (b.code(), b.message()));
     assert_eq!(a.code(), tonic::Code::NotFound);
     // A method containerd 1.6 does not know: its own UNIMPLEMENTED comes back.
-    let mut raw = criguard::client::RawClient::connect(&criguard.socket).await.unwrap();
-    let answer = raw
-        .call("/runtime.v1.RuntimeService/UpdatePodSandboxResources", criguard::client::grpc_frame(b""), &Default::default())
+    let mut raw = criguard::client::RawClient::connect(&criguard.socket)
         .await
         .unwrap();
-    assert_eq!(answer.grpc_status(), Some(tonic::Code::Unimplemented as i32));
-    assert!(!answer.grpc_message().unwrap_or_default().contains("criguard"));
+    let answer = raw
+        .call(
+            "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+            criguard::client::grpc_frame(b""),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.grpc_status(),
+        Some(tonic::Code::Unimplemented as i32)
+    );
+    assert!(
+        !answer
+            .grpc_message()
+            .unwrap_or_default()
+            .contains("criguard")
+    );
 }

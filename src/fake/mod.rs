@@ -21,6 +21,8 @@ use crate::cri::image_service_server::{ImageService, ImageServiceServer};
 use crate::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use crate::cri::*;
 
+pub mod samples;
+
 /// The fake runtime's name in VersionResponse.
 pub const RUNTIME_NAME: &str = "criguard-fake";
 const MAX_MESSAGE_SIZE: usize = 256 << 20;
@@ -33,6 +35,8 @@ pub struct FakeRuntime {
 
 #[derive(Default)]
 struct State {
+    /// Benchmark mode: CreateContainer keeps nothing, so that a load run does not grow memory.
+    stateless_create: bool,
     next_id: AtomicU64,
     pods: Mutex<BTreeMap<String, PodSandbox>>,
     containers: Mutex<BTreeMap<String, ContainerStatus>>,
@@ -48,6 +52,14 @@ fn now_nanos() -> i64 {
 impl FakeRuntime {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A runtime whose CreateContainer answers with a fresh id and keeps nothing, for load runs.
+    pub fn stateless(mut self) -> Self {
+        Arc::get_mut(&mut self.state)
+            .expect("configured before serving")
+            .stateless_create = true;
+        self
     }
 
     /// A runtime that already has `count` running containers in one pod, each with the labels
