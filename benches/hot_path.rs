@@ -1,1 +1,100 @@
-fn main() {}
+//! Criterion benchmarks of the work criguard does on every call: parsing the method, reading
+//! the request head, following the gRPC framing of an answer, observing its final status.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criguard::client::grpc_frame;
+use criguard::proxy::body::{FrameScanner, Outcome, ResponseBody, StatusBody, read_request_head};
+use criguard::proxy::rpc::Rpc;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use prost::Message;
+
+type Chunks = StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
+>;
+
+fn body_of(frames: Vec<Frame<Bytes>>) -> Chunks {
+    StreamBody::new(futures_util::stream::iter(
+        frames.into_iter().map(Ok).collect::<Vec<_>>(),
+    ))
+}
+
+fn ok_trailers() -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", 0.into());
+    t
+}
+
+fn method_parsing(c: &mut Criterion) {
+    c.bench_function("Rpc::from_path known", |b| {
+        b.iter(|| Rpc::from_path(black_box("/runtime.v1.RuntimeService/CreateContainer")))
+    });
+    c.bench_function("Rpc::from_path unknown", |b| {
+        b.iter(|| {
+            Rpc::from_path(black_box(
+                "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+            ))
+        })
+    });
+}
+
+fn framing(c: &mut Criterion) {
+    // A 6.5 MB ListContainers answer arriving in 1 MiB HTTP/2 frames.
+    let answer = grpc_frame(&vec![7u8; 6_500_000]);
+    let chunks: Vec<Bytes> = answer.chunks(1 << 20).map(Bytes::copy_from_slice).collect();
+    let mut group = c.benchmark_group("framing");
+    group.throughput(Throughput::Bytes(answer.len() as u64));
+    group.bench_function("FrameScanner over a 6.5 MB answer", |b| {
+        b.iter(|| {
+            let mut scanner = FrameScanner::new(16 << 20);
+            for chunk in &chunks {
+                scanner.scan(black_box(chunk)).unwrap();
+            }
+        })
+    });
+    group.finish();
+}
+
+fn bodies(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let create = grpc_frame(&criguard::fake::samples::create_container_request().encode_to_vec());
+    c.bench_function("read_request_head 5 KB CreateContainer", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let body = body_of(vec![Frame::data(create.clone())]);
+                let (message, rest) = read_request_head(body, 16 << 20).await.unwrap();
+                black_box((message, rest));
+            })
+        })
+    });
+    let version = grpc_frame(b"\n\x02v1");
+    c.bench_function("response body + status observer, unary answer", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let inner = body_of(vec![
+                    Frame::data(version.clone()),
+                    Frame::trailers(ok_trailers()),
+                ]);
+                let body = ResponseBody::runtime(
+                    inner,
+                    16 << 20,
+                    "unix:///run/containerd/containerd.sock".into(),
+                );
+                let response = StatusBody::wrap(http::Response::new(body), |o: Outcome| {
+                    black_box(o);
+                });
+                black_box(response.into_body().collect().await.unwrap());
+            })
+        })
+    });
+}
+
+criterion_group!(benches, method_parsing, framing, bodies);
+criterion_main!(benches);

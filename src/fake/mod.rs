@@ -163,6 +163,10 @@ fn sample_container(i: usize) -> ContainerStatus {
         ),
         ("io.kubernetes.container.terminationMessagePolicy", "File"),
         ("io.kubernetes.pod.terminationGracePeriod", "30"),
+        (
+            "io.kubernetes.container.preStopHandler",
+            r#"{"exec":{"command":["/bin/sh","-c","sleep 5 && /usr/local/bin/web --drain --timeout=25s"]}}"#,
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

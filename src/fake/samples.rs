@@ -75,7 +75,7 @@ pub fn pod_config() -> PodSandboxConfig {
 /// A CreateContainer request of about 5 KB: environment, mounts, labels, annotations,
 /// resources and security context, with the pod config the kubelet repeats in it.
 pub fn create_container_request() -> CreateContainerRequest {
-    let envs = (0..24)
+    let envs = (0..38)
         .map(|i| KeyValue {
             key: format!("WEB_SERVICE_SETTING_{i}"),
             value: format!("value-{i}-for-the-web-service-with-some-length"),
