@@ -3,6 +3,16 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/v1.proto");
+    // The git revision for criguard_build_info, "unknown" outside a git checkout.
+    let revision = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CRIGUARD_REVISION={revision}");
+    println!("cargo:rerun-if-changed=.git/HEAD");
     let descriptors = protox::compile(["proto/v1.proto"], ["proto"])?;
     tonic_prost_build::configure()
         // The fake runtime answers only what it implements; the rest is UNIMPLEMENTED.

@@ -90,6 +90,8 @@ fn pair(dir: &Path, name: &str, containers: usize) -> Pair {
             proxy.to_str().unwrap(),
             "--runtime-endpoint",
             &format!("unix://{}", runtime.display()),
+            "--admin-address",
+            dir.join(format!("{name}-admin.sock")).to_str().unwrap(),
         ],
         &proxy,
     );

@@ -6,17 +6,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::config::Config;
 use crate::layers::log::CallLogLayer;
+use crate::layers::metrics::CallMetricsLayer;
 use crate::proxy::head::ReadHeadLayer;
 use crate::proxy::listener::{self, BoundListener, ListenError};
 use crate::proxy::rpc::Rpc;
 use crate::proxy::runtime::{Forwarder, RuntimeConnection};
 use crate::proxy::server;
 use crate::proxy::status::RespondWithStatusLayer;
+use crate::telemetry::admin::{self, AdminListener, AdminState};
+use crate::telemetry::readiness::Readiness;
 
 /// The stack, top to bottom: what a call goes through on its way to the runtime.
 pub fn build_stack(
@@ -35,6 +39,8 @@ pub fn build_stack(
     ServiceBuilder::new()
         // Parse the method once from :path; every layer below reads it from the extensions.
         .map_request(with_rpc)
+        // Count every call by method and final code, and time it to the end of its answer.
+        .layer(CallMetricsLayer)
         // Log how each call ended, including the statuses criguard makes itself below.
         .layer(CallLogLayer)
         // The one place where the errors of the layers below become gRPC statuses.
@@ -54,18 +60,75 @@ fn with_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
 pub struct Proxy {
     config: Config,
     bound: BoundListener,
+    admin: Option<AdminListener>,
+    prometheus: Option<PrometheusHandle>,
+}
+
+/// Why criguard could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("admin address {address}: {source}")]
+    Admin {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 impl Proxy {
-    /// Binds the listening socket (or takes the one systemd passed).
-    pub async fn bind(config: Config) -> Result<Proxy, ListenError> {
+    /// Binds the listening socket (or takes the one systemd passed) and the admin address.
+    /// `prometheus` is the installed metrics recorder, if metrics are on.
+    pub async fn bind(
+        config: Config,
+        prometheus: Option<PrometheusHandle>,
+    ) -> Result<Proxy, StartError> {
         let bound = listener::listen(&config.socket).await?;
-        Ok(Proxy { config, bound })
+        let admin = AdminListener::bind(&config.admin_address)
+            .await
+            .map_err(|source| StartError::Admin {
+                address: config.admin_address.to_string(),
+                source,
+            })?;
+        Ok(Proxy {
+            config,
+            bound,
+            admin,
+            prometheus,
+        })
+    }
+
+    /// The admin server's address as bound, if it runs.
+    pub fn admin_address(&self) -> Option<String> {
+        self.admin.as_ref().map(AdminListener::local)
     }
 
     /// Serves until `shutdown` fires, then drains within the grace period.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Proxy { config, bound } = self;
+        let Proxy {
+            config,
+            bound,
+            admin,
+            prometheus,
+        } = self;
+        let mut endpoints = vec![&config.runtime_endpoint];
+        endpoints.extend(config.image_endpoint.as_ref());
+        if let Some(admin) = admin {
+            // Probes serve /readyz and criguard_runtime_up: without the admin server, none.
+            let readiness = Readiness::new(&endpoints, config.probe_interval);
+            tokio::spawn(readiness.clone().run(shutdown.clone()));
+            tracing::info!(address = %admin.local(), metrics = prometheus.is_some(), "admin server listening");
+            let state = AdminState {
+                process: prometheus.as_ref().map(|_| {
+                    let collector = metrics_process::Collector::default();
+                    collector.describe();
+                    std::sync::Arc::new(collector)
+                }),
+                prometheus,
+                readiness,
+            };
+            tokio::spawn(admin::serve(admin, state, shutdown.clone()));
+        }
         let runtime = Arc::new(RuntimeConnection::new(config.runtime_endpoint.clone()));
         let image = config
             .image_endpoint

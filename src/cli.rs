@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the CRI socket and forward every call to the runtime.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a configuration file and exit (non-zero on any problem).
     Check {
         /// The configuration file to check.
@@ -79,6 +79,16 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "CRIGUARD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Admin server for /metrics, /healthz, /readyz: host:port, a socket path, or off
+    /// [default: 127.0.0.1:9899].
+    #[arg(long, env = "CRIGUARD_ADMIN_ADDRESS")]
+    pub admin_address: Option<String>,
+    /// Record no Prometheus metrics (/metrics answers 404).
+    #[arg(long, env = "CRIGUARD_DISABLE_METRICS")]
+    pub disable_metrics: bool,
+    /// How often the runtime is probed for /readyz, e.g. 5s [default: 5s].
+    #[arg(long, env = "CRIGUARD_PROBE_INTERVAL", value_parser = humantime::parse_duration)]
+    pub probe_interval: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -93,6 +103,9 @@ impl ServeArgs {
             shutdown_grace_period: self.shutdown_grace_period,
             log_level: self.log_level.clone(),
             log_format: self.log_format,
+            admin_address: self.admin_address.clone(),
+            metrics: self.disable_metrics.then_some(false),
+            probe_interval: self.probe_interval,
         }
     }
 }

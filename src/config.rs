@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::proxy::listener::SocketOptions;
 use crate::proxy::runtime::Endpoint;
+use crate::telemetry::admin::AdminAddress;
 
 pub const DEFAULT_LISTEN: &str = "/run/criguard/criguard.sock";
 pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
@@ -19,6 +20,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 const MIN_MESSAGE_SIZE: usize = 4 << 10;
 const MAX_MESSAGE_SIZE: usize = 2 << 30;
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(15);
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9899";
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The configuration file as written. Every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +37,10 @@ pub struct FileConfig {
     pub shutdown_grace_period: Option<Duration>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub admin_address: Option<String>,
+    pub metrics: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub probe_interval: Option<Duration>,
 }
 
 /// Values from flags and environment variables; each one set wins over the file.
@@ -48,6 +55,9 @@ pub struct Overrides {
     pub shutdown_grace_period: Option<Duration>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
+    pub admin_address: Option<String>,
+    pub metrics: Option<bool>,
+    pub probe_interval: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -74,6 +84,12 @@ pub struct Config {
     /// `--log-level` / `logLevel`, an `EnvFilter` directive; `None` means `RUST_LOG` or `info`.
     pub log_level: Option<String>,
     pub log_format: LogFormat,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin_address: AdminAddress,
+    /// Whether Prometheus metrics are recorded.
+    pub metrics: bool,
+    /// How often the runtime is probed for `/readyz` and `criguard_runtime_up`.
+    pub probe_interval: Duration,
 }
 
 /// A configuration problem, naming the key (and the file) it comes from.
@@ -172,6 +188,24 @@ impl Config {
                 .unwrap_or(DEFAULT_GRACE_PERIOD),
             log_level: over.log_level.or(file.log_level),
             log_format: over.log_format.or(file.log_format).unwrap_or_default(),
+            admin_address: AdminAddress::parse(
+                over.admin_address
+                    .or(file.admin_address)
+                    .as_deref()
+                    .unwrap_or(DEFAULT_ADMIN_ADDRESS),
+            )
+            .map_err(|p| error("adminAddress", p))?,
+            metrics: over.metrics.or(file.metrics).unwrap_or(true),
+            probe_interval: match over.probe_interval.or(file.probe_interval) {
+                None => DEFAULT_PROBE_INTERVAL,
+                Some(d) if d >= Duration::from_millis(100) => d,
+                Some(d) => {
+                    return Err(error(
+                        "probeInterval",
+                        format!("{d:?} is shorter than 100ms"),
+                    ));
+                }
+            },
         })
     }
 }
@@ -280,6 +314,11 @@ mod tests {
         );
         assert_eq!(config.max_message_size, 16 << 20);
         assert_eq!(config.image_endpoint, None);
+        assert_eq!(
+            config.admin_address,
+            AdminAddress::Tcp("127.0.0.1:9899".parse().unwrap())
+        );
+        assert!(config.metrics);
     }
 
     #[test]
@@ -335,6 +374,9 @@ mod tests {
 
         let err = from_yaml("maxMessageSize: 10\n").unwrap_err();
         assert!(err.problem.contains("outside"), "{err}");
+
+        let err = from_yaml("adminAddress: everywhere\n").unwrap_err();
+        assert_eq!(err.key, "adminAddress");
 
         let err = from_yaml("socketMode: \"rw\"\n").unwrap_err();
         assert_eq!(err.key, "socketMode");

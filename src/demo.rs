@@ -61,10 +61,11 @@ async fn drive(dir: &std::path::Path) -> anyhow::Result<()> {
             listen: Some(criguard_socket.clone()),
             runtime_endpoint: Some(format!("unix://{}", runtime_socket.display())),
             shutdown_grace_period: Some(Duration::from_secs(1)),
+            admin_address: Some("off".into()),
             ..Default::default()
         },
     )?;
-    let proxy = Proxy::bind(config).await?;
+    let proxy = Proxy::bind(config, None).await?;
     let served = tokio::spawn(proxy.run(shutdown.clone()));
 
     println!("criguard demo");

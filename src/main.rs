@@ -98,7 +98,18 @@ async fn serve(config: Config) -> ExitCode {
         tracing::error!(error = %err, "cannot watch signals");
         return ExitCode::from(EXIT_RUNTIME);
     }
-    let proxy = match criguard::app::Proxy::bind(config).await {
+    let prometheus = if config.metrics {
+        match criguard::telemetry::metrics::install() {
+            Ok(handle) => Some(handle),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot install the metrics recorder");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+    } else {
+        None
+    };
+    let proxy = match criguard::app::Proxy::bind(config, prometheus).await {
         Ok(proxy) => proxy,
         Err(err) => {
             tracing::error!(error = %err, "cannot listen");

@@ -44,6 +44,8 @@ impl Criguard {
             .arg("serve")
             .arg("--listen")
             .arg(&socket)
+            .arg("--admin-address")
+            .arg("off")
             .arg("--runtime-endpoint")
             .arg(format!("unix://{}", runtime.display()))
             .args(extra)

@@ -1,3 +1,4 @@
 //! The layers of the stack, one concern each. `app.rs` assembles them.
 
 pub mod log;
+pub mod metrics;

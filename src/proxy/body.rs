@@ -105,23 +105,44 @@ pin_project! {
         rest_done: bool,
         trailers: Option<HeaderMap>,
         scanner: FrameScanner,
-        failure: BodyFailure,
+        stats: RequestStats,
     }
 }
 
-/// Why a request body failed, kept for the forwarder: the HTTP/2 client only reports a reset
-/// stream, and the caller should learn the real reason (e.g. a message over the limit).
+/// What happened to a request body on its way to the runtime, shared with the forwarder and,
+/// through the response extensions, with the layers above.
 #[derive(Clone, Debug, Default)]
-pub struct BodyFailure(std::sync::Arc<std::sync::OnceLock<ProxyError>>);
+pub struct RequestStats(std::sync::Arc<RequestStatsInner>);
 
-impl BodyFailure {
-    pub fn get(&self) -> Option<&ProxyError> {
-        self.0.get()
+#[derive(Debug, Default)]
+struct RequestStatsInner {
+    /// Why the body failed: the HTTP/2 client only reports a reset stream, and the caller
+    /// should learn the real reason (e.g. a message over the limit).
+    failure: std::sync::OnceLock<ProxyError>,
+    /// Bytes of body forwarded.
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl RequestStats {
+    pub fn failure(&self) -> Option<&ProxyError> {
+        self.0.failure.get()
     }
 
-    fn record(&self, err: ProxyError) -> ProxyError {
-        let _ = self.0.set(err.clone());
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn record_failure(&self, err: ProxyError) -> ProxyError {
+        let _ = self.0.failure.set(err.clone());
         err
+    }
+
+    fn count(&self, frame: &Frame<Bytes>) {
+        if let Some(data) = frame.data_ref() {
+            self.0
+                .bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -134,13 +155,13 @@ impl<B> RequestBody<B> {
             rest_done: false,
             trailers: None,
             scanner: FrameScanner::new(limit),
-            failure: BodyFailure::default(),
+            stats: RequestStats::default(),
         }
     }
 
-    /// Where the reason for a failure of this body will be found.
-    pub fn failure(&self) -> BodyFailure {
-        self.failure.clone()
+    /// What happens to this body, readable once it has gone.
+    pub fn stats(&self) -> RequestStats {
+        self.stats.clone()
     }
 }
 
@@ -158,7 +179,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
         let this = self.project();
         if let Some(head) = this.head.take() {
-            return Poll::Ready(Some(Ok(Frame::data(head))));
+            let frame = Frame::data(head);
+            this.stats.count(&frame);
+            return Poll::Ready(Some(Ok(frame)));
         }
         if *this.rest_done {
             return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
@@ -170,14 +193,15 @@ where
                 {
                     *this.rest_done = true;
                     let err = too_large(Direction::Request, over, this.scanner);
-                    return Poll::Ready(Some(Err(this.failure.record(err))));
+                    return Poll::Ready(Some(Err(this.stats.record_failure(err))));
                 }
+                this.stats.count(&frame);
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(err)) => {
                 *this.rest_done = true;
                 let err = BadRequest(err.to_string()).into();
-                Poll::Ready(Some(Err(this.failure.record(err))))
+                Poll::Ready(Some(Err(this.stats.record_failure(err))))
             }
             None => {
                 *this.rest_done = true;
@@ -246,7 +270,7 @@ where
                             rest_done,
                             trailers: None,
                             scanner,
-                            failure: BodyFailure::default(),
+                            stats: RequestStats::default(),
                         };
                         return Ok((Some(message), forwarded));
                     }
@@ -267,7 +291,7 @@ where
         rest_done: true,
         trailers,
         scanner,
-        failure: BodyFailure::default(),
+        stats: RequestStats::default(),
     };
     Ok((None, forwarded))
 }

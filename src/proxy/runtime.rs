@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::{RequestBody, ResponseBody};
 use super::error::{ProxyError, RuntimeError};
 use super::rpc::{Rpc, Service};
+use crate::telemetry::metrics as names;
 
 /// Flow-control windows towards the runtime. Large answers (ListContainers on a busy node is
 /// several MB) must not be sent in small pieces waiting for window updates.
@@ -116,7 +117,11 @@ impl RuntimeConnection {
         {
             return Err(err.clone());
         }
-        match self.connect().await {
+        let result = self.connect().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(names::RUNTIME_CONNECTS_TOTAL, "endpoint" => self.name.to_string(), "result" => outcome)
+            .increment(1);
+        match result {
             Ok(sender) => {
                 backoff.last_failure = None;
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
@@ -171,15 +176,17 @@ impl RuntimeConnection {
     ) -> Result<http::Response<Incoming>, ProxyError> {
         let mut sender = self.sender().await?;
         sender.ready().await.map_err(|e| self.lost(&e))?;
-        let failure = request.body().failure();
-        sender.send_request(request).await.map_err(|e| {
+        let stats = request.body().stats();
+        let mut response = sender.send_request(request).await.map_err(|e| {
             // Our own request body failed (an oversized message, a caller that broke off):
             // say so, not "runtime lost".
-            match failure.get() {
+            match stats.failure() {
                 Some(own) => own.clone(),
                 None => self.lost(&e),
             }
-        })
+        })?;
+        response.extensions_mut().insert(stats);
+        Ok(response)
     }
 
     fn lost(&self, err: &hyper::Error) -> ProxyError {

@@ -1,3 +1,6 @@
-//! What criguard tells operators about itself: logs.
+//! What criguard tells operators about itself: logs, metrics, readiness, the admin server.
 
+pub mod admin;
 pub mod logging;
+pub mod metrics;
+pub mod readiness;

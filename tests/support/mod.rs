@@ -70,9 +70,10 @@ impl Criguard {
         overrides
             .shutdown_grace_period
             .get_or_insert(Duration::from_secs(2));
+        overrides.admin_address.get_or_insert("off".into());
         let config = Config::load(None, overrides).unwrap();
         let socket = config.socket.path.clone();
-        let proxy = Proxy::bind(config).await.unwrap();
+        let proxy = Proxy::bind(config, None).await.unwrap();
         let shutdown = CancellationToken::new();
         let done = tokio::spawn(proxy.run(shutdown.clone()));
         Criguard {

@@ -1,0 +1,98 @@
+//! Every metric criguard exports: names, descriptions, units and histogram buckets in one
+//! place, described at start-up. Layers record through the `metrics` macros with these names.
+//!
+//! Label values stay bounded: service and method come from the proto (methods it does not know
+//! count as `unknown`), codes from the gRPC code list, endpoints from the configuration.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "criguard_requests_total";
+pub const REQUEST_DURATION: &str = "criguard_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "criguard_requests_in_flight";
+pub const STREAMS_ACTIVE: &str = "criguard_streams_active";
+pub const MESSAGE_BYTES_TOTAL: &str = "criguard_message_bytes_total";
+pub const RUNTIME_UP: &str = "criguard_runtime_up";
+pub const RUNTIME_CONNECTS_TOTAL: &str = "criguard_runtime_connects_total";
+pub const BUILD_INFO: &str = "criguard_build_info";
+
+/// Buckets of `criguard_request_duration_seconds`: 0.5 ms × 2.5^k up to 466 s, then 600 s.
+/// Like the kubelet's runtime-operation buckets (5 ms × 2.5^k) with the lower end extended to
+/// sub-millisecond calls such as Version and Status, and the upper end to the longest pulls.
+pub const DURATION_BUCKETS: [f64; 17] = [
+    0.0005,
+    0.00125,
+    0.003125,
+    0.0078125,
+    0.01953125,
+    0.048828125,
+    0.1220703125,
+    0.30517578125,
+    0.762939453125,
+    1.9073486328125,
+    4.76837158203125,
+    11.920928955078125,
+    29.802322387695312,
+    74.50580596923828,
+    186.2645149230957,
+    465.66128730773926,
+    600.0,
+];
+
+/// Installs the Prometheus recorder and describes every metric. Call once, at start-up.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "CRI calls that finished, by service, method and gRPC code (OK, NotFound, ...)."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from a CRI call's arrival to the end of its answer, by service and method."
+    );
+    describe_gauge!(
+        REQUESTS_IN_FLIGHT,
+        "CRI calls under way, by service and method."
+    );
+    describe_gauge!(
+        STREAMS_ACTIVE,
+        "Open server streams (GetContainerEvents, ...), by method."
+    );
+    describe_counter!(
+        MESSAGE_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes of request and response bodies, by method and direction."
+    );
+    describe_gauge!(
+        RUNTIME_UP,
+        "1 when the last readiness probe of the runtime endpoint succeeded, else 0."
+    );
+    describe_counter!(
+        RUNTIME_CONNECTS_TOTAL,
+        "Connection attempts to the runtime endpoint, by result (ok, error)."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the labels say which criguard runs.");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("CRIGUARD_REVISION")).set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_buckets_grow_by_two_and_a_half_from_half_a_millisecond_to_ten_minutes() {
+        assert_eq!(DURATION_BUCKETS[0], 0.0005);
+        for pair in DURATION_BUCKETS[..16].windows(2) {
+            assert!((pair[1] / pair[0] - 2.5).abs() < 1e-9);
+        }
+        assert_eq!(*DURATION_BUCKETS.last().unwrap(), 600.0);
+    }
+}
