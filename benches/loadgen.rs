@@ -54,6 +54,10 @@ fn spawn(args: &[&str], socket: &Path) -> Process {
         .args(args)
         .env("RUST_LOG", "error")
         .env("CRIGUARD_LOG_LEVEL", "error")
+        .env(
+            "TOKIO_WORKER_THREADS",
+            std::env::var("CRIGUARD_BENCH_THREADS").unwrap_or_else(|_| "2".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("criguard binary");
@@ -66,6 +70,10 @@ struct Pair {
     runtime: PathBuf,
     proxy: PathBuf,
     proxy_process: Process,
+    /// The same criguard with metrics off, for the cost of metrics.
+    unmetered: PathBuf,
+    _unmetered_process: Process,
+    admin: PathBuf,
     _runtime_process: Process,
 }
 
@@ -95,10 +103,27 @@ fn pair(dir: &Path, name: &str, containers: usize) -> Pair {
         ],
         &proxy,
     );
+    let unmetered = dir.join(format!("{name}-criguard-no-metrics.sock"));
+    let unmetered_process = spawn(
+        &[
+            "serve",
+            "--listen",
+            unmetered.to_str().unwrap(),
+            "--runtime-endpoint",
+            &format!("unix://{}", runtime.display()),
+            "--admin-address",
+            "off",
+            "--disable-metrics",
+        ],
+        &unmetered,
+    );
     Pair {
         runtime,
         proxy,
         proxy_process,
+        unmetered,
+        _unmetered_process: unmetered_process,
+        admin: dir.join(format!("{name}-admin.sock")),
         _runtime_process: runtime_process,
     }
 }
@@ -208,6 +233,72 @@ async fn drive(
     total
 }
 
+/// Scrapes /metrics on the admin socket every 100 ms until `stop`; returns the slowest scrape.
+async fn scrape_while(admin: PathBuf, stop: Arc<AtomicBool>) -> Duration {
+    let mut slowest = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let stream = tokio::net::UnixStream::connect(&admin)
+            .await
+            .expect("admin socket");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("http://localhost/metrics")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    slowest
+}
+
+/// Throughput with metrics on against the same criguard with metrics off, and the slowest
+/// scrape of /metrics during the metered runs.
+fn metrics_cost(
+    runtime: &tokio::runtime::Runtime,
+    p: &Pair,
+    per_round: Duration,
+    filter: &[String],
+) {
+    if !filter.is_empty() && !filter.iter().any(|f| f == "metrics") {
+        return;
+    }
+    println!();
+    println!(
+        "| scenario (c=64) | metrics off req/s | metrics on req/s | on / off | slowest scrape during load |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for s in scenarios().into_iter().filter(|s| s.concurrency == 64) {
+        let (mut off, mut on, mut slowest) = (0.0, 0.0, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            off += runtime
+                .block_on(drive(&p.unmetered, s.path, s.body.clone(), 64, per_round))
+                .rate();
+            let stop = Arc::new(AtomicBool::new(false));
+            let scraper = runtime.spawn(scrape_while(p.admin.clone(), stop.clone()));
+            on += runtime
+                .block_on(drive(&p.proxy, s.path, s.body.clone(), 64, per_round))
+                .rate();
+            stop.store(true, Ordering::Relaxed);
+            slowest = slowest.max(runtime.block_on(scraper).unwrap());
+        }
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} ms |",
+            s.name,
+            off / ROUNDS as f64,
+            on / ROUNDS as f64,
+            on / off,
+            slowest.as_secs_f64() * 1e3
+        );
+    }
+}
+
 struct Scenario {
     name: String,
     path: &'static str,
@@ -297,6 +388,9 @@ fn main() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in scenarios() {
+        if filter.iter().any(|f| f == "metrics") {
+            break;
+        }
         if !filter.is_empty() && !filter.iter().any(|f| s.name.contains(f.as_str())) {
             continue;
         }
@@ -348,6 +442,7 @@ fn main() {
             cpu as f64 / x.calls as f64,
         );
     }
+    metrics_cost(&runtime, &small, per_round, &filter);
     println!();
     println!(
         "criguard memory: idle RSS {} KiB (100-container pair), {} KiB (5000-container pair); peak RSS (VmHWM) {} KiB and {} KiB",

@@ -542,3 +542,179 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
             .contains("criguard")
     );
 }
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET over HTTP/1.1 on loopback: (status, body).
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", format!("127.0.0.1:{port}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Runs `program args` with `input` on stdin; panics with its output unless it succeeds.
+fn run_with_input(program: &str, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program}: {e} (tests/run.sh installs Debian's prometheus package)")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd and Debian's prometheus: run tests/run.sh"]
+async fn a_real_prometheus_scrapes_the_calls_made_through_criguard() {
+    let runtime = runtime_socket();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("criguard.sock");
+    let admin_port = free_port();
+    let criguard = Killed(
+        Command::new(BIN)
+            .arg("serve")
+            .arg("--listen")
+            .arg(&socket)
+            .arg("--runtime-endpoint")
+            .arg(format!("unix://{}", runtime.display()))
+            .arg("--admin-address")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--probe-interval")
+            .arg("1s")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(support::eventually(Duration::from_secs(10), || socket.exists()).await);
+
+    let prometheus_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: criguard\n    static_configs:\n      - targets: ['127.0.0.1:{admin_port}']\n"
+        ),
+    )
+    .unwrap();
+    let _prometheus = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (tests/run.sh installs Debian's prometheus package)"),
+    );
+
+    let through = lifecycle(&mut clients(&socket).await, "scraped").await;
+    assert_eq!(through.len(), 19);
+
+    // The exposition passes promtool, and the dashboard and alert rules name only metrics
+    // that criguard exports.
+    let (status, scrape) = http_get(admin_port, "/metrics").await;
+    assert_eq!(status, 200);
+    let lint = run_with_input("promtool", &["check", "metrics"], &scrape);
+    assert!(!lint.to_lowercase().contains("error"), "{lint}");
+    let exported: std::collections::HashSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let manifests = [
+        "deploy/grafana/criguard-dashboard.json",
+        "deploy/prometheus/criguard-alerts.yml",
+    ];
+    for file in manifests {
+        let text = std::fs::read_to_string(file).unwrap();
+        for name in text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("criguard_") || w.starts_with("process_"))
+        {
+            assert!(
+                exported.contains(name),
+                "{file} uses {name}, which criguard does not export"
+            );
+        }
+    }
+
+    // Prometheus scraped the calls: its query API shows them per method.
+    for method in ["RunPodSandbox", "CreateContainer"] {
+        let query = format!(
+            "/api/v1/query?query=criguard_requests_total%7Bmethod%3D%22{method}%22%2Ccode%3D%22OK%22%7D"
+        );
+        let mut seen = 0.0;
+        let mut last = String::new();
+        for _ in 0..100 {
+            let (status, body) = http_get(prometheus_port, &query).await;
+            last = body.clone();
+            if status == 200 {
+                let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if let Some(value) = answer["data"]["result"][0]["value"][1].as_str() {
+                    seen = value.parse().unwrap();
+                    if seen >= 1.0 {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            seen, 1.0,
+            "Prometheus shows the one {method} call made through criguard: {last}"
+        );
+    }
+    drop(criguard);
+}

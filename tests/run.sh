@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "installing what the tests need"
-wanted=(systemd gcc libc6-dev python3)
+wanted=(systemd gcc libc6-dev python3 prometheus)
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -30,11 +30,16 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "deploy/: promtool checks the Prometheus config and alert rules"
+promtool check config deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/criguard-alerts.yml
+python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/criguard-dashboard.json
+
 step "unit and integration tests"
 cargo test --locked
 
 if [ "${CRIGUARD_E2E:-1}" != 0 ]; then
-  step "end to end: criguard in front of a real containerd"
+  step "end to end: criguard in front of a real containerd, scraped by a real Prometheus"
   trap 'tests/e2e/containerd-lab.sh down || true' EXIT
   endpoint=$(tests/e2e/containerd-lab.sh up)
   CRIGUARD_E2E_ENDPOINT=$endpoint cargo test --locked --test containerd -- --ignored --test-threads 1 --nocapture

@@ -163,6 +163,17 @@ impl<B> RequestBody<B> {
     pub fn stats(&self) -> RequestStats {
         self.stats.clone()
     }
+
+    /// The whole body, when it has already been read completely (a unary call): it can then be
+    /// sent in one go, with no task to pipe it.
+    pub fn take_complete(&mut self) -> Option<Bytes> {
+        if !self.rest_done || self.trailers.is_some() {
+            return None;
+        }
+        let head = self.head.take().unwrap_or_default();
+        self.stats.count(&Frame::data(head.clone()));
+        Some(head)
+    }
 }
 
 impl<B> Body for RequestBody<B>

@@ -13,9 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::ready;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -26,10 +29,10 @@ use crate::telemetry::metrics as names;
 
 /// Flow-control windows towards the runtime. Large answers (ListContainers on a busy node is
 /// several MB) must not be sent in small pieces waiting for window updates.
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 4 << 20;
 /// Largest HTTP/2 frame the runtime may send us: fewer, larger frames cost less CPU.
-const MAX_FRAME_SIZE: u32 = 1 << 20;
+const MAX_FRAME_SIZE: u32 = 128 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -67,7 +70,12 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-type Sender = SendRequest<RequestBody<Incoming>>;
+/// A handle on the live connection and a flag its driver sets when the connection ends.
+#[derive(Clone)]
+struct Sender {
+    send: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
 
 /// A runtime socket and the one HTTP/2 connection to it.
 pub struct RuntimeConnection {
@@ -100,7 +108,10 @@ impl RuntimeConnection {
 
     fn live_sender(&self) -> Option<Sender> {
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().filter(|s| !s.is_closed()).cloned()
+        current
+            .as_ref()
+            .filter(|s| !s.closed.load(Ordering::Acquire))
+            .cloned()
     }
 
     /// A handle on the live connection, connecting first if there is none.
@@ -150,46 +161,64 @@ impl RuntimeConnection {
                 .await
                 .map_err(|_| unreachable(format!("no connection within {CONNECT_TIMEOUT:?}")))?
                 .map_err(|e| unreachable(e.to_string()))?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
-            .max_send_buf_size(1 << 20)
-            .handshake(TokioIo::new(stream))
+            .max_send_buffer_size(1 << 20)
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
+        let closed = Arc::new(AtomicBool::new(false));
         let name = self.name.clone();
+        let flag = closed.clone();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::warn!(endpoint = %name, error = %err, "runtime connection closed");
             } else {
                 tracing::debug!(endpoint = %name, "runtime connection closed");
             }
+            flag.store(true, Ordering::Release);
         });
-        Ok(sender)
+        Ok(Sender { send, closed })
     }
 
     /// Sends one call and returns the runtime's answer as it starts to arrive.
+    ///
+    /// A unary request, already read whole, goes out with its headers in one go; a streaming
+    /// request body is piped by a task of its own, with HTTP/2 flow control.
     async fn send(
         &self,
         request: http::Request<RequestBody<Incoming>>,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
-        let mut sender = self.sender().await?;
-        sender.ready().await.map_err(|e| self.lost(&e))?;
-        let stats = request.body().stats();
-        let mut response = sender.send_request(request).await.map_err(|e| {
+    ) -> Result<http::Response<RuntimeBody>, ProxyError> {
+        let sender = self.sender().await?;
+        let mut send = sender.send.ready().await.map_err(|e| {
+            sender.closed.store(true, Ordering::Release);
+            self.lost(&e)
+        })?;
+        let (parts, mut body) = request.into_parts();
+        let stats = body.stats();
+        let (response, mut stream) = send
+            .send_request(http::Request::from_parts(parts, ()), false)
+            .map_err(|e| self.lost(&e))?;
+        match body.take_complete() {
+            Some(whole) => stream.send_data(whole, true).map_err(|e| self.lost(&e))?,
+            None => {
+                tokio::spawn(pipe(body, stream));
+            }
+        }
+        let response = response.await.map_err(|e| match stats.failure() {
             // Our own request body failed (an oversized message, a caller that broke off):
             // say so, not "runtime lost".
-            match stats.failure() {
-                Some(own) => own.clone(),
-                None => self.lost(&e),
-            }
+            Some(own) => own.clone(),
+            None => self.lost(&e),
         })?;
-        response.extensions_mut().insert(stats);
-        Ok(response)
+        let (mut parts, recv) = response.into_parts();
+        parts.extensions.insert(stats);
+        Ok(http::Response::from_parts(parts, RuntimeBody::new(recv)))
     }
 
-    fn lost(&self, err: &hyper::Error) -> ProxyError {
+    fn lost(&self, err: &h2::Error) -> ProxyError {
         RuntimeError::ConnectionLost {
             endpoint: self.name.clone(),
             reason: describe(err),
@@ -198,8 +227,95 @@ impl RuntimeConnection {
     }
 }
 
-/// hyper's errors say little at the top level; the innermost cause says what happened.
-fn describe(err: &hyper::Error) -> String {
+/// Pipes a request body that is still arriving to the runtime, frame by frame, waiting for
+/// flow-control capacity. A body error resets the stream.
+async fn pipe(body: RequestBody<Incoming>, mut stream: h2::SendStream<Bytes>) {
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        let frame = match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(_)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(mut data) => {
+                while !data.is_empty() {
+                    stream.reserve_capacity(data.len());
+                    let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                        Some(Ok(n)) => n,
+                        _ => return,
+                    };
+                    let chunk = data.split_to(granted.min(data.len()));
+                    if stream.send_data(chunk, false).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            let _ = stream.send_trailers(trailers);
+            return;
+        }
+    }
+}
+
+/// The runtime's answer body, straight from the HTTP/2 stream. Flow-control capacity is given
+/// back as each piece is passed on, so the runtime keeps sending at the caller's pace.
+pub struct RuntimeBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl RuntimeBody {
+    fn new(recv: h2::RecvStream) -> Self {
+        RuntimeBody {
+            recv,
+            data_done: false,
+        }
+    }
+}
+
+impl http_body::Body for RuntimeBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(err) => Poll::Ready(Some(Err(err))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+/// The innermost cause says what happened.
+fn describe(err: &h2::Error) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
@@ -236,7 +352,7 @@ impl Forwarder {
 }
 
 impl tower::Service<http::Request<RequestBody<Incoming>>> for Forwarder {
-    type Response = http::Response<ResponseBody<Incoming>>;
+    type Response = http::Response<ResponseBody<RuntimeBody>>;
     type Error = ProxyError;
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send + 'static>>;

@@ -48,7 +48,7 @@ pub async fn serve<S, B>(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
-        .max_send_buf_size(1 << 20);
+        .max_send_buf_size(128 << 10);
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -7,6 +7,8 @@
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::proxy::rpc::Method;
+
 pub const REQUESTS_TOTAL: &str = "criguard_requests_total";
 pub const REQUEST_DURATION: &str = "criguard_request_duration_seconds";
 pub const REQUESTS_IN_FLIGHT: &str = "criguard_requests_in_flight";
@@ -80,6 +82,10 @@ fn describe() {
         "Connection attempts to the runtime endpoint, by result (ok, error)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which criguard runs.");
+    // Streams start at zero, so that dashboards and alerts find the series before the first.
+    for method in Method::ALL.iter().filter(|m| m.is_server_streaming()) {
+        metrics::gauge!(STREAMS_ACTIVE, "method" => method.as_str()).set(0.0);
+    }
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("CRIGUARD_REVISION")).set(1.0);
 }
 
