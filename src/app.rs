@@ -41,8 +41,12 @@ pub fn build_stack(
         .map_request(with_rpc)
         // Count every call by method and final code, and time it to the end of its answer.
         .layer(CallMetricsLayer)
-        // Log how each call ended, including the statuses criguard makes itself below.
-        .layer(CallLogLayer)
+        // Log how each call ended, including the statuses criguard makes itself below;
+        // identical errors once per window.
+        .layer(CallLogLayer::new(
+            config.error_log_window,
+            config.error_log_max_keys,
+        ))
         // The one place where the errors of the layers below become gRPC statuses.
         .layer(RespondWithStatusLayer)
         // Read the first message of known calls for inspection; the bytes go on unchanged.

@@ -93,6 +93,9 @@ pub struct ServeArgs {
     /// How often the runtime is probed for /readyz, e.g. 5s [default: 5s].
     #[arg(long, env = "CRIGUARD_PROBE_INTERVAL", value_parser = humantime::parse_duration)]
     pub probe_interval: Option<Duration>,
+    /// An identical failed call (method, object, message) is logged once per window [default: 1m].
+    #[arg(long, env = "CRIGUARD_ERROR_LOG_WINDOW", value_parser = humantime::parse_duration)]
+    pub error_log_window: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -110,6 +113,7 @@ impl ServeArgs {
             admin_address: self.admin_address.clone(),
             metrics: self.disable_metrics.then_some(false),
             probe_interval: self.probe_interval,
+            error_log_window: self.error_log_window,
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct FileConfig {
     pub metrics: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub probe_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub error_log_window: Option<Duration>,
+    pub error_log_max_keys: Option<usize>,
 }
 
 /// Values from flags and environment variables; each one set wins over the file.
@@ -58,6 +61,7 @@ pub struct Overrides {
     pub admin_address: Option<String>,
     pub metrics: Option<bool>,
     pub probe_interval: Option<Duration>,
+    pub error_log_window: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -90,6 +94,10 @@ pub struct Config {
     pub metrics: bool,
     /// How often the runtime is probed for `/readyz` and `criguard_runtime_up`.
     pub probe_interval: Duration,
+    /// An identical error (method, object, message) is logged once per window.
+    pub error_log_window: Duration,
+    /// How many (method, object) keys the error log reduction remembers.
+    pub error_log_max_keys: usize,
 }
 
 /// A configuration problem, naming the key (and the file) it comes from.
@@ -205,6 +213,15 @@ impl Config {
                         format!("{d:?} is shorter than 100ms"),
                     ));
                 }
+            },
+            error_log_window: over
+                .error_log_window
+                .or(file.error_log_window)
+                .unwrap_or(crate::layers::log_reduction::DEFAULT_WINDOW),
+            error_log_max_keys: match file.error_log_max_keys {
+                None => crate::layers::log_reduction::DEFAULT_MAX_KEYS,
+                Some(0) => return Err(error("errorLogMaxKeys", "must be at least 1".into())),
+                Some(n) => n,
             },
         })
     }

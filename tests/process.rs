@@ -293,3 +293,87 @@ fn the_demo_runs_with_no_runtime_and_shows_the_calls_passing() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_identical_errors_make_one_log_line_then_a_summary() {
+    let sockets = Sockets::new();
+    let _runtime = RecordingRuntime::start(&sockets.runtime(), |r| {
+        if r.path.ends_with("/ContainerStatus") {
+            Answer {
+                trailers: Some(status_trailers(5, Some("container \"c1\" not found"))),
+                ..Default::default()
+            }
+        } else {
+            Answer::ok(b"")
+        }
+    })
+    .await;
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg("--listen")
+        .arg(sockets.criguard())
+        .arg("--runtime-endpoint")
+        .arg(sockets.runtime())
+        .args([
+            "--admin-address",
+            "off",
+            "--log-format",
+            "json",
+            "--error-log-window",
+            "2s",
+        ])
+        .env("CRIGUARD_LOG_LEVEL", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut criguard = Running(child);
+    wait_for_socket(&sockets.criguard()).await;
+    let client = RawClient::connect(sockets.criguard()).await.unwrap();
+    let status = criguard::client::grpc_frame(b"\x0a\x02c1"); // container_id: "c1"
+    let path = "/runtime.v1.RuntimeService/ContainerStatus";
+    let started = Instant::now();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = client.clone();
+            let status = status.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    let answer = client
+                        .call(path, status.clone(), &HeaderMap::new())
+                        .await
+                        .unwrap();
+                    assert_eq!(answer.grpc_status(), Some(5));
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the thousand calls fit in one window"
+    );
+    tokio::time::sleep(Duration::from_secs(2) - started.elapsed() + Duration::from_millis(100))
+        .await;
+    let mut client = client.clone();
+    client
+        .call(path, status.clone(), &HeaderMap::new())
+        .await
+        .unwrap();
+
+    signal(&criguard.0, "TERM");
+    wait_exit(&mut criguard.0, Duration::from_secs(5)).expect("criguard exited");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(criguard.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let failures: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "call failed")
+        .collect();
+    assert_eq!(failures.len(), 2, "{stderr}");
+    assert_eq!(failures[0]["object"], "c1");
+    assert_eq!(failures[0]["error"], "container \"c1\" not found");
+    assert_eq!(failures[0]["suppressed_since_last"], 0);
+    assert_eq!(failures[1]["suppressed_since_last"], 999);
+}

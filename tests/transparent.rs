@@ -525,3 +525,33 @@ async fn hundreds_of_concurrent_calls_on_one_connection_and_on_many() {
         assert_eq!(call.unwrap(), vec![Some(0); 3]);
     }
 }
+
+#[tokio::test]
+async fn image_calls_go_to_the_image_endpoint_when_one_is_set() {
+    let sockets = Sockets::new();
+    let image_socket = sockets.dir.path().join("image.sock");
+    let runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"runtime")).await;
+    let images = RecordingRuntime::start(&image_socket, |_| Answer::ok(b"images")).await;
+    let criguard = Criguard::start_with(
+        &sockets,
+        Overrides {
+            image_endpoint: Some(format!("unix://{}", image_socket.display())),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let none = HeaderMap::new();
+    let answer = client
+        .call("/runtime.v1.ImageService/PullImage", grpc_frame(b""), &none)
+        .await
+        .unwrap();
+    assert_eq!(answer.body, grpc_frame(b"images"));
+    let answer = client
+        .call("/runtime.v1.RuntimeService/Version", grpc_frame(b""), &none)
+        .await
+        .unwrap();
+    assert_eq!(answer.body, grpc_frame(b"runtime"));
+    assert_eq!(images.requests().len(), 1);
+    assert_eq!(runtime.requests().len(), 1);
+}

@@ -1,27 +1,45 @@
-//! One log line per finished call: a WARN line for each failure (method, gRPC code, message,
-//! latency), successes at DEBUG. It sits above the status responder, so it also sees the
-//! statuses that criguard made itself.
+//! One log line per finished call: a WARN line for each failure (method, the object it was
+//! about, gRPC code, message, latency), successes at DEBUG. It sits above the status responder,
+//! so it also sees the statuses that criguard made itself. Identical failures are reduced (see
+//! `log_reduction.rs`): a runtime that keeps failing the same call does not flood the journal.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pin_project_lite::pin_project;
 use tonic::Code;
 
-use crate::proxy::body::{Outcome, StatusBody, StatusObserver};
-use crate::proxy::rpc::Rpc;
+use super::log_reduction::{ErrorLogReducer, LogDecision};
+use crate::proxy::body::{Outcome, RequestMessageSlot, StatusBody, StatusObserver};
+use crate::proxy::inspect;
+use crate::proxy::rpc::{Method, Rpc};
 
 /// Layer for [`CallLog`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CallLogLayer;
+#[derive(Clone, Debug)]
+pub struct CallLogLayer {
+    reducer: Arc<Mutex<ErrorLogReducer>>,
+}
+
+impl CallLogLayer {
+    /// Identical errors are logged once per `window`; at most `max_keys` are remembered.
+    pub fn new(window: Duration, max_keys: usize) -> Self {
+        CallLogLayer {
+            reducer: Arc::new(Mutex::new(ErrorLogReducer::new(window, max_keys))),
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for CallLogLayer {
     type Service = CallLog<S>;
 
     fn layer(&self, inner: S) -> CallLog<S> {
-        CallLog { inner }
+        CallLog {
+            inner,
+            reducer: self.reducer.clone(),
+        }
     }
 }
 
@@ -29,6 +47,7 @@ impl<S> tower::Layer<S> for CallLogLayer {
 #[derive(Clone, Debug)]
 pub struct CallLog<S> {
     inner: S,
+    reducer: Arc<Mutex<ErrorLogReducer>>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for CallLog<S>
@@ -44,12 +63,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let rpc = request.extensions().get::<Rpc>().cloned();
+        let message = RequestMessageSlot::default();
+        request.extensions_mut().insert(message.clone());
         CallLogFuture {
             inner: self.inner.call(request),
             record: Some(CallRecord {
                 rpc,
+                message,
+                reducer: self.reducer.clone(),
                 start: Instant::now(),
             }),
         }
@@ -84,28 +107,51 @@ where
 #[derive(Debug)]
 pub struct CallRecord {
     rpc: Option<Rpc>,
+    message: RequestMessageSlot,
+    reducer: Arc<Mutex<ErrorLogReducer>>,
     start: Instant,
 }
 
 impl StatusObserver for CallRecord {
     fn on_end(self, outcome: Outcome) {
         let latency_ms = self.start.elapsed().as_secs_f64() * 1e3;
-        let path = self.rpc.as_ref().map_or("", |rpc| &rpc.path);
+        let (path, method) = self
+            .rpc
+            .as_ref()
+            .map_or(("", Method::Unknown), |rpc| (&*rpc.path, rpc.method));
+        // Unknown methods have no object to read; their path keeps them apart.
+        let object = match (method, self.message.get()) {
+            (Method::Unknown, _) => path,
+            (_, Some(message)) => inspect::object_id(method, message),
+            (_, None) => "",
+        };
         let code = outcome.code;
+        let mut reducer = self.reducer.lock().unwrap_or_else(|e| e.into_inner());
         match code {
             Code::Ok => {
-                tracing::debug!(method = path, code = ?code, latency_ms, "call finished")
+                if !reducer.is_empty() {
+                    reducer.on_success(method, object);
+                }
+                tracing::debug!(method = path, object, code = ?code, latency_ms, "call finished")
             }
             Code::Cancelled => {
-                tracing::debug!(method = path, code = ?code, latency_ms, "call cancelled")
+                tracing::debug!(method = path, object, code = ?code, latency_ms, "call cancelled")
             }
-            _ => tracing::warn!(
-                method = path,
-                code = ?code,
-                message = outcome.message.as_deref().unwrap_or(""),
-                latency_ms,
-                "call failed"
-            ),
+            _ => {
+                let error = outcome.message.as_deref().unwrap_or("");
+                let decision = reducer.on_error(method, object, error, Instant::now());
+                if let LogDecision::Log { suppressed } = decision {
+                    tracing::warn!(
+                        method = path,
+                        object,
+                        code = ?code,
+                        error,
+                        latency_ms,
+                        suppressed_since_last = suppressed,
+                        "call failed"
+                    )
+                }
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
 //! The layers of the stack, one concern each. `app.rs` assembles them.
 
 pub mod log;
+pub mod log_reduction;
 pub mod metrics;

@@ -95,6 +95,21 @@ impl FrameScanner {
 #[derive(Clone, Debug)]
 pub struct RequestMessage(pub Bytes);
 
+/// A place for the first request message, put in the request extensions by a layer above the
+/// one that reads it, so that it can still read the message when the call has failed.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMessageSlot(std::sync::Arc<std::sync::OnceLock<Bytes>>);
+
+impl RequestMessageSlot {
+    pub fn set(&self, message: &RequestMessage) {
+        let _ = self.0.set(message.0.clone());
+    }
+
+    pub fn get(&self) -> Option<&Bytes> {
+        self.0.get()
+    }
+}
+
 pin_project! {
     /// The request body forwarded to the runtime: the bytes read ahead by
     /// [`read_request_head`], then the rest of the caller's body, with its framing checked.

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use http_body::Body;
 
-use super::body::{RequestBody, read_request_head};
+use super::body::{RequestBody, RequestMessageSlot, read_request_head};
 use super::error::ProxyError;
 use super::rpc::{Method, Rpc};
 
@@ -75,6 +75,9 @@ where
             let body = if known {
                 let (message, body) = read_request_head(body, limit).await?;
                 if let Some(message) = message {
+                    if let Some(slot) = parts.extensions.get::<RequestMessageSlot>() {
+                        slot.set(&message);
+                    }
                     parts.extensions.insert(message);
                 }
                 body

@@ -17,6 +17,8 @@ pub const MESSAGE_BYTES_TOTAL: &str = "criguard_message_bytes_total";
 pub const RUNTIME_UP: &str = "criguard_runtime_up";
 pub const RUNTIME_CONNECTS_TOTAL: &str = "criguard_runtime_connects_total";
 pub const BUILD_INFO: &str = "criguard_build_info";
+pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
+pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
 
 /// Buckets of `criguard_request_duration_seconds`: 0.5 ms × 2.5^k up to 466 s, then 600 s.
 /// Like the kubelet's runtime-operation buckets (5 ms × 2.5^k) with the lower end extended to
@@ -82,6 +84,14 @@ fn describe() {
         "Connection attempts to the runtime endpoint, by result (ok, error)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which criguard runs.");
+    describe_counter!(
+        ERROR_LOGS_SUPPRESSED_TOTAL,
+        "Log lines of failed calls held back as identical to one logged within the window, by method."
+    );
+    describe_counter!(
+        ERROR_LOG_KEYS_EVICTED_TOTAL,
+        "Keys dropped by identical-error log reduction to stay within its bound (errorLogMaxKeys)."
+    );
     // Streams start at zero, so that dashboards and alerts find the series before the first.
     for method in Method::ALL.iter().filter(|m| m.is_server_streaming()) {
         metrics::gauge!(STREAMS_ACTIVE, "method" => method.as_str()).set(0.0);

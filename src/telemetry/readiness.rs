@@ -13,6 +13,7 @@ use crate::proxy::runtime::Endpoint;
 use crate::telemetry::metrics as names;
 
 const VERSION: &str = "/runtime.v1.RuntimeService/Version";
+const NOT_PROBED: &str = "not probed yet";
 
 /// The last probe of one endpoint.
 #[derive(Clone, Debug)]
@@ -39,7 +40,7 @@ impl Readiness {
                     endpoint: e.to_string(),
                     path: e.path.clone(),
                     last_ok: None,
-                    last_error: Some("not probed yet".into()),
+                    last_error: Some(NOT_PROBED.into()),
                 });
             }
         }
@@ -104,6 +105,7 @@ impl Readiness {
                 let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(p) = probes.iter_mut().find(|p| p.endpoint == endpoint) {
                     let was_up = p.last_error.is_none();
+                    let first = p.last_ok.is_none() && p.last_error.as_deref() == Some(NOT_PROBED);
                     match result {
                         Ok(()) => {
                             p.last_ok = Some(Instant::now());
@@ -113,7 +115,7 @@ impl Readiness {
                             }
                         }
                         Err(reason) => {
-                            if was_up {
+                            if was_up || first {
                                 tracing::warn!(endpoint = %endpoint, reason = %reason, "runtime fails the readiness probe");
                             }
                             p.last_error = Some(reason);
