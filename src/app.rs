@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::config::Config;
-use crate::layers::log::CallLogLayer;
-use crate::layers::metrics::CallMetricsLayer;
+use crate::layers::log::CallLog;
+use crate::layers::metrics::CallMetrics;
 use crate::proxy::head::ReadHeadLayer;
 use crate::proxy::listener::{self, BoundListener, ListenError};
 use crate::proxy::rpc::Rpc;
@@ -40,10 +40,10 @@ pub fn build_stack(
         // Parse the method once from :path; every layer below reads it from the extensions.
         .map_request(with_rpc)
         // Count every call by method and final code, and time it to the end of its answer.
-        .layer(CallMetricsLayer)
+        .layer(CallMetrics::layer())
         // Log how each call ended, including the statuses criguard makes itself below;
         // identical errors once per window.
-        .layer(CallLogLayer::new(
+        .layer(CallLog::layer(
             config.error_log_window,
             config.error_log_max_keys,
         ))

@@ -3,103 +3,47 @@
 //! so it also sees the statuses that criguard made itself. Identical failures are reduced (see
 //! `log_reduction.rs`): a runtime that keeps failing the same call does not flood the journal.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use pin_project_lite::pin_project;
 use tonic::Code;
 
 use super::log_reduction::{ErrorLogReducer, LogDecision};
-use crate::proxy::body::{Outcome, RequestMessageSlot, StatusBody, StatusObserver};
+use super::observe::{Observe, ObserveLayer};
+use crate::proxy::body::{Outcome, RequestMessageSlot, StatusObserver};
 use crate::proxy::inspect;
 use crate::proxy::rpc::{Method, Rpc};
 
-/// Layer for [`CallLog`].
+/// The call log's settings and state: [`ObserveLayer`]`<CallLog>` is the layer.
 #[derive(Clone, Debug)]
-pub struct CallLogLayer {
+pub struct CallLog {
     reducer: Arc<Mutex<ErrorLogReducer>>,
 }
 
-impl CallLogLayer {
+/// The call-log layer.
+pub type CallLogLayer = ObserveLayer<CallLog>;
+
+impl CallLog {
     /// Identical errors are logged once per `window`; at most `max_keys` are remembered.
-    pub fn new(window: Duration, max_keys: usize) -> Self {
-        CallLogLayer {
+    pub fn layer(window: Duration, max_keys: usize) -> CallLogLayer {
+        ObserveLayer::new(CallLog {
             reducer: Arc::new(Mutex::new(ErrorLogReducer::new(window, max_keys))),
-        }
+        })
     }
 }
 
-impl<S> tower::Layer<S> for CallLogLayer {
-    type Service = CallLog<S>;
+impl Observe for CallLog {
+    type Record = CallRecord;
 
-    fn layer(&self, inner: S) -> CallLog<S> {
-        CallLog {
-            inner,
-            reducer: self.reducer.clone(),
-        }
-    }
-}
-
-/// Logs how each call ended, once its answer is complete.
-#[derive(Clone, Debug)]
-pub struct CallLog<S> {
-    inner: S,
-    reducer: Arc<Mutex<ErrorLogReducer>>,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for CallLog<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    RB: http_body::Body,
-{
-    type Response = http::Response<StatusBody<RB, CallRecord>>;
-    type Error = S::Error;
-    type Future = CallLogFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let rpc = request.extensions().get::<Rpc>().cloned();
+    fn start<B>(&self, request: &mut http::Request<B>) -> CallRecord {
         let message = RequestMessageSlot::default();
         request.extensions_mut().insert(message.clone());
-        CallLogFuture {
-            inner: self.inner.call(request),
-            record: Some(CallRecord {
-                rpc,
-                message,
-                reducer: self.reducer.clone(),
-                start: Instant::now(),
-            }),
+        CallRecord {
+            rpc: request.extensions().get::<Rpc>().cloned(),
+            message,
+            reducer: self.reducer.clone(),
+            start: Instant::now(),
         }
-    }
-}
-
-pin_project! {
-    /// Future of [`CallLog`].
-    pub struct CallLogFuture<F> {
-        #[pin]
-        inner: F,
-        record: Option<CallRecord>,
-    }
-}
-
-impl<F, RB, E> Future for CallLogFuture<F>
-where
-    F: Future<Output = Result<http::Response<RB>, E>>,
-    RB: http_body::Body,
-{
-    type Output = Result<http::Response<StatusBody<RB, CallRecord>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let record = this.record.take().expect("polled after completion");
-        Poll::Ready(Ok(StatusBody::wrap(response, record)))
     }
 }
 

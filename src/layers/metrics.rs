@@ -3,52 +3,34 @@
 //! counts the statuses criguard makes itself as well as the runtime's.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use pin_project_lite::pin_project;
 use tonic::Code;
 
-use crate::proxy::body::{Outcome, RequestStats, StatusBody, StatusObserver};
+use super::observe::{Observe, ObserveLayer};
+use crate::proxy::body::{Outcome, RequestStats, StatusObserver};
 use crate::proxy::rpc::{Method, Rpc, Service};
 use crate::proxy::status;
 use crate::telemetry::metrics as names;
 
-/// Layer for [`CallMetrics`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CallMetricsLayer;
-
-impl<S> tower::Layer<S> for CallMetricsLayer {
-    type Service = CallMetrics<S>;
-
-    fn layer(&self, inner: S) -> CallMetrics<S> {
-        CallMetrics { inner }
-    }
-}
+/// The metrics layer: [`ObserveLayer`]`<CallMetrics>`.
+pub type CallMetricsLayer = ObserveLayer<CallMetrics>;
 
 /// Records the metrics of each call once its answer has ended.
-#[derive(Clone, Debug)]
-pub struct CallMetrics<S> {
-    inner: S,
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallMetrics;
+
+impl CallMetrics {
+    pub fn layer() -> CallMetricsLayer {
+        ObserveLayer::new(CallMetrics)
+    }
 }
 
-impl<S, B, RB> tower::Service<http::Request<B>> for CallMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    RB: http_body::Body,
-{
-    type Response = http::Response<StatusBody<RB, CallRecord>>;
-    type Error = S::Error;
-    type Future = CallMetricsFuture<S::Future>;
+impl Observe for CallMetrics {
+    type Record = CallRecord;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn start<B>(&self, request: &mut http::Request<B>) -> CallRecord {
         let (service, method) = match request.extensions().get::<Rpc>() {
             Some(rpc) => {
                 if rpc.method == Method::Unknown {
@@ -58,9 +40,16 @@ where
             }
             None => (Service::Other, Method::Unknown),
         };
-        CallMetricsFuture {
-            inner: self.inner.call(request),
-            record: Some(CallRecord::start(service, method)),
+        CallRecord::start(service, method)
+    }
+
+    fn on_response<B>(record: &mut CallRecord, response: &http::Response<B>) {
+        record.request_stats = response.extensions().get::<RequestStats>().cloned();
+        let trailers_only = status::read_code(response.headers()).is_some();
+        if record.method.is_server_streaming() && !trailers_only {
+            metrics::gauge!(names::STREAMS_ACTIVE, "method" => record.method.as_str())
+                .increment(1.0);
+            record.streaming = true;
         }
     }
 }
@@ -73,37 +62,6 @@ fn note_unknown_method(rpc: &Rpc) {
     let seen = seen.get_or_insert_with(HashSet::new);
     if seen.len() < MAX_NAMES && seen.insert(rpc.path.clone()) {
         tracing::info!(method = %rpc.path, "forwarding a method criguard's proto does not know; metrics count it as method=\"unknown\"");
-    }
-}
-
-pin_project! {
-    /// Future of [`CallMetrics`].
-    pub struct CallMetricsFuture<F> {
-        #[pin]
-        inner: F,
-        record: Option<CallRecord>,
-    }
-}
-
-impl<F, RB, E> Future for CallMetricsFuture<F>
-where
-    F: Future<Output = Result<http::Response<RB>, E>>,
-    RB: http_body::Body,
-{
-    type Output = Result<http::Response<StatusBody<RB, CallRecord>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let mut record = this.record.take().expect("polled after completion");
-        record.request_stats = response.extensions().get::<RequestStats>().cloned();
-        let trailers_only = status::read_code(response.headers()).is_some();
-        if record.method.is_server_streaming() && !trailers_only {
-            metrics::gauge!(names::STREAMS_ACTIVE, "method" => record.method.as_str())
-                .increment(1.0);
-            record.streaming = true;
-        }
-        Poll::Ready(Ok(StatusBody::wrap(response, record)))
     }
 }
 

@@ -3,3 +3,4 @@
 pub mod log;
 pub mod log_reduction;
 pub mod metrics;
+pub mod observe;
