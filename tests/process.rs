@@ -54,6 +54,19 @@ fn check_accepts_a_good_config_and_names_the_key_of_a_bad_one() {
     );
 }
 
+#[test]
+fn the_shipped_example_config_checks_clean() {
+    let out = Command::new(BIN)
+        .args(["check", "--config", "deploy/criguard.yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 struct Running(Child);
 
 impl Drop for Running {

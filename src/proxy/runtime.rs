@@ -9,16 +9,15 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http_body::Body as _;
 use hyper::body::Incoming;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::ready;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -27,11 +26,13 @@ use super::error::{ProxyError, RuntimeError};
 use super::rpc::{Rpc, Service};
 use crate::telemetry::metrics as names;
 
-/// Flow-control windows towards the runtime. Large answers (ListContainers on a busy node is
-/// several MB) must not be sent in small pieces waiting for window updates.
+/// Flow-control windows towards the runtime: large enough that a multi-megabyte answer
+/// (ListContainers on a busy node) is not sent in small pieces waiting for window updates,
+/// small enough that criguard never holds more than a few MB of answers in memory. Measured in
+/// docs/performance.md.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 4 << 20;
-/// Largest HTTP/2 frame the runtime may send us: fewer, larger frames cost less CPU.
+/// Largest HTTP/2 frame the runtime may send us.
 const MAX_FRAME_SIZE: u32 = 128 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
