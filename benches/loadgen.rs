@@ -74,6 +74,9 @@ struct Pair {
     unmetered: PathBuf,
     _unmetered_process: Process,
     admin: PathBuf,
+    /// socat between the client and the runtime, a baseline for any proxy.
+    relay: Option<PathBuf>,
+    _relay_process: Option<Process>,
     _runtime_process: Process,
 }
 
@@ -117,10 +120,24 @@ fn pair(dir: &Path, name: &str, containers: usize) -> Pair {
         ],
         &unmetered,
     );
+    // A plain L4 relay as a baseline, when socat is installed (Debian's socat package).
+    let relay = dir.join(format!("{name}-socat.sock"));
+    let relay_process = Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", relay.display()))
+        .arg(format!("UNIX-CONNECT:{}", runtime.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+        .map(|child| {
+            wait_for(&relay);
+            Process(child)
+        });
     Pair {
         runtime,
         proxy,
         proxy_process,
+        relay: relay_process.as_ref().map(|_| relay),
+        _relay_process: relay_process,
         unmetered,
         _unmetered_process: unmetered_process,
         admin: dir.join(format!("{name}-admin.sock")),
@@ -384,9 +401,9 @@ fn main() {
     );
     println!();
     println!(
-        "| scenario | direct req/s | criguard req/s | ratio | direct p50 / p99 (µs) | criguard p50 / p99 (µs) | p50 ratio | criguard CPU µs/call |"
+        "| scenario | direct req/s | criguard req/s | ratio | direct p50 / p99 (µs) | criguard p50 / p99 (µs) | p50 ratio | criguard CPU µs/call | socat ratio | socat p50 ratio |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in scenarios() {
         if filter.iter().any(|f| f == "metrics") {
             break;
@@ -398,6 +415,7 @@ fn main() {
         let pid = p.proxy_process.0.id();
         let mut direct: Option<Run> = None;
         let mut proxied: Option<Run> = None;
+        let mut relayed: Option<Run> = None;
         let mut cpu = 0u64;
         for _ in 0..ROUNDS {
             let d = runtime.block_on(drive(
@@ -416,7 +434,18 @@ fn main() {
                 per_round,
             ));
             cpu += cpu_micros(pid) - before;
-            for (acc, run) in [(&mut direct, d), (&mut proxied, x)] {
+            let mut runs = vec![(&mut direct, d), (&mut proxied, x)];
+            if let Some(relay) = &p.relay {
+                let r = runtime.block_on(drive(
+                    relay,
+                    s.path,
+                    s.body.clone(),
+                    s.concurrency,
+                    per_round,
+                ));
+                runs.push((&mut relayed, r));
+            }
+            for (acc, run) in runs {
                 match acc {
                     None => *acc = Some(run),
                     Some(a) => {
@@ -428,8 +457,16 @@ fn main() {
             }
         }
         let (d, x) = (direct.unwrap(), proxied.unwrap());
+        let p50 = |r: &Run| r.latency.value_at_quantile(0.5) as f64;
+        let (socat, socat_p50) = match &relayed {
+            Some(r) => (
+                format!("{:.2}", r.rate() / d.rate()),
+                format!("{:.2}×", p50(r) / p50(&d)),
+            ),
+            None => ("n/a".into(), "n/a".into()),
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {:.2}× | {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {:.2}× | {:.1} | {socat} | {socat_p50} |",
             s.name,
             d.rate(),
             x.rate(),
