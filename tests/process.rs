@@ -170,6 +170,13 @@ async fn sigterm_lets_calls_in_flight_finish_ends_streams_and_exits_zero() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // SIGHUP does not end criguard (reload is not implemented: it keeps serving).
+    signal(&criguard.0, "HUP");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        criguard.0.try_wait().unwrap().is_none(),
+        "SIGHUP must not end criguard"
+    );
     signal(&criguard.0, "TERM");
     let answer = slow.await.unwrap().unwrap();
     assert_eq!(
