@@ -393,6 +393,10 @@ async fn a_thousand_identical_errors_make_one_log_line_then_a_summary() {
         .collect();
     assert_eq!(failures.len(), 2, "{stderr}");
     assert_eq!(failures[0]["object"], "c1");
+    // Who called: this test process, read from the socket's peer credentials.
+    assert_eq!(failures[0]["caller_pid"], std::process::id());
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    assert_eq!(failures[0]["caller_exe"], exe.as_str());
     assert_eq!(failures[0]["error"], "container \"c1\" not found");
     assert_eq!(failures[0]["suppressed_since_last"], 0);
     assert_eq!(failures[1]["suppressed_since_last"], 999);

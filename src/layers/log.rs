@@ -11,6 +11,7 @@ use tonic::Code;
 use super::log_reduction::{ErrorLogReducer, LogDecision};
 use super::observe::{Observe, ObserveLayer};
 use crate::proxy::body::{Outcome, RequestMessageSlot, StatusObserver};
+use crate::proxy::identity::Caller;
 use crate::proxy::inspect;
 use crate::proxy::rpc::{Method, Rpc};
 
@@ -39,6 +40,7 @@ impl Observe for CallLog {
         let message = RequestMessageSlot::default();
         request.extensions_mut().insert(message.clone());
         CallRecord {
+            caller: request.extensions().get::<Arc<Caller>>().cloned(),
             rpc: request.extensions().get::<Rpc>().cloned(),
             message,
             reducer: self.reducer.clone(),
@@ -50,6 +52,7 @@ impl Observe for CallLog {
 /// What is known of a call until it ends.
 #[derive(Debug)]
 pub struct CallRecord {
+    caller: Option<Arc<Caller>>,
     rpc: Option<Rpc>,
     message: RequestMessageSlot,
     reducer: Arc<Mutex<ErrorLogReducer>>,
@@ -85,9 +88,13 @@ impl StatusObserver for CallRecord {
                 let error = outcome.message.as_deref().unwrap_or("");
                 let decision = reducer.on_error(method, object, error, Instant::now());
                 if let LogDecision::Log { suppressed } = decision {
+                    let caller = self.caller.as_deref();
                     tracing::warn!(
                         method = path,
                         object,
+                        caller_uid = caller.map(|c| c.uid),
+                        caller_pid = caller.and_then(|c| c.pid),
+                        caller_exe = caller.and_then(|c| c.exe.as_deref()),
                         code = ?code,
                         error,
                         latency_ms,

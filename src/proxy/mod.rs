@@ -4,6 +4,7 @@
 pub mod body;
 pub mod error;
 pub mod head;
+pub mod identity;
 pub mod inspect;
 pub mod listener;
 pub mod rpc;

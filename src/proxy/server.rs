@@ -17,6 +17,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
+use super::identity::Caller;
+
 /// Streams one caller may have open at once on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1000;
 const STREAM_WINDOW: u32 = 1 << 20;
@@ -61,10 +63,19 @@ pub async fn serve<S, B>(
                 }
             },
         };
-        let connection = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(stack.clone()),
+        // Who calls is read once per connection; each of its requests carries it.
+        let caller = Caller::of(&stream);
+        let service = tower::ServiceExt::map_request(
+            stack.clone(),
+            move |mut request: http::Request<Incoming>| {
+                if let Some(caller) = &caller {
+                    request.extensions_mut().insert(caller.clone());
+                }
+                request
+            },
         );
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         let open = open.clone();
         open.fetch_add(1, Ordering::Relaxed);
