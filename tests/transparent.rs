@@ -173,6 +173,10 @@ async fn metadata_and_deadline_go_in_and_status_details_and_trailers_come_back()
     assert_eq!(trailers["grpc-status-details-bin"], "CAUSBm5vdCBmb3VuZA");
     assert_eq!(trailers["x-runtime-trailer"], "kept");
     assert_eq!(answer.headers["x-runtime-header"], "also-kept");
+    assert!(
+        answer.headers.get("date").is_none(),
+        "criguard adds no header of its own"
+    );
 }
 
 #[tokio::test]

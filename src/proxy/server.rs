@@ -46,6 +46,8 @@ pub async fn serve<S, B>(
     let open = Arc::new(AtomicUsize::new(0));
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
+        // Transparent: answer with the runtime's headers only (grpc-go sends no `date`).
+        .auto_date_header(false)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

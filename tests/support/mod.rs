@@ -202,7 +202,9 @@ impl RecordingRuntime {
                     let ctx = ctx.clone();
                     async move { Ok::<_, Infallible>(answer(req, ctx).await) }
                 });
+                // Like containerd (grpc-go): no `date` header in answers.
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .auto_date_header(false)
                     .serve_connection(TokioIo::new(stream), service);
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
