@@ -38,6 +38,14 @@ python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/crigua
 step "unit and integration tests"
 cargo test --locked
 
+step "deploy/systemd: systemd-analyze verify (any warning fails)"
+units=$(mktemp -d)
+cp deploy/systemd/criguard.socket deploy/systemd/criguard.service "$units/"
+sed -i "s|/usr/local/bin/criguard|$PWD/target/debug/criguard|" "$units/criguard.service"
+verify=$(systemd-analyze verify "$units/criguard.socket" "$units/criguard.service" 2>&1) || { echo "$verify"; exit 1; }
+[ -z "$verify" ] || { echo "$verify"; exit 1; }
+rm -rf "$units"
+
 if [ "${CRIGUARD_E2E:-1}" != 0 ]; then
   step "end to end: criguard in front of a real containerd, scraped by a real Prometheus"
   trap 'tests/e2e/containerd-lab.sh down || true' EXIT
