@@ -101,11 +101,7 @@ async fn scrapes_show_exact_counts_by_method_and_code() {
         } else if r.path.ends_with("/GetContainerEvents") {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             keep.lock().unwrap().push(tx);
-            Answer {
-                stream: Some(rx),
-                trailers: Some(status_trailers(0, None)),
-                ..Default::default()
-            }
+            Answer::stream(rx)
         } else {
             Answer {
                 trailers: Some(status_trailers(12, None)),

@@ -132,11 +132,7 @@ async fn sigterm_lets_calls_in_flight_finish_ends_streams_and_exits_zero() {
         if r.path.ends_with("/GetContainerEvents") {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             keep.lock().unwrap().push(tx); // the runtime never ends this stream by itself
-            Answer {
-                stream: Some(rx),
-                trailers: Some(status_trailers(0, None)),
-                ..Default::default()
-            }
+            Answer::stream(rx)
         } else {
             Answer {
                 delay: Duration::from_millis(800),

@@ -130,6 +130,15 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// A stream that stays open until the sender of `rx` is dropped, then ends OK.
+    pub fn stream(rx: mpsc::Receiver<Bytes>) -> Answer {
+        Answer {
+            stream: Some(rx),
+            trailers: Some(status_trailers(0, None)),
+            ..Default::default()
+        }
+    }
+
     /// An OK answer carrying one message.
     pub fn ok(message: &[u8]) -> Answer {
         Answer {
@@ -328,6 +337,16 @@ fn streaming_body(
         guard.finished = true;
     });
     StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(out))
+}
+
+/// criguard still answers on this connection: a Version call comes back OK.
+pub async fn assert_serving(client: &mut RawClient) {
+    let path = "/runtime.v1.RuntimeService/Version";
+    let answer = client
+        .call(path, grpc_frame(b""), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes.
