@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +14,6 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_criguard");
 
 struct Running(Child);
 
@@ -27,12 +25,7 @@ impl Drop for Running {
 }
 
 async fn start(sockets: &Sockets, admin: &Path) -> Running {
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg("--listen")
-        .arg(sockets.criguard())
-        .arg("--runtime-endpoint")
-        .arg(sockets.runtime())
+    let child = serve_command(sockets)
         .arg("--admin-address")
         .arg(admin)
         .arg("--probe-interval")

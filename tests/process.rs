@@ -77,14 +77,8 @@ impl Drop for Running {
 }
 
 fn serve(sockets: &Sockets, extra: &[&str]) -> Running {
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg("--listen")
-        .arg(sockets.criguard())
-        .arg("--admin-address")
-        .arg("off")
-        .arg("--runtime-endpoint")
-        .arg(format!("unix://{}", sockets.runtime().display()))
+    let child = serve_command(sockets)
+        .args(["--admin-address", "off"])
         .args(extra)
         .env("CRIGUARD_LOG_LEVEL", "info")
         .stderr(Stdio::piped())
@@ -324,12 +318,7 @@ async fn a_thousand_identical_errors_make_one_log_line_then_a_summary() {
         }
     })
     .await;
-    let child = Command::new(BIN)
-        .arg("serve")
-        .arg("--listen")
-        .arg(sockets.criguard())
-        .arg("--runtime-endpoint")
-        .arg(sockets.runtime())
+    let child = serve_command(&sockets)
         .args([
             "--admin-address",
             "off",

@@ -133,44 +133,13 @@ impl FakeRuntime {
     }
 }
 
-fn kubelet_labels(
-    pod: &str,
-    namespace: &str,
-    container: &str,
-) -> std::collections::HashMap<String, String> {
-    [
-        ("io.kubernetes.pod.name", pod),
-        ("io.kubernetes.pod.namespace", namespace),
-        (
-            "io.kubernetes.pod.uid",
-            "5f0c3bd4-94a5-4bb4-9f3a-2b0c2f7c9d11",
-        ),
-        ("io.kubernetes.container.name", container),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 fn sample_container(i: usize) -> ContainerStatus {
     let name = format!("app-{i}");
-    let mut annotations: std::collections::HashMap<String, String> = [
-        ("io.kubernetes.container.hash", "6a3c0f5e"),
-        ("io.kubernetes.container.restartCount", "0"),
-        (
-            "io.kubernetes.container.terminationMessagePath",
-            "/dev/termination-log",
-        ),
-        ("io.kubernetes.container.terminationMessagePolicy", "File"),
-        ("io.kubernetes.pod.terminationGracePeriod", "30"),
-        (
-            "io.kubernetes.container.preStopHandler",
-            r#"{"exec":{"command":["/bin/sh","-c","sleep 5 && /usr/local/bin/web --drain --timeout=25s"]}}"#,
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut annotations = samples::container_annotations();
+    annotations.insert(
+        "io.kubernetes.container.preStopHandler".into(),
+        r#"{"exec":{"command":["/bin/sh","-c","sleep 5 && /usr/local/bin/web --drain --timeout=25s"]}}"#.into(),
+    );
     annotations.insert(
         "io.kubernetes.container.ports".into(),
         r#"[{"name":"http","containerPort":8080,"protocol":"TCP"},{"name":"metrics","containerPort":9090,"protocol":"TCP"}]"#.into(),
@@ -193,7 +162,7 @@ fn sample_container(i: usize) -> ContainerStatus {
             ..Default::default()
         }),
         image_ref: "sha256:4b4b4b0f9d2a6f7e3c1d5e8a9b0c2d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c".into(),
-        labels: kubelet_labels(&format!("web-{i}"), "team-a", &name),
+        labels: samples::container_labels(&format!("web-{i}"), "team-a", &name),
         annotations,
         log_path: format!("/var/log/pods/team-a_web-{i}/{name}/0.log"),
         ..Default::default()

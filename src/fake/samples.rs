@@ -11,6 +11,33 @@ fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The labels the kubelet puts on every container of a pod.
+pub fn container_labels(pod: &str, namespace: &str, container: &str) -> HashMap<String, String> {
+    map(&[
+        ("io.kubernetes.pod.name", pod),
+        ("io.kubernetes.pod.namespace", namespace),
+        (
+            "io.kubernetes.pod.uid",
+            "5f0c3bd4-94a5-4bb4-9f3a-2b0c2f7c9d11",
+        ),
+        ("io.kubernetes.container.name", container),
+    ])
+}
+
+/// The annotations the kubelet puts on every container.
+pub fn container_annotations() -> HashMap<String, String> {
+    map(&[
+        ("io.kubernetes.container.hash", "6a3c0f5e"),
+        ("io.kubernetes.container.restartCount", "0"),
+        (
+            "io.kubernetes.container.terminationMessagePath",
+            "/dev/termination-log",
+        ),
+        ("io.kubernetes.container.terminationMessagePolicy", "File"),
+        ("io.kubernetes.pod.terminationGracePeriod", "30"),
+    ])
+}
+
 /// The pod config the kubelet sends for `team-a/web-1`.
 pub fn pod_config() -> PodSandboxConfig {
     PodSandboxConfig {
@@ -117,29 +144,15 @@ pub fn create_container_request() -> CreateContainerRequest {
             working_dir: "/srv".into(),
             envs,
             mounts,
-            labels: map(&[
-                ("io.kubernetes.container.name", "app"),
-                ("io.kubernetes.pod.name", "web-1"),
-                ("io.kubernetes.pod.namespace", "team-a"),
-                (
-                    "io.kubernetes.pod.uid",
-                    "5f0c3bd4-94a5-4bb4-9f3a-2b0c2f7c9d11",
-                ),
-            ]),
-            annotations: map(&[
-                ("io.kubernetes.container.hash", "6a3c0f5e"),
-                ("io.kubernetes.container.restartCount", "0"),
-                (
-                    "io.kubernetes.container.terminationMessagePath",
-                    "/dev/termination-log",
-                ),
-                ("io.kubernetes.container.terminationMessagePolicy", "File"),
-                ("io.kubernetes.pod.terminationGracePeriod", "30"),
-                (
-                    "io.kubernetes.container.ports",
-                    r#"[{"name":"http","containerPort":8080,"protocol":"TCP"}]"#,
-                ),
-            ]),
+            labels: container_labels("web-1", "team-a", "app"),
+            annotations: {
+                let mut annotations = container_annotations();
+                annotations.insert(
+                    "io.kubernetes.container.ports".into(),
+                    r#"[{"name":"http","containerPort":8080,"protocol":"TCP"}]"#.into(),
+                );
+                annotations
+            },
             log_path: "app/0.log".into(),
             linux: Some(LinuxContainerConfig {
                 resources: Some(LinuxContainerResources {

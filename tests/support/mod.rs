@@ -49,6 +49,19 @@ impl Sockets {
     }
 }
 
+/// `criguard serve` (the binary) on `sockets.criguard()` in front of `sockets.runtime()`;
+/// callers add their own flags.
+pub fn serve_command(sockets: &Sockets) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_criguard"));
+    command
+        .arg("serve")
+        .arg("--listen")
+        .arg(sockets.criguard())
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", sockets.runtime().display()));
+    command
+}
+
 /// criguard running in-process; stops when dropped.
 pub struct Criguard {
     pub socket: PathBuf,
