@@ -412,10 +412,9 @@ async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
         .await
         .unwrap()
         .into_inner();
-    t.push((
-        "ImageStatus",
-        format!("{:?}", image.image.map(|i| i.repo_tags)),
-    ));
+    let mut tags = image.image.map(|i| i.repo_tags).unwrap_or_default();
+    tags.sort();
+    t.push(("ImageStatus", format!("{tags:?}")));
     let fs = c
         .img
         .image_fs_info(ImageFsInfoRequest::default())
@@ -485,20 +484,20 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
             .unwrap()
             .into_inner()
     );
-    assert_eq!(
-        through
-            .img
-            .list_images(ListImagesRequest::default())
-            .await
-            .unwrap()
-            .into_inner(),
-        direct
-            .img
-            .list_images(ListImagesRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-    );
+    // containerd lists images in no fixed order: compare them sorted.
+    let a = through
+        .img
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let b = direct
+        .img
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sorted_images(a), sorted_images(b));
     let spec = || ImageStatusRequest {
         image: Some(ImageSpec {
             image: BUSYBOX.into(),
@@ -506,9 +505,16 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
         }),
         verbose: true,
     };
+    let normalize = |mut r: ImageStatusResponse| {
+        if let Some(image) = r.image.as_mut() {
+            image.repo_tags.sort();
+            image.repo_digests.sort();
+        }
+        r
+    };
     assert_eq!(
-        through.img.image_status(spec()).await.unwrap().into_inner(),
-        direct.img.image_status(spec()).await.unwrap().into_inner()
+        normalize(through.img.image_status(spec()).await.unwrap().into_inner()),
+        normalize(direct.img.image_status(spec()).await.unwrap().into_inner())
     );
     // An error is passed through unchanged: containerd's code and message.
     let missing = || ContainerStatusRequest {
@@ -541,6 +547,16 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
             .unwrap_or_default()
             .contains("criguard")
     );
+}
+
+/// Images in a fixed order (by id, tags sorted), for comparing two listings.
+fn sorted_images(mut list: ListImagesResponse) -> Vec<Image> {
+    for image in &mut list.images {
+        image.repo_tags.sort();
+        image.repo_digests.sort();
+    }
+    list.images.sort_by(|a, b| a.id.cmp(&b.id));
+    list.images
 }
 
 /// A free TCP port on loopback.

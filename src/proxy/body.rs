@@ -154,10 +154,14 @@ impl RequestStats {
 
     fn count(&self, frame: &Frame<Bytes>) {
         if let Some(data) = frame.data_ref() {
-            self.0
-                .bytes
-                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.count_bytes(data.len());
         }
+    }
+
+    fn count_bytes(&self, len: usize) {
+        self.0
+            .bytes
+            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -186,7 +190,7 @@ impl<B> RequestBody<B> {
             return None;
         }
         let head = self.head.take().unwrap_or_default();
-        self.stats.count(&Frame::data(head.clone()));
+        self.stats.count_bytes(head.len());
         Some(head)
     }
 }
