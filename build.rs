@@ -14,6 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rustc-env=CRIGUARD_REVISION={revision}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     let descriptors = protox::compile(["proto/v1.proto"], ["proto"])?;
+    // The descriptors themselves, for decoding any CRI message into proto JSON at run time.
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("cri_descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     tonic_prost_build::configure()
         // The fake runtime answers only what it implements; the rest is UNIMPLEMENTED.
         .generate_default_stubs(true)

@@ -10,7 +10,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
+use crate::audit::{AuditLayer, AuditTrail};
 use crate::config::Config;
+use crate::inventory::Inventory;
 use crate::layers::log::CallLog;
 use crate::layers::metrics::CallMetrics;
 use crate::proxy::head::ReadHeadLayer;
@@ -25,6 +27,7 @@ use crate::telemetry::readiness::Readiness;
 /// The stack, top to bottom: what a call goes through on its way to the runtime.
 pub fn build_stack(
     config: &Config,
+    audit: Option<Arc<AuditTrail>>,
     forwarder: Forwarder,
 ) -> impl tower::Service<
     http::Request<Incoming>,
@@ -47,6 +50,8 @@ pub fn build_stack(
             config.error_log_window,
             config.error_log_max_keys,
         ))
+        // Record who called what on which pod, and how it ended (when audit is on).
+        .layer(AuditLayer::new(audit))
         // The one place where the errors of the layers below become gRPC statuses.
         .layer(RespondWithStatusLayer)
         // Read the first message of known calls for inspection; the bytes go on unchanged.
@@ -63,6 +68,7 @@ fn with_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
 /// A bound criguard, ready to serve.
 pub struct Proxy {
     config: Config,
+    audit: Option<Arc<AuditTrail>>,
     bound: BoundListener,
     admin: Option<AdminListener>,
     prometheus: Option<PrometheusHandle>,
@@ -73,6 +79,8 @@ pub struct Proxy {
 pub enum StartError {
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("audit trail: {0}")]
+    Audit(std::io::Error),
     #[error("admin address {address}: {source}")]
     Admin {
         address: String,
@@ -87,6 +95,18 @@ impl Proxy {
         config: Config,
         prometheus: Option<PrometheusHandle>,
     ) -> Result<Proxy, StartError> {
+        let audit = match &config.audit {
+            None => None,
+            Some(settings) => {
+                let inventory = Inventory::new();
+                let trail =
+                    AuditTrail::start(settings, inventory.clone()).map_err(StartError::Audit)?;
+                // The pods of calls that name only a container or sandbox id.
+                let runtime = config.runtime_endpoint.path.clone();
+                tokio::spawn(async move { inventory.load_from(&runtime).await });
+                Some(trail)
+            }
+        };
         let bound = listener::listen(&config.socket).await?;
         let admin = AdminListener::bind(&config.admin_address)
             .await
@@ -96,6 +116,7 @@ impl Proxy {
             })?;
         Ok(Proxy {
             config,
+            audit,
             bound,
             admin,
             prometheus,
@@ -111,6 +132,7 @@ impl Proxy {
     pub async fn run(self, shutdown: CancellationToken) {
         let Proxy {
             config,
+            audit,
             bound,
             admin,
             prometheus,
@@ -133,6 +155,20 @@ impl Proxy {
             };
             tokio::spawn(admin::serve(admin, state, shutdown.clone()));
         }
+        if let Some(trail) = &audit {
+            let trail = trail.clone();
+            let reopen = move || {
+                let trail = trail.clone();
+                async move { trail.reopen().await }
+            };
+            if let Err(err) = crate::signal::on_sigusr1(shutdown.clone(), reopen) {
+                tracing::warn!(error = %err, "cannot watch SIGUSR1: the audit log will not be reopened on it");
+            }
+            tracing::info!(
+                path = ?config.audit.as_ref().and_then(|a| a.sinks.path.as_ref()),
+                "audit trail on"
+            );
+        }
         let runtime = Arc::new(RuntimeConnection::new(config.runtime_endpoint.clone()));
         let image = config
             .image_endpoint
@@ -146,7 +182,7 @@ impl Proxy {
             "criguard serving"
         );
         let forwarder = Forwarder::new(runtime, image, config.max_message_size, shutdown.clone());
-        let stack = build_stack(&config, forwarder);
+        let stack = build_stack(&config, audit.clone(), forwarder);
         server::serve(
             bound.listener,
             stack,
@@ -154,6 +190,9 @@ impl Proxy {
             config.shutdown_grace_period,
         )
         .await;
+        if let Some(audit) = audit {
+            audit.close().await;
+        }
         if let Some(socket) = bound.owned {
             socket.remove();
         }

@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// An identical failed call (method, object, message) is logged once per window [default: 1m].
     #[arg(long, env = "CRIGUARD_ERROR_LOG_WINDOW", value_parser = humantime::parse_duration)]
     pub error_log_window: Option<Duration>,
+    /// Write the audit trail of runtime calls to this file, with the shipped rules unless the
+    /// configuration file has its own (`audit:`).
+    #[arg(long, env = "CRIGUARD_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -114,6 +118,7 @@ impl ServeArgs {
             metrics: self.disable_metrics.then_some(false),
             probe_interval: self.probe_interval,
             error_log_window: self.error_log_window,
+            audit_log: self.audit_log.clone(),
         }
     }
 }

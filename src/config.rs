@@ -44,6 +44,7 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     pub error_log_window: Option<Duration>,
     pub error_log_max_keys: Option<usize>,
+    pub audit: Option<crate::audit::FileAudit>,
 }
 
 /// Values from flags and environment variables; each one set wins over the file.
@@ -62,6 +63,8 @@ pub struct Overrides {
     pub metrics: Option<bool>,
     pub probe_interval: Option<Duration>,
     pub error_log_window: Option<Duration>,
+    /// `--audit-log`: audit to this file (with the shipped rules unless the file has some).
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -98,6 +101,8 @@ pub struct Config {
     pub error_log_window: Duration,
     /// How many (method, object) keys the error log reduction remembers.
     pub error_log_max_keys: usize,
+    /// The audit trail; `None` when off.
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// A configuration problem, naming the key (and the file) it comes from.
@@ -223,6 +228,8 @@ impl Config {
                 Some(0) => return Err(error("errorLogMaxKeys", "must be at least 1".into())),
                 Some(n) => n,
             },
+            audit: crate::audit::AuditConfig::resolve(file.audit, over.audit_log)
+                .map_err(|(key, problem)| error(key, problem))?,
         })
     }
 }

@@ -5,11 +5,13 @@
 //! layers (see [`app::build_stack`]).
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
 pub mod fake;
+pub mod inventory;
 pub mod layers;
 pub mod proxy;
 pub mod signal;
@@ -19,4 +21,7 @@ pub mod telemetry;
 #[allow(clippy::all, missing_docs)]
 pub mod cri {
     tonic::include_proto!("runtime.v1");
+
+    /// The encoded `FileDescriptorSet` of `proto/v1.proto`.
+    pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cri_descriptors.bin"));
 }

@@ -1,6 +1,7 @@
 //! Process signals: SIGTERM and SIGINT start a graceful shutdown. SIGHUP, which would end the
 //! process by default, is caught: configuration reload is not implemented yet, so criguard
-//! says so in the log and keeps serving with the configuration it has.
+//! says so in the log and keeps serving with the configuration it has. SIGUSR1 reopens the
+//! audit log (logrotate's `postrotate`).
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,27 @@ pub fn shutdown_on_signals(shutdown: CancellationToken) -> std::io::Result<()> {
             tracing::info!(signal = name, "shutting down");
             shutdown.cancel();
             return;
+        }
+    });
+    Ok(())
+}
+
+/// Runs `reopen` on every SIGUSR1 until `shutdown`.
+pub fn on_sigusr1<F, Fut>(shutdown: CancellationToken, mut reopen: F) -> std::io::Result<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => {
+                    tracing::info!(signal = "SIGUSR1", "reopening the audit log");
+                    reopen().await;
+                }
+                _ = shutdown.cancelled() => return,
+            }
         }
     });
     Ok(())

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use support::*;
 
 struct Running(Child);
@@ -39,42 +36,6 @@ async fn start(sockets: &Sockets, admin: &Path) -> Running {
     .await;
     assert!(up, "criguard did not start");
     Running(child)
-}
-
-/// GET `path` from the admin server on a unix socket: (status, body).
-async fn get(admin: &Path, method: &str, path: &str) -> (u16, String) {
-    let stream = tokio::net::UnixStream::connect(admin).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::builder()
-        .method(method)
-        .uri(format!("http://localhost{path}"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// The samples of a scrape: series (name with labels, as exposed) to value.
-fn samples(exposition: &str) -> HashMap<String, f64> {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
-    *samples
-        .get(series)
-        .unwrap_or_else(|| panic!("no series {series}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +98,7 @@ async fn scrapes_show_exact_counts_by_method_and_code() {
         .await
         .unwrap();
 
-    let (status, text) = get(&admin, "GET", "/metrics").await;
+    let (status, text) = admin_get(&admin, "GET", "/metrics").await;
     assert_eq!(status, 200);
     let s = samples(&text);
     assert_eq!(total(&s, "Version", "OK"), 3.0);
@@ -228,7 +189,7 @@ async fn scrapes_show_exact_counts_by_method_and_code() {
     )
     .await;
     assert!(closed);
-    let (_, text) = get(&admin, "GET", "/metrics").await;
+    let (_, text) = admin_get(&admin, "GET", "/metrics").await;
     let s = samples(&text);
     assert_eq!(total(&s, "GetContainerEvents", "Canceled"), 1.0);
     feeds.lock().unwrap().clear();
@@ -243,7 +204,7 @@ fn total(s: &HashMap<String, f64>, method: &str, code: &str) -> f64 {
 
 async fn eventually_scrape(admin: &Path, series: &str, want: f64) -> bool {
     for _ in 0..100 {
-        let (_, text) = get(admin, "GET", "/metrics").await;
+        let (_, text) = admin_get(admin, "GET", "/metrics").await;
         if samples(&text).get(series) == Some(&want) {
             return true;
         }
@@ -263,7 +224,7 @@ async fn readyz_follows_the_runtime_as_it_goes_and_comes_back() {
         let admin = admin.clone();
         async move {
             for _ in 0..100 {
-                let (status, body) = get(&admin, "GET", "/readyz").await;
+                let (status, body) = admin_get(&admin, "GET", "/readyz").await;
                 if status == want {
                     return Some(body);
                 }
@@ -275,7 +236,7 @@ async fn readyz_follows_the_runtime_as_it_goes_and_comes_back() {
     let body = ready(200).await.expect("ready while the runtime answers");
     assert!(body.starts_with("ready:"), "{body}");
     assert_eq!(
-        get(&admin, "GET", "/healthz").await,
+        admin_get(&admin, "GET", "/healthz").await,
         (200, "ok\n".to_string())
     );
 
@@ -289,7 +250,7 @@ async fn readyz_follows_the_runtime_as_it_goes_and_comes_back() {
         body.contains("not ready") && body.contains(&sockets.runtime().display().to_string()),
         "{body}"
     );
-    let (_, text) = get(&admin, "GET", "/metrics").await;
+    let (_, text) = admin_get(&admin, "GET", "/metrics").await;
     let endpoint = format!("unix://{}", sockets.runtime().display());
     assert_eq!(
         value(
@@ -303,7 +264,7 @@ async fn readyz_follows_the_runtime_as_it_goes_and_comes_back() {
     ready(200)
         .await
         .expect("ready again by itself once the runtime is back");
-    let (_, text) = get(&admin, "GET", "/metrics").await;
+    let (_, text) = admin_get(&admin, "GET", "/metrics").await;
     assert_eq!(
         value(
             &samples(&text),
@@ -318,8 +279,8 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     let sockets = Sockets::new();
     let admin = sockets.dir.path().join("admin.sock");
     let _criguard = start(&sockets, &admin).await;
-    assert_eq!(get(&admin, "GET", "/nope").await.0, 404);
-    assert_eq!(get(&admin, "POST", "/metrics").await.0, 405);
-    assert_eq!(get(&admin, "DELETE", "/readyz").await.0, 405);
-    assert_eq!(get(&admin, "HEAD", "/healthz").await.0, 200);
+    assert_eq!(admin_get(&admin, "GET", "/nope").await.0, 404);
+    assert_eq!(admin_get(&admin, "POST", "/metrics").await.0, 405);
+    assert_eq!(admin_get(&admin, "DELETE", "/readyz").await.0, 405);
+    assert_eq!(admin_get(&admin, "HEAD", "/healthz").await.0, 200);
 }

@@ -37,8 +37,7 @@ impl Observe for CallLog {
     type Record = CallRecord;
 
     fn start<B>(&self, request: &mut http::Request<B>) -> CallRecord {
-        let message = RequestMessageSlot::default();
-        request.extensions_mut().insert(message.clone());
+        let message = RequestMessageSlot::attach(request);
         CallRecord {
             caller: request.extensions().get::<Arc<Caller>>().cloned(),
             rpc: request.extensions().get::<Rpc>().cloned(),

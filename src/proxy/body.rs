@@ -101,6 +101,15 @@ pub struct RequestMessage(pub Bytes);
 pub struct RequestMessageSlot(std::sync::Arc<std::sync::OnceLock<Bytes>>);
 
 impl RequestMessageSlot {
+    /// The slot of `request`, put in its extensions if no layer above did: all layers that
+    /// watch a call share one.
+    pub fn attach<B>(request: &mut http::Request<B>) -> RequestMessageSlot {
+        request
+            .extensions_mut()
+            .get_or_insert_default::<RequestMessageSlot>()
+            .clone()
+    }
+
     pub fn set(&self, message: &RequestMessage) {
         let _ = self.0.set(message.0.clone());
     }
@@ -487,6 +496,9 @@ pub struct Outcome {
 
 /// Told once how an answer ended.
 pub trait StatusObserver {
+    /// Each piece of the answer's body as it passes, before the end.
+    fn on_data(&mut self, _data: &Bytes) {}
+
     fn on_end(self, outcome: Outcome);
 }
 
@@ -566,6 +578,9 @@ impl<B: Body<Data = Bytes>, O: StatusObserver> Body for StatusBody<B, O> {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
+                    if let Some(observer) = this.observer.as_mut() {
+                        observer.on_data(data);
+                    }
                 } else if let Some(trailers) = frame.trailers_ref()
                     && let Some(observer) = this.observer.take()
                 {

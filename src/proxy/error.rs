@@ -58,4 +58,7 @@ pub enum ProxyError {
     BadRequest(#[from] BadRequest),
     #[error("shutting down; reconnect to the socket")]
     ShuttingDown,
+    /// Audit events cannot be written and `audit.onFailure` is `deny`.
+    #[error("{0}; refusing calls that must be audited (audit.onFailure: deny)")]
+    AuditUnavailable(String),
 }

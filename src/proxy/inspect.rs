@@ -1,5 +1,5 @@
-//! Reads the object a call is about (container, sandbox or image) straight from the request's
-//! protobuf bytes, without decoding the whole message: cheap enough for every failed call.
+//! Reads what a call is about (pod, sandbox, container, image) straight from the request's
+//! protobuf bytes, without decoding the whole message: cheap enough for every call.
 
 use super::rpc::Method;
 
@@ -31,6 +31,102 @@ pub fn object_id(method: Method, message: &[u8]) -> &str {
         _ => return "",
     };
     string_at(message, path).unwrap_or("")
+}
+
+/// A pod as CRI names it (`PodSandboxMetadata`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// What a call is about, as far as its request says. Calls that name only a container or
+/// sandbox id leave the pod to be looked up (see [`crate::inventory`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub pod: Option<PodRef>,
+    pub sandbox_id: Option<String>,
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
+    pub image: Option<String>,
+}
+
+impl Subject {
+    /// Reads the subject of a `method` request. Unreadable bytes give an empty subject.
+    pub fn of_request(method: Method, message: &[u8]) -> Subject {
+        use Method::*;
+        let text = |path: &[u32]| string_at(message, path).map(str::to_string);
+        let pod_at = |path: &[u32]| {
+            let metadata = message_at(message, path)?;
+            Some(PodRef {
+                name: string_at(metadata, &[1]).unwrap_or("").into(),
+                uid: string_at(metadata, &[2]).unwrap_or("").into(),
+                namespace: string_at(metadata, &[3]).unwrap_or("").into(),
+            })
+        };
+        match method {
+            // config = 1 → metadata = 1
+            RunPodSandbox => Subject {
+                pod: pod_at(&[1, 1]),
+                ..Subject::default()
+            },
+            // pod_sandbox_id = 1, config = 2 (metadata.name, image.image), sandbox_config = 3
+            CreateContainer => Subject {
+                pod: pod_at(&[3, 1]),
+                sandbox_id: text(&[1]),
+                container_name: text(&[2, 1, 1]),
+                image: text(&[2, 2, 1]),
+                ..Subject::default()
+            },
+            // image = 1 → image = 1; sandbox_config = 3 → metadata = 1
+            PullImage => Subject {
+                pod: pod_at(&[3, 1]),
+                image: text(&[1, 1]),
+                ..Subject::default()
+            },
+            ImageStatus | RemoveImage => Subject {
+                image: text(&[1, 1]),
+                ..Subject::default()
+            },
+            StopPodSandbox | RemovePodSandbox | PodSandboxStatus | PortForward
+            | PodSandboxStats => Subject {
+                sandbox_id: text(&[1]),
+                ..Subject::default()
+            },
+            StartContainer
+            | StopContainer
+            | RemoveContainer
+            | ContainerStatus
+            | UpdateContainerResources
+            | ReopenContainerLog
+            | ExecSync
+            | Exec
+            | Attach
+            | ContainerStats
+            | CheckpointContainer => Subject {
+                container_id: text(&[1]),
+                ..Subject::default()
+            },
+            _ => Subject::default(),
+        }
+    }
+}
+
+/// The id a successful RunPodSandbox or CreateContainer answer carries (field 1 of both).
+pub fn created_id(method: Method, response: &[u8]) -> Option<&str> {
+    match method {
+        Method::RunPodSandbox | Method::CreateContainer => string_at(response, &[1]),
+        _ => None,
+    }
+}
+
+/// The embedded message at a path of field numbers.
+fn message_at<'a>(mut message: &'a [u8], path: &[u32]) -> Option<&'a [u8]> {
+    for &wanted in path {
+        message = length_delimited_field(message, wanted)?;
+    }
+    Some(message)
 }
 
 /// The string at a path of field numbers through nested messages (first occurrence).
@@ -122,6 +218,52 @@ mod tests {
         .encode_to_vec();
         assert_eq!(object_id(Method::RunPodSandbox, &run), "web-1");
         assert_eq!(object_id(Method::Version, &status), "");
+    }
+
+    #[test]
+    fn subjects_name_pod_container_and_image() {
+        let create = crate::fake::samples::create_container_request();
+        let subject = Subject::of_request(Method::CreateContainer, &create.encode_to_vec());
+        let pod = create
+            .sandbox_config
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            subject.pod,
+            Some(PodRef {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+            })
+        );
+        let config = create.config.as_ref().unwrap();
+        assert_eq!(subject.sandbox_id.as_deref(), Some(&*create.pod_sandbox_id));
+        assert_eq!(
+            subject.container_name.as_deref(),
+            Some(&*config.metadata.as_ref().unwrap().name)
+        );
+        assert_eq!(
+            subject.image.as_deref(),
+            Some(&*config.image.as_ref().unwrap().image)
+        );
+        let exec = ExecSyncRequest {
+            container_id: "c-9".into(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        }
+        .encode_to_vec();
+        let subject = Subject::of_request(Method::ExecSync, &exec);
+        assert_eq!(subject.container_id.as_deref(), Some("c-9"));
+        assert_eq!(subject.pod, None);
+        let answer = CreateContainerResponse {
+            container_id: "c-10".into(),
+        }
+        .encode_to_vec();
+        assert_eq!(created_id(Method::CreateContainer, &answer), Some("c-10"));
+        assert_eq!(created_id(Method::StartContainer, &answer), None);
     }
 
     #[test]

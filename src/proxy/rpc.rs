@@ -86,6 +86,135 @@ impl Method {
     }
 }
 
+/// Groups of methods that configuration names instead of listing each method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodClass {
+    /// Sandboxes and containers created, started, stopped, removed, updated, checkpointed.
+    Lifecycle,
+    /// Exec, ExecSync, Attach, PortForward: a way into a running container.
+    Exec,
+    /// Every ImageService method.
+    Image,
+    /// Calls that change nothing: Version, Status, RuntimeConfig, List*, *Status, *Stats,
+    /// ImageFsInfo, ListMetricDescriptors, ListPodSandboxMetrics, GetContainerEvents.
+    Read,
+}
+
+impl MethodClass {
+    pub const ALL: [MethodClass; 4] = [
+        MethodClass::Lifecycle,
+        MethodClass::Exec,
+        MethodClass::Image,
+        MethodClass::Read,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodClass::Lifecycle => "lifecycle",
+            MethodClass::Exec => "exec",
+            MethodClass::Image => "image",
+            MethodClass::Read => "read",
+        }
+    }
+
+    /// Whether `method` belongs to the class. Methods our proto does not know belong to none.
+    pub fn contains(self, method: Method) -> bool {
+        use Method::*;
+        match self {
+            MethodClass::Lifecycle => matches!(
+                method,
+                RunPodSandbox
+                    | StopPodSandbox
+                    | RemovePodSandbox
+                    | CreateContainer
+                    | StartContainer
+                    | StopContainer
+                    | RemoveContainer
+                    | UpdateContainerResources
+                    | CheckpointContainer
+            ),
+            MethodClass::Exec => matches!(method, Exec | ExecSync | Attach | PortForward),
+            MethodClass::Image => method.service() == Service::Image,
+            MethodClass::Read => matches!(
+                method,
+                Version
+                    | Status
+                    | RuntimeConfig
+                    | ListPodSandbox
+                    | ListContainers
+                    | ListContainerStats
+                    | ListPodSandboxStats
+                    | ListImages
+                    | ListMetricDescriptors
+                    | ListPodSandboxMetrics
+                    | PodSandboxStatus
+                    | ContainerStatus
+                    | ImageStatus
+                    | ContainerStats
+                    | PodSandboxStats
+                    | ImageFsInfo
+                    | GetContainerEvents
+            ),
+        }
+    }
+}
+
+/// A set of methods as configuration writes it: method names (`ExecSync`, or a name our proto
+/// does not know yet, such as `UpdatePodSandboxResources`), classes (`lifecycle`, `exec`,
+/// `image`, `read`), or `"*"` for every call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MethodSet {
+    all: bool,
+    classes: Vec<MethodClass>,
+    names: Vec<Box<str>>,
+}
+
+impl MethodSet {
+    /// Every call.
+    pub fn all() -> MethodSet {
+        MethodSet {
+            all: true,
+            ..MethodSet::default()
+        }
+    }
+
+    /// Parses the entries of a configuration list; the error names the entry at fault.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<MethodSet, String> {
+        let mut set = MethodSet::default();
+        for entry in entries {
+            let entry = entry.as_ref();
+            if entry == "*" {
+                set.all = true;
+            } else if let Some(class) = MethodClass::ALL.iter().find(|c| c.as_str() == entry) {
+                set.classes.push(*class);
+            } else if entry.starts_with(|c: char| c.is_ascii_uppercase())
+                && entry.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                set.names.push(entry.into());
+            } else {
+                return Err(format!(
+                    "{entry:?} is neither a CRI method name (e.g. ExecSync) nor one of \"*\", lifecycle, exec, image, read"
+                ));
+            }
+        }
+        Ok(set)
+    }
+
+    /// Whether the call is in the set.
+    pub fn contains(&self, rpc: &Rpc) -> bool {
+        self.all
+            || self.classes.iter().any(|c| c.contains(rpc.method))
+            || self.names.iter().any(|n| **n == *rpc.method_name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MethodSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = <Vec<String> as serde::Deserialize>::deserialize(d)?;
+        MethodSet::parse(&entries).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -182,6 +311,49 @@ mod tests {
             assert_eq!(rpc.method, Method::Unknown, "{path}");
             assert_eq!(rpc.service, Service::Other, "{path}");
         }
+    }
+
+    #[test]
+    fn method_sets_match_names_classes_and_unknown_names() {
+        let set = MethodSet::parse(&["exec", "PullImage", "UpdatePodSandboxResources"]).unwrap();
+        let call = |m: &str| Rpc::from_path(&format!("/runtime.v1.RuntimeService/{m}"));
+        assert!(set.contains(&call("ExecSync")));
+        assert!(set.contains(&call("PortForward")));
+        assert!(set.contains(&Rpc::from_path("/runtime.v1.ImageService/PullImage")));
+        assert!(set.contains(&call("UpdatePodSandboxResources")));
+        assert!(!set.contains(&call("CreateContainer")));
+        assert!(
+            MethodSet::parse(&["*"])
+                .unwrap()
+                .contains(&call("Anything"))
+        );
+        assert!(
+            MethodSet::parse(&["execs"])
+                .unwrap_err()
+                .contains("\"execs\"")
+        );
+    }
+
+    #[test]
+    fn read_class_is_exactly_the_calls_that_change_nothing() {
+        let reads: Vec<_> = Method::ALL
+            .iter()
+            .filter(|m| MethodClass::Read.contains(**m))
+            .map(|m| m.as_str())
+            .collect();
+        assert_eq!(reads.len(), 17, "{reads:?}");
+        for m in Method::ALL {
+            let name = m.as_str();
+            let looks_read = name.starts_with("List")
+                || name.ends_with("Status")
+                || name.ends_with("Stats")
+                || matches!(
+                    name,
+                    "Version" | "RuntimeConfig" | "ImageFsInfo" | "GetContainerEvents"
+                );
+            assert_eq!(MethodClass::Read.contains(*m), looks_read, "{name}");
+        }
+        assert!(!MethodClass::Read.contains(Method::Unknown));
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub fn code_of(err: &ProxyError) -> Code {
         ProxyError::Runtime(_) => Code::Unavailable,
         ProxyError::BadRequest(_) => Code::InvalidArgument,
         ProxyError::ShuttingDown => Code::Unavailable,
+        ProxyError::AuditUnavailable(_) => Code::Unavailable,
     }
 }
 

@@ -19,6 +19,7 @@ pub const RUNTIME_CONNECTS_TOTAL: &str = "criguard_runtime_connects_total";
 pub const BUILD_INFO: &str = "criguard_build_info";
 pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
 pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
+pub const AUDIT_EVENTS_TOTAL: &str = "criguard_audit_events_total";
 
 /// Buckets of `criguard_request_duration_seconds`: 0.5 ms × 2.5^k up to 466 s, then 600 s.
 /// Like the kubelet's runtime-operation buckets (5 ms × 2.5^k) with the lower end extended to
@@ -91,6 +92,10 @@ fn describe() {
     describe_counter!(
         ERROR_LOG_KEYS_EVICTED_TOTAL,
         "Keys dropped by identical-error log reduction to stay within its bound (errorLogMaxKeys)."
+    );
+    describe_counter!(
+        AUDIT_EVENTS_TOTAL,
+        "Audit events by result: written, or failed (lost: the file could not be written)."
     );
     // Streams start at zero, so that dashboards and alerts find the series before the first.
     for method in Method::ALL.iter().filter(|m| m.is_server_streaming()) {

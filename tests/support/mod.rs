@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -17,7 +18,7 @@ use criguard::config::{Config, Overrides};
 use criguard::fake::FakeRuntime;
 use http::HeaderMap;
 use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::UnixListener;
@@ -75,7 +76,16 @@ impl Criguard {
         Criguard::start_with(sockets, Overrides::default()).await
     }
 
-    pub async fn start_with(sockets: &Sockets, mut overrides: Overrides) -> Criguard {
+    pub async fn start_with(sockets: &Sockets, overrides: Overrides) -> Criguard {
+        Criguard::start_with_config(sockets, None, overrides).await
+    }
+
+    /// Starts criguard with a configuration file of `yaml` (if any) under the overrides.
+    pub async fn start_with_config(
+        sockets: &Sockets,
+        yaml: Option<&str>,
+        mut overrides: Overrides,
+    ) -> Criguard {
         overrides.listen.get_or_insert(sockets.criguard());
         overrides
             .runtime_endpoint
@@ -84,7 +94,12 @@ impl Criguard {
             .shutdown_grace_period
             .get_or_insert(Duration::from_secs(2));
         overrides.admin_address.get_or_insert("off".into());
-        let config = Config::load(None, overrides).unwrap();
+        let file = yaml.map(|text| {
+            let path = sockets.dir.path().join("criguard.yaml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let config = Config::load(file.as_deref(), overrides).unwrap();
         let socket = config.socket.path.clone();
         let proxy = Proxy::bind(config, None).await.unwrap();
         let shutdown = CancellationToken::new();
@@ -374,4 +389,40 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// GET `path` from the admin server on a unix socket: (status, body).
+pub async fn admin_get(admin: &Path, method: &str, path: &str) -> (u16, String) {
+    let stream = tokio::net::UnixStream::connect(admin).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The samples of a scrape: series (name with labels, as exposed) to value.
+pub fn samples(exposition: &str) -> HashMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no series {series}"))
 }

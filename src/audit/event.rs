@@ -1,0 +1,402 @@
+//! One audit event: what is known of a call when it ends, and its JSON line. The request and
+//! answer are decoded (proto JSON form) only here, on the writer's thread, with secrets
+//! replaced by a marker before anything is written.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use serde::Serialize;
+
+use super::rules::Level;
+use crate::proxy::identity::Caller;
+use crate::proxy::inspect::{PodRef, Subject};
+use crate::proxy::rpc::Rpc;
+
+/// What replaces a secret in the audit trail.
+pub const REDACTED: &str = "<redacted>";
+
+/// The fields of `runtime.v1.AuthConfig` that hold credentials (`debug_redact` in newer CRI).
+const CREDENTIALS: [&str; 4] = ["password", "auth", "identity_token", "registry_token"];
+
+/// What the checks of criguard decided about a call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// `allowed`, `denied` or `throttled`.
+    pub result: &'static str,
+    /// The policy, role or limit that decided, when it was not a plain pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Decision {
+    pub fn allowed() -> Decision {
+        Decision {
+            result: "allowed",
+            by: None,
+            reason: None,
+        }
+    }
+}
+
+/// A decoded message of a call, with how to show it.
+#[derive(Debug)]
+pub struct Payload {
+    pub message: Bytes,
+    /// The whole message's size, when only its head was kept.
+    pub cut_from: Option<usize>,
+}
+
+/// Everything an event says. Built on the proxy's thread, written as JSON on the writer's.
+#[derive(Debug)]
+pub struct Event {
+    pub id: uuid::Uuid,
+    pub time: SystemTime,
+    pub level: Level,
+    pub rpc: Rpc,
+    pub caller: Option<Arc<Caller>>,
+    pub subject: Subject,
+    pub code: tonic::Code,
+    pub message: Option<String>,
+    pub latency_ms: f64,
+    pub decision: Decision,
+    pub request: Option<Payload>,
+    pub response: Option<Payload>,
+    pub redact_env_values: bool,
+    /// Decoded messages longer than this (in JSON bytes) are cut, with a marker.
+    pub max_payload_bytes: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Line<'a> {
+    audit_id: String,
+    time: String,
+    level: Level,
+    service: &'a str,
+    method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caller: Option<CallerLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod: Option<&'a PodRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<ContainerLine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox_id: Option<&'a str>,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    latency_ms: f64,
+    decision: &'a Decision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct CallerLine<'a> {
+    uid: u32,
+    gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exe: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ContainerLine<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+impl Event {
+    /// The event as one line of JSON, newline included.
+    pub fn to_json_line(&self) -> Vec<u8> {
+        let subject = &self.subject;
+        let service = self
+            .rpc
+            .path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .map_or("", |(service, _)| service);
+        let container = (subject.container_name.is_some() || subject.container_id.is_some())
+            .then_some(ContainerLine {
+                name: subject.container_name.as_deref(),
+                id: subject.container_id.as_deref(),
+            });
+        let decode = |payload: &Option<Payload>, input: bool| {
+            payload.as_ref().map(|p| self.payload_json(p, input))
+        };
+        let line = Line {
+            audit_id: self.id.to_string(),
+            time: humantime::format_rfc3339_micros(self.time).to_string(),
+            level: self.level,
+            service,
+            method: self.rpc.method_name(),
+            caller: self.caller.as_deref().map(|c| CallerLine {
+                uid: c.uid,
+                gid: c.gid,
+                pid: c.pid,
+                exe: c.exe.as_deref(),
+            }),
+            pod: subject.pod.as_ref(),
+            container,
+            image: subject.image.as_deref(),
+            sandbox_id: subject.sandbox_id.as_deref(),
+            code: crate::layers::metrics::code_name(self.code),
+            message: self.message.as_deref(),
+            latency_ms: (self.latency_ms * 1000.0).round() / 1000.0,
+            decision: &self.decision,
+            request: decode(&self.request, true),
+            response: decode(&self.response, false),
+        };
+        let mut out = serde_json::to_vec(&line).unwrap_or_else(|err| {
+            format!("{{\"auditId\":\"{}\",\"error\":\"{err}\"}}", self.id).into_bytes()
+        });
+        out.push(b'\n');
+        out
+    }
+
+    /// A message in proto JSON form with secrets replaced, cut to `max_payload_bytes`.
+    fn payload_json(&self, payload: &Payload, input: bool) -> serde_json::Value {
+        let limit = self.max_payload_bytes;
+        if let Some(size) = payload.cut_from {
+            return cut_marker(size, limit, None);
+        }
+        let Some(descriptor) = message_type(&self.rpc, input) else {
+            return serde_json::json!({ "undecoded": format!("{} bytes of a method criguard's proto does not know", payload.message.len()) });
+        };
+        let mut message = match DynamicMessage::decode(descriptor, payload.message.clone()) {
+            Ok(message) => message,
+            Err(err) => {
+                return serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {err}", payload.message.len()) });
+            }
+        };
+        redact(&mut message, self.redact_env_values);
+        let value = serde_json::to_value(&message).unwrap_or_default();
+        let text = value.to_string();
+        if text.len() > limit {
+            return cut_marker(text.len(), limit, Some(&text));
+        }
+        value
+    }
+}
+
+/// Stands in for a message larger than the limit: says so, and keeps the head of its JSON.
+fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> serde_json::Value {
+    let head = text.map(|t| {
+        let mut end = limit.min(t.len());
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        &t[..end]
+    });
+    serde_json::json!({
+        "truncated": true,
+        "size": size,
+        "limit": limit,
+        "head": head,
+    })
+}
+
+/// The request (`input`) or answer type of a call, if the proto knows its method.
+fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
+    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
+    let pool = POOL
+        .get_or_init(|| DescriptorPool::decode(crate::cri::DESCRIPTORS).ok())
+        .as_ref()?;
+    let service_name = rpc.path.strip_prefix('/')?.split_once('/')?.0;
+    let method = pool
+        .get_service_by_name(service_name)?
+        .methods()
+        .find(|m| m.name() == rpc.method_name())?;
+    Some(if input {
+        method.input()
+    } else {
+        method.output()
+    })
+}
+
+/// Replaces pull credentials and (if `env_values`) environment variable values, at any depth.
+pub fn redact(message: &mut DynamicMessage, env_values: bool) {
+    let type_name = message.descriptor().full_name().to_string();
+    for (field, value) in message.fields_mut() {
+        if type_name == "runtime.v1.AuthConfig" && CREDENTIALS.contains(&field.name()) {
+            if let Value::String(text) = value
+                && !text.is_empty()
+            {
+                *text = REDACTED.into();
+            }
+            continue;
+        }
+        let env = env_values && type_name == "runtime.v1.ContainerConfig" && field.name() == "envs";
+        match value {
+            Value::Message(inner) => redact(inner, env_values),
+            Value::List(items) => {
+                for item in items {
+                    if let Value::Message(inner) = item {
+                        if env {
+                            inner.set_field_by_name("value", Value::String(REDACTED.into()));
+                        }
+                        redact(inner, env_values);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for entry in entries.values_mut() {
+                    if let Value::Message(inner) = entry {
+                        redact(inner, env_values);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cri::*;
+    use prost::Message;
+
+    fn event(rpc: &str, request: Vec<u8>, redact_env_values: bool) -> serde_json::Value {
+        let event = Event {
+            id: uuid::Uuid::new_v4(),
+            time: SystemTime::now(),
+            level: Level::Request,
+            rpc: Rpc::from_path(rpc),
+            caller: None,
+            subject: Subject::default(),
+            code: tonic::Code::Ok,
+            message: None,
+            latency_ms: 1.5,
+            decision: Decision::allowed(),
+            request: Some(Payload {
+                message: request.into(),
+                cut_from: None,
+            }),
+            response: None,
+            redact_env_values,
+            max_payload_bytes: 64 << 10,
+        };
+        serde_json::from_slice(&event.to_json_line()).unwrap()
+    }
+
+    #[test]
+    fn credentials_never_appear_and_are_marked() {
+        let pull = PullImageRequest {
+            image: Some(ImageSpec {
+                image: "registry.example/app:1".into(),
+                ..Default::default()
+            }),
+            auth: Some(AuthConfig {
+                username: "robot".into(),
+                password: "hunter2-password".into(),
+                auth: "cm9ib3Q6aHVudGVyMg==".into(),
+                server_address: "registry.example".into(),
+                identity_token: "id-token-secret".into(),
+                registry_token: "registry-token-secret".into(),
+            }),
+            sandbox_config: None,
+        };
+        let line = event(
+            "/runtime.v1.ImageService/PullImage",
+            pull.encode_to_vec(),
+            true,
+        );
+        let text = line.to_string();
+        for secret in [
+            "hunter2-password",
+            "cm9ib3Q6aHVudGVyMg==",
+            "id-token-secret",
+            "registry-token-secret",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let auth = &line["request"]["auth"];
+        assert_eq!(auth["username"], "robot");
+        assert_eq!(auth["password"], REDACTED);
+        assert_eq!(auth["registryToken"], REDACTED);
+        assert_eq!(line["request"]["image"]["image"], "registry.example/app:1");
+    }
+
+    #[test]
+    fn env_values_are_redacted_by_default_and_shown_when_a_rule_says_so() {
+        let mut create = crate::fake::samples::create_container_request();
+        create.config.as_mut().unwrap().envs = vec![KeyValue {
+            key: "DB_PASSWORD".into(),
+            value: "s3cret-value".into(),
+        }];
+        let bytes = create.encode_to_vec();
+        let path = "/runtime.v1.RuntimeService/CreateContainer";
+        let line = event(path, bytes.clone(), true);
+        assert!(!line.to_string().contains("s3cret-value"));
+        assert_eq!(line["request"]["config"]["envs"][0]["key"], "DB_PASSWORD");
+        assert_eq!(line["request"]["config"]["envs"][0]["value"], REDACTED);
+        let line = event(path, bytes, false);
+        assert_eq!(
+            line["request"]["config"]["envs"][0]["value"],
+            "s3cret-value"
+        );
+    }
+
+    #[test]
+    fn the_redacted_fields_are_the_credentials_of_the_vendored_proto() {
+        let pool = DescriptorPool::decode(crate::cri::DESCRIPTORS).unwrap();
+        let auth = pool.get_message_by_name("runtime.v1.AuthConfig").unwrap();
+        let names: Vec<_> = auth.fields().map(|f| f.name().to_string()).collect();
+        for name in CREDENTIALS {
+            assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+        }
+        let config = pool
+            .get_message_by_name("runtime.v1.ContainerConfig")
+            .unwrap();
+        assert!(config.get_field_by_name("envs").is_some());
+    }
+
+    #[test]
+    fn large_and_undecodable_messages_are_marked_not_written() {
+        let mut create = crate::fake::samples::create_container_request();
+        create.config.as_mut().unwrap().command = vec!["x".repeat(100_000)];
+        let line = event(
+            "/runtime.v1.RuntimeService/CreateContainer",
+            create.encode_to_vec(),
+            true,
+        );
+        assert_eq!(line["request"]["truncated"], true);
+        assert_eq!(line["request"]["limit"], 64 << 10);
+        assert!(line["request"]["size"].as_u64().unwrap() > 100_000);
+        let line = event(
+            "/runtime.v1.RuntimeService/ExecSync",
+            b"\xff\xff\xff".to_vec(),
+            true,
+        );
+        assert!(
+            line["request"]["undecoded"]
+                .as_str()
+                .unwrap()
+                .contains("not a valid message")
+        );
+        let line = event(
+            "/runtime.v1.RuntimeService/Made",
+            b"\x08\x01".to_vec(),
+            true,
+        );
+        assert!(
+            line["request"]["undecoded"]
+                .as_str()
+                .unwrap()
+                .contains("does not know")
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The audit layer: for each call that a rule may record, it takes a place in the writer's
+//! queue before the call goes on (waiting while the queue is full: backpressure), watches the
+//! answer to its end, and queues the event. With `onFailure: deny`, calls that would be recorded
+//! are refused while events cannot be written.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::sync::oneshot;
+
+use super::event::{Decision, Event, Payload};
+use super::rules::{Level, Rules};
+use super::writer::{self, Entry, Health};
+use super::{AuditConfig, OnFailure};
+use crate::inventory::Inventory;
+use crate::proxy::body::{Outcome, RequestMessageSlot, ResponseBody, StatusBody, StatusObserver};
+use crate::proxy::error::ProxyError;
+use crate::proxy::identity::Caller;
+use crate::proxy::inspect::{self, Subject};
+use crate::proxy::rpc::{Method, Rpc};
+use crate::proxy::status;
+
+/// The running audit trail: rules, the writer's queue and health, and the pod inventory.
+#[derive(Debug)]
+pub struct AuditTrail {
+    rules: Rules,
+    sender: mpsc::Sender<Entry>,
+    health: Arc<Health>,
+    on_failure: OnFailure,
+    max_payload_bytes: usize,
+    inventory: Inventory,
+}
+
+impl AuditTrail {
+    /// Starts the writer thread.
+    pub fn start(config: &AuditConfig, inventory: Inventory) -> std::io::Result<Arc<AuditTrail>> {
+        let (sender, health) = writer::start(config.sinks.clone(), config.queue_size)?;
+        Ok(Arc::new(AuditTrail {
+            rules: config.rules.clone(),
+            sender,
+            health,
+            on_failure: config.on_failure,
+            max_payload_bytes: config.max_payload_bytes,
+            inventory,
+        }))
+    }
+
+    /// Opens the file anew (SIGUSR1, after logrotate moved it).
+    pub async fn reopen(&self) {
+        let _ = self.sender.send(Entry::Reopen).await;
+    }
+
+    /// Writes every queued event and syncs the file. Calls still running after this are not
+    /// recorded; call it once the server has drained.
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.sender.send(Entry::Close(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Layer for [`Audit`]; without a trail (audit off) calls pass unrecorded.
+#[derive(Clone, Debug)]
+pub struct AuditLayer {
+    trail: Option<Arc<AuditTrail>>,
+}
+
+impl AuditLayer {
+    pub fn new(trail: Option<Arc<AuditTrail>>) -> AuditLayer {
+        AuditLayer { trail }
+    }
+}
+
+impl<S> tower::Layer<S> for AuditLayer {
+    type Service = Audit<S>;
+
+    fn layer(&self, inner: S) -> Audit<S> {
+        Audit {
+            inner,
+            trail: self.trail.clone(),
+        }
+    }
+}
+
+/// Records each call its rules select; sits above the status responder, so that it records the
+/// statuses criguard makes itself (denials, limits, an unreachable runtime) too.
+#[derive(Clone, Debug)]
+pub struct Audit<S> {
+    inner: S,
+    trail: Option<Arc<AuditTrail>>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Audit<S>
+where
+    S: tower::Service<
+            http::Request<B>,
+            Response = http::Response<ResponseBody<RB>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    ResponseBody<RB>: http_body::Body,
+{
+    type Response = http::Response<StatusBody<ResponseBody<RB>, AuditRecord>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The inner service was made ready for this call; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let rpc = request.extensions().get::<Rpc>().cloned();
+        let caller = request.extensions().get::<Arc<Caller>>().cloned();
+        let highest = match (&self.trail, &rpc) {
+            (Some(trail), Some(rpc)) => trail.rules.highest(rpc, caller.as_deref()),
+            _ => Level::None,
+        };
+        let (Some(trail), Some(rpc), true) = (&self.trail, rpc, highest > Level::None) else {
+            let future = inner.call(request);
+            return Box::pin(async move {
+                let response = future.await?;
+                Ok(StatusBody::wrap(response, AuditRecord(None)))
+            });
+        };
+        let message = RequestMessageSlot::attach(&mut request);
+        let trail = trail.clone();
+        Box::pin(async move {
+            let time = SystemTime::now();
+            let start = Instant::now();
+            // Room in the queue first: a writer that cannot keep up slows calls down, it never
+            // drops their events.
+            let permit = trail.sender.clone().reserve_owned().await.ok();
+            let keep_response = highest == Level::RequestResponse
+                || matches!(rpc.method, Method::RunPodSandbox | Method::CreateContainer);
+            let mut record = Record {
+                trail: trail.clone(),
+                permit,
+                rpc,
+                caller,
+                message,
+                time,
+                start,
+                decision: Decision::allowed(),
+                response: keep_response.then(BytesMut::new),
+            };
+            let failure = match &record.permit {
+                None => Some("the audit writer has stopped".to_string()),
+                Some(_) => trail.health.failure(),
+            };
+            if let (Some(reason), OnFailure::Deny) = (failure, trail.on_failure) {
+                let err = ProxyError::AuditUnavailable(reason);
+                record.decision = Decision {
+                    result: "denied",
+                    by: Some("audit.onFailure".into()),
+                    reason: Some(err.to_string()),
+                };
+                let response = status::error_response(&err);
+                return Ok(StatusBody::wrap(response, AuditRecord(Some(record))));
+            }
+            let response = inner.call(request).await?;
+            Ok(StatusBody::wrap(response, AuditRecord(Some(record))))
+        })
+    }
+}
+
+/// The audit side of one call, until it ends. Dropped before its end (the caller went away
+/// before the answer began), it records the call as cancelled.
+#[derive(Debug)]
+pub struct AuditRecord(Option<Record>);
+
+#[derive(Debug)]
+struct Record {
+    trail: Arc<AuditTrail>,
+    permit: Option<OwnedPermit<Entry>>,
+    rpc: Rpc,
+    caller: Option<Arc<Caller>>,
+    message: RequestMessageSlot,
+    time: SystemTime,
+    start: Instant,
+    decision: Decision,
+    /// The head of the answer, when the event or the inventory needs it.
+    response: Option<BytesMut>,
+}
+
+impl StatusObserver for AuditRecord {
+    fn on_data(&mut self, data: &Bytes) {
+        let Some(record) = &mut self.0 else { return };
+        let limit = 5 + record.trail.max_payload_bytes.max(4096);
+        if let Some(buffer) = &mut record.response
+            && buffer.len() < limit
+        {
+            let room = limit - buffer.len();
+            buffer.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
+    fn on_end(mut self, outcome: Outcome) {
+        if let Some(record) = self.0.take() {
+            record.finish(outcome);
+        }
+    }
+}
+
+impl Drop for AuditRecord {
+    fn drop(&mut self) {
+        if let Some(record) = self.0.take() {
+            record.finish(Outcome {
+                code: tonic::Code::Cancelled,
+                message: Some("the caller went away before the answer".into()),
+                response_bytes: 0,
+            });
+        }
+    }
+}
+
+impl Record {
+    fn finish(self, outcome: Outcome) {
+        let trail = &self.trail;
+        let method = self.rpc.method;
+        let mut subject = self
+            .message
+            .get()
+            .map(|m| Subject::of_request(method, m))
+            .unwrap_or_default();
+        trail.inventory.complete(&mut subject);
+        let answer = self.response.as_deref().and_then(first_message);
+        if outcome.code == tonic::Code::Ok {
+            let created = answer.and_then(|m| inspect::created_id(method, m));
+            trail.inventory.learn(method, &subject, created);
+            match (method, created) {
+                (Method::RunPodSandbox, Some(id)) => subject.sandbox_id = Some(id.into()),
+                (Method::CreateContainer, Some(id)) => subject.container_id = Some(id.into()),
+                _ => {}
+            }
+        }
+        let namespace = subject.pod.as_ref().map(|p| p.namespace.as_str());
+        let choice = trail
+            .rules
+            .choose(&self.rpc, self.caller.as_deref(), namespace);
+        if choice.level == Level::None {
+            return;
+        }
+        let payload = |message: &[u8], whole: usize| Payload {
+            message: Bytes::copy_from_slice(message),
+            cut_from: (whole > message.len()).then_some(whole),
+        };
+        let request = (choice.level >= Level::Request)
+            .then(|| self.message.get())
+            .flatten()
+            .map(|m| {
+                // A message far over the limit is not decoded at all: it could not be shown.
+                let whole = m.len();
+                let shown = if whole > 4 * trail.max_payload_bytes {
+                    &m[..0]
+                } else {
+                    &m[..]
+                };
+                payload(shown, whole)
+            });
+        let response = (choice.level == Level::RequestResponse)
+            .then_some(self.response.as_deref())
+            .flatten()
+            .and_then(|buffer| {
+                let whole = declared_length(buffer)?;
+                Some(match first_message(buffer) {
+                    Some(m) => payload(m, whole),
+                    None => payload(&[], whole),
+                })
+            });
+        let event = Event {
+            id: uuid::Uuid::new_v4(),
+            time: self.time,
+            level: choice.level,
+            rpc: self.rpc,
+            caller: self.caller,
+            subject,
+            code: outcome.code,
+            message: outcome.message,
+            latency_ms: self.start.elapsed().as_secs_f64() * 1e3,
+            decision: self.decision,
+            request,
+            response,
+            redact_env_values: choice.redact_env_values,
+            max_payload_bytes: trail.max_payload_bytes,
+        };
+        match self.permit {
+            Some(permit) => {
+                permit.send(Entry::Event(Box::new(event)));
+            }
+            None => {
+                metrics::counter!(crate::telemetry::metrics::AUDIT_EVENTS_TOTAL, "result" => "failed")
+                    .increment(1);
+                tracing::error!(audit_id = %event.id, method = event.rpc.method_name(), "audit event lost: the audit writer has stopped");
+            }
+        }
+    }
+}
+
+/// The length the first gRPC frame of `buffer` declares.
+fn declared_length(buffer: &[u8]) -> Option<usize> {
+    let header: [u8; 4] = buffer.get(1..5)?.try_into().ok()?;
+    Some(u32::from_be_bytes(header) as usize)
+}
+
+/// The first gRPC message in `buffer`, if all of it is there.
+fn first_message(buffer: &[u8]) -> Option<&[u8]> {
+    let len = declared_length(buffer)?;
+    buffer.get(5..5 + len)
+}
