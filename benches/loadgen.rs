@@ -275,43 +275,50 @@ async fn scrape_while(admin: PathBuf, stop: Arc<AtomicBool>) -> Duration {
     slowest
 }
 
-/// Throughput with metrics on against the same criguard with metrics off, and the slowest
-/// scrape of /metrics during the metered runs.
-fn metrics_cost(
+/// Throughput of `variant` against `base` for the c=64 scenarios, alternating rounds; with an
+/// admin socket, /metrics is scraped every 100 ms during the variant's runs.
+fn compare(
     runtime: &tokio::runtime::Runtime,
-    p: &Pair,
+    (base_name, base): (&str, &Path),
+    (variant_name, variant): (&str, &Path),
+    scrape: Option<&Path>,
     per_round: Duration,
-    filter: &[String],
 ) {
-    if !filter.is_empty() && !filter.iter().any(|f| f == "metrics") {
-        return;
-    }
     println!();
     println!(
-        "| scenario (c=64) | metrics off req/s | metrics on req/s | on / off | slowest scrape during load |"
+        "| scenario (c=64) | {base_name} req/s | {variant_name} req/s | {variant_name} / {base_name} | slowest scrape during load |"
     );
     println!("| --- | ---: | ---: | ---: | ---: |");
-    for s in scenarios().into_iter().filter(|s| s.concurrency == 64) {
+    for s in scenarios()
+        .into_iter()
+        .filter(|s| s.concurrency == 64 && !s.big)
+    {
         let (mut off, mut on, mut slowest) = (0.0, 0.0, Duration::ZERO);
         for _ in 0..ROUNDS {
             off += runtime
-                .block_on(drive(&p.unmetered, s.path, s.body.clone(), 64, per_round))
+                .block_on(drive(base, s.path, s.body.clone(), 64, per_round))
                 .rate();
             let stop = Arc::new(AtomicBool::new(false));
-            let scraper = runtime.spawn(scrape_while(p.admin.clone(), stop.clone()));
+            let scraper =
+                scrape.map(|admin| runtime.spawn(scrape_while(admin.into(), stop.clone())));
             on += runtime
-                .block_on(drive(&p.proxy, s.path, s.body.clone(), 64, per_round))
+                .block_on(drive(variant, s.path, s.body.clone(), 64, per_round))
                 .rate();
             stop.store(true, Ordering::Relaxed);
-            slowest = slowest.max(runtime.block_on(scraper).unwrap());
+            if let Some(scraper) = scraper {
+                slowest = slowest.max(runtime.block_on(scraper).unwrap());
+            }
         }
+        let scraped = match scrape {
+            Some(_) => format!("{:.1} ms", slowest.as_secs_f64() * 1e3),
+            None => "n/a".into(),
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.1} ms |",
+            "| {} | {:.0} | {:.0} | {:.2} | {scraped} |",
             s.name,
             off / ROUNDS as f64,
             on / ROUNDS as f64,
             on / off,
-            slowest.as_secs_f64() * 1e3
         );
     }
 }
@@ -405,7 +412,7 @@ fn main() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in scenarios() {
-        if filter.iter().any(|f| f == "metrics") {
+        if filter.iter().any(|f| f == "metrics" || f == "audit") {
             break;
         }
         if !filter.is_empty() && !filter.iter().any(|f| s.name.contains(f.as_str())) {
@@ -479,7 +486,61 @@ fn main() {
             cpu as f64 / x.calls as f64,
         );
     }
-    metrics_cost(&runtime, &small, per_round, &filter);
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| f == name);
+    if wanted("metrics") {
+        compare(
+            &runtime,
+            ("metrics off", &small.unmetered),
+            ("metrics on", &small.proxy),
+            Some(&small.admin),
+            per_round,
+        );
+    }
+    if wanted("audit") {
+        // Every call at Metadata, to a file: the audit trail's cost on the hot path.
+        let log = dir.path().join("audit.log");
+        let config = dir.path().join("audit.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "audit:\n  path: {}\n  rules:\n    - level: Metadata\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let audited = dir.path().join("small-criguard-audit.sock");
+        let _audited_process = spawn(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                audited.to_str().unwrap(),
+                "--runtime-endpoint",
+                &format!("unix://{}", small.runtime.display()),
+                "--admin-address",
+                dir.path().join("small-audit-admin.sock").to_str().unwrap(),
+            ],
+            &audited,
+        );
+        compare(
+            &runtime,
+            ("audit off", &small.proxy),
+            ("audit Metadata", &audited),
+            None,
+            per_round,
+        );
+        // Built-in rotation may have moved older events to audit.log.1, .2, ...
+        let events: usize = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("audit.log"))
+            .map(|e| {
+                std::fs::read(e.path()).map_or(0, |t| t.iter().filter(|&&b| b == b'\n').count())
+            })
+            .sum();
+        println!("audit events written: {events}");
+    }
     println!();
     println!(
         "criguard memory: idle RSS {} KiB (100-container pair), {} KiB (5000-container pair); peak RSS (VmHWM) {} KiB and {} KiB",

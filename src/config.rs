@@ -416,4 +416,29 @@ mod tests {
         assert_eq!(ByteSize::parse("512KiB"), Ok(ByteSize(512 << 10)));
         assert!(ByteSize::parse("12 parsecs").is_err());
     }
+
+    #[test]
+    fn audit_settings_are_validated_with_the_key_and_line_at_fault() {
+        let config = from_yaml("audit:\n  path: /var/log/criguard/audit.log\n").unwrap();
+        let audit = config.audit.unwrap();
+        assert_eq!(audit.sinks.max_size, Some(100 << 20));
+        assert_eq!(audit.rules, crate::audit::Rules::shipped());
+        let err = from_yaml("audit:\n  rules:\n    - level: Metadata\n").unwrap_err();
+        assert_eq!(err.key, "audit");
+        assert!(err.problem.contains("needs a path"), "{err}");
+        let err = from_yaml(
+            "audit:\n  path: /a.log\n  rules:\n    - level: Metadata\n      methods: [ExecSync, execs]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "audit.rules[0].methods");
+        // The line of the rule that holds the bad entry.
+        assert!(
+            err.problem.contains("\"execs\"") && err.problem.contains("line 4"),
+            "{err}"
+        );
+        let err =
+            from_yaml("audit:\n  path: /a.log\n  rules:\n    - level: Everything\n").unwrap_err();
+        assert_eq!(err.key, "audit.rules[0].level");
+        assert!(from_yaml("").unwrap().audit.is_none());
+    }
 }

@@ -67,6 +67,14 @@ impl Criguard {
     }
 }
 
+impl Criguard {
+    /// SIGTERM, as systemd stops it, and wait for the exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
 impl Drop for Criguard {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -733,4 +741,104 @@ async fn a_real_prometheus_scrapes_the_calls_made_through_criguard() {
         );
     }
     drop(criguard);
+}
+
+/// The lab registry (tests/e2e/containerd-lab.sh) and the credentials it demands.
+const PRIVATE_IMAGE: &str = "127.0.0.1:5055/criguard-e2e/private:1.0";
+const REGISTRY_USER: &str = "criguard-e2e";
+const REGISTRY_PASSWORD: &str = "e2e-registry-password-7f3a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd and the lab registry: run tests/run.sh"]
+async fn the_audit_trail_records_each_change_with_its_pod_and_no_credential() {
+    let runtime = runtime_socket();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let criguard = Criguard::start(&runtime, &["--audit-log", log.to_str().unwrap()]).await;
+    let mut c = clients(&criguard.socket).await;
+    let registry_log = PathBuf::from(
+        std::env::var("CRIGUARD_E2E_LAB").unwrap_or_else(|_| "/var/lib/criguard-e2e".into()),
+    )
+    .join("log/registry-requests.log");
+    let seen_before = std::fs::read_to_string(&registry_log)
+        .unwrap_or_default()
+        .len();
+
+    let pulled = c
+        .img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: PRIVATE_IMAGE.into(),
+                ..Default::default()
+            }),
+            auth: Some(AuthConfig {
+                username: REGISTRY_USER.into(),
+                password: REGISTRY_PASSWORD.into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_config("audited")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(pulled.image_ref.starts_with("sha256:"), "{pulled:?}");
+    // The credentials went through criguard to the registry.
+    let requests = std::fs::read_to_string(&registry_log).unwrap();
+    assert!(
+        requests[seen_before..].contains(&format!("user={REGISTRY_USER}")),
+        "{requests}"
+    );
+    let transcript = lifecycle(&mut c, "audited").await;
+    drop(c);
+    assert!(criguard.stop().success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains(REGISTRY_PASSWORD),
+        "the password is in the audit log"
+    );
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for event in &events {
+        println!("{event}");
+    }
+    // The shipped rules: one event per call that changes something or enters a container.
+    let is_read = |m: &str| {
+        criguard::proxy::rpc::Method::ALL
+            .iter()
+            .any(|k| k.as_str() == m && criguard::proxy::rpc::MethodClass::Read.contains(*k))
+    };
+    let mut expected = vec!["PullImage"];
+    expected.extend(transcript.iter().map(|(m, _)| *m).filter(|m| !is_read(m)));
+    let methods: Vec<&str> = events
+        .iter()
+        .map(|e| e["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, expected);
+    let me = unsafe { libc::getuid() };
+    for event in &events {
+        assert_eq!(event["level"], "Request", "{event}");
+        assert_eq!(event["code"], "OK", "{event}");
+        assert_eq!(event["caller"]["uid"], me, "{event}");
+        assert_eq!(event["pod"]["namespace"], "criguard-e2e", "{event}");
+        assert_eq!(event["pod"]["name"], "audited", "{event}");
+        assert_eq!(event["pod"]["uid"], "e2e-audited-uid", "{event}");
+        let method = event["method"].as_str().unwrap();
+        if method.contains("Container") || method.starts_with("Exec") {
+            assert_eq!(event["container"]["name"], "app", "{event}");
+            assert_eq!(event["image"], BUSYBOX, "{event}");
+            assert!(
+                event["container"]["id"].as_str().unwrap().len() == 64,
+                "{event}"
+            );
+        }
+    }
+    let pull = &events[0];
+    assert_eq!(pull["image"], PRIVATE_IMAGE);
+    assert_eq!(pull["request"]["auth"]["username"], REGISTRY_USER);
+    assert_eq!(pull["request"]["auth"]["password"], "<redacted>");
+    let exec = events.iter().find(|e| e["method"] == "ExecSync").unwrap();
+    assert!(exec["request"]["cmd"].is_array(), "{exec}");
 }

@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "installing what the tests need"
-wanted=(systemd gcc libc6-dev python3 prometheus)
+wanted=(systemd gcc libc6-dev python3 prometheus logrotate)
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -45,6 +45,12 @@ sed -i "s|/usr/local/bin/criguard|$PWD/target/debug/criguard|" "$units/criguard.
 verify=$(systemd-analyze verify "$units/criguard.socket" "$units/criguard.service" 2>&1) || { echo "$verify"; exit 1; }
 [ -z "$verify" ] || { echo "$verify"; exit 1; }
 rm -rf "$units"
+
+step "deploy/logrotate: logrotate parses the audit log rotation"
+rotation=$(logrotate --debug --state /dev/null deploy/logrotate/criguard-audit 2>&1) || { echo "$rotation"; exit 1; }
+if grep -q '^error' <<<"$rotation" || ! grep -q 'rotating pattern: /var/log/criguard/audit.log' <<<"$rotation"; then
+  echo "$rotation"; exit 1
+fi
 
 if [ "${CRIGUARD_E2E:-1}" != 0 ]; then
   step "end to end: criguard in front of a real containerd, scraped by a real Prometheus"

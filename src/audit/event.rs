@@ -74,8 +74,8 @@ pub struct Event {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Line<'a> {
-    audit_id: String,
-    time: String,
+    audit_id: Displayed<uuid::fmt::Hyphenated>,
+    time: Displayed<humantime::Rfc3339Timestamp>,
     level: Level,
     service: &'a str,
     method: &'a str,
@@ -100,6 +100,15 @@ struct Line<'a> {
     response: Option<serde_json::Value>,
 }
 
+/// Serialized through its `Display`, straight into the output.
+struct Displayed<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Displayed<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
 #[derive(Serialize)]
 struct CallerLine<'a> {
     uid: u32,
@@ -121,6 +130,13 @@ struct ContainerLine<'a> {
 impl Event {
     /// The event as one line of JSON, newline included.
     pub fn to_json_line(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        self.write_json_line(&mut out);
+        out
+    }
+
+    /// Appends the event as one line of JSON, newline included, to `out`.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
         let subject = &self.subject;
         let service = self
             .rpc
@@ -137,8 +153,8 @@ impl Event {
             payload.as_ref().map(|p| self.payload_json(p, input))
         };
         let line = Line {
-            audit_id: self.id.to_string(),
-            time: humantime::format_rfc3339_micros(self.time).to_string(),
+            audit_id: Displayed(self.id.hyphenated()),
+            time: Displayed(humantime::format_rfc3339_micros(self.time)),
             level: self.level,
             service,
             method: self.rpc.method_name(),
@@ -159,11 +175,14 @@ impl Event {
             request: decode(&self.request, true),
             response: decode(&self.response, false),
         };
-        let mut out = serde_json::to_vec(&line).unwrap_or_else(|err| {
-            format!("{{\"auditId\":\"{}\",\"error\":\"{err}\"}}", self.id).into_bytes()
-        });
+        let start = out.len();
+        if let Err(err) = serde_json::to_writer(&mut *out, &line) {
+            out.truncate(start);
+            let error =
+                serde_json::json!({ "auditId": self.id.to_string(), "error": err.to_string() });
+            out.extend_from_slice(error.to_string().as_bytes());
+        }
         out.push(b'\n');
-        out
     }
 
     /// A message in proto JSON form with secrets replaced, cut to `max_payload_bytes`.
@@ -271,7 +290,7 @@ mod tests {
 
     fn event(rpc: &str, request: Vec<u8>, redact_env_values: bool) -> serde_json::Value {
         let event = Event {
-            id: uuid::Uuid::new_v4(),
+            id: uuid::Uuid::nil(),
             time: SystemTime::now(),
             level: Level::Request,
             rpc: Rpc::from_path(rpc),

@@ -122,19 +122,24 @@ where
         // The inner service was made ready for this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let rpc = request.extensions().get::<Rpc>().cloned();
-        let caller = request.extensions().get::<Arc<Caller>>().cloned();
-        let highest = match (&self.trail, &rpc) {
-            (Some(trail), Some(rpc)) => trail.rules.highest(rpc, caller.as_deref()),
+        let extensions = request.extensions();
+        let caller = extensions.get::<Arc<Caller>>();
+        let highest = match (&self.trail, extensions.get::<Rpc>()) {
+            (Some(trail), Some(rpc)) => trail.rules.highest(rpc, caller.map(|c| &**c)),
             _ => Level::None,
         };
-        let (Some(trail), Some(rpc), true) = (&self.trail, rpc, highest > Level::None) else {
+        let (Some(trail), Some(rpc), true) = (
+            &self.trail,
+            extensions.get::<Rpc>().cloned(),
+            highest > Level::None,
+        ) else {
             let future = inner.call(request);
             return Box::pin(async move {
                 let response = future.await?;
                 Ok(StatusBody::wrap(response, AuditRecord(None)))
             });
         };
+        let caller = caller.cloned();
         let message = RequestMessageSlot::attach(&mut request);
         let trail = trail.clone();
         Box::pin(async move {
@@ -281,7 +286,8 @@ impl Record {
                 })
             });
         let event = Event {
-            id: uuid::Uuid::new_v4(),
+            // Random (version 4) from a fast generator: an id must be unique, not secret.
+            id: uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid(),
             time: self.time,
             level: choice.level,
             rpc: self.rpc,

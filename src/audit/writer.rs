@@ -93,6 +93,11 @@ struct Writer {
     last_failure_log: Option<Instant>,
 }
 
+/// How long a busy writer waits for more events before writing a batch.
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+/// Events closer together than this mean the writer is busy.
+const BUSY: Duration = Duration::from_millis(20);
+
 /// While writes keep failing, one log line per this interval (each with the count).
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -116,7 +121,14 @@ impl Writer {
     }
 
     fn run(&mut self, mut receiver: mpsc::Receiver<Entry>) {
+        let mut last_write: Option<Instant> = None;
         while let Some(entry) = receiver.blocking_recv() {
+            // Busy (events keep coming): let them gather for a moment instead of being woken
+            // for each one. A sleeping writer is not waiting on the queue, so callers do not
+            // pay for wake-ups; a quiet node's event is written at once.
+            if last_write.is_some_and(|at| at.elapsed() < BUSY) {
+                std::thread::sleep(BATCH_DELAY);
+            }
             let mut close = self.take(entry);
             // Whatever else is queued goes in the same write.
             while close.is_none() {
@@ -126,6 +138,7 @@ impl Writer {
                 }
             }
             self.write_batch();
+            last_write = Some(Instant::now());
             if let Some(ack) = close {
                 receiver.close();
                 while let Ok(entry) = receiver.try_recv() {
@@ -146,7 +159,7 @@ impl Writer {
     fn take(&mut self, entry: Entry) -> Option<oneshot::Sender<()>> {
         match entry {
             Entry::Event(event) => {
-                self.batch.extend_from_slice(&event.to_json_line());
+                event.write_json_line(&mut self.batch);
                 self.pending += 1;
                 // Bound the batch: a long queue is written in pieces.
                 if self.batch.len() > 1 << 20 {
@@ -299,7 +312,7 @@ mod tests {
 
     fn event() -> Entry {
         Entry::Event(Box::new(Event {
-            id: uuid::Uuid::new_v4(),
+            id: uuid::Uuid::nil(),
             time: std::time::SystemTime::now(),
             level: Level::Metadata,
             rpc: Rpc::from_path("/runtime.v1.RuntimeService/StartContainer"),

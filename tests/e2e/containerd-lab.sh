@@ -3,7 +3,9 @@
 #
 #   containerd-lab.sh up     install packages if missing, start containerd (Debian's package,
 #                            CRI plugin, runc, overlayfs, CNI bridge) on $RUN/containerd.sock,
-#                            build the pause and busybox images offline and import them
+#                            build the pause and busybox images offline and import them, and
+#                            serve busybox from a local registry that demands credentials
+#                            ($REGISTRY/criguard-e2e/private:1.0, see registry.py)
 #   containerd-lab.sh down   remove the lab's pods, stop containerd, remove the bridge
 #
 # Idempotent. Everything lives under $LAB (/var/lib/criguard-e2e) and $RUN (/run/criguard-e2e);
@@ -23,6 +25,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LAB=${CRIGUARD_E2E_LAB:-/var/lib/criguard-e2e}
 RUN=${CRIGUARD_E2E_RUN:-/run/criguard-e2e}
 SOCK=$RUN/containerd.sock
+REGISTRY=127.0.0.1:5055
+REGISTRY_USER=criguard-e2e
+# A test credential: the e2e test checks that it reaches the registry and never the audit log.
+REGISTRY_PASSWORD=e2e-registry-password-7f3a
 BRIDGE=cgtest0
 SUBNET=10.89.0.0/16
 
@@ -100,6 +106,26 @@ JSON
     printf 'server = "http://127.0.0.1:9"\n[host."http://127.0.0.1:9"]\n  capabilities = ["pull", "resolve"]\n' \
       >"$LAB/certs.d/$host/hosts.toml"
   done
+  # The lab's own registry speaks plain HTTP.
+  mkdir -p "$LAB/certs.d/$REGISTRY"
+  printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+    "$REGISTRY" "$REGISTRY" >"$LAB/certs.d/$REGISTRY/hosts.toml"
+}
+
+registry_running() { [ -s "$RUN/registry.pid" ] && kill -0 "$(cat "$RUN/registry.pid")" 2>/dev/null; }
+
+start_registry() {
+  registry_running && return
+  setsid python3 "$HERE/registry.py" --layout "$LAB/images/busybox" --listen "$REGISTRY" \
+    --repo criguard-e2e/private --tag 1.0 --user "$REGISTRY_USER" --password "$REGISTRY_PASSWORD" \
+    --log "$LAB/log/registry-requests.log" >>"$LAB/log/registry.log" 2>&1 </dev/null &
+  echo $! >"$RUN/registry.pid"
+  for _ in $(seq 1 50); do
+    python3 -c "import socket; socket.create_connection(('${REGISTRY%:*}', ${REGISTRY#*:}), 1)" 2>/dev/null && break
+    sleep 0.1
+  done
+  registry_running || die "the lab registry did not start; see $LAB/log/registry.log"
+  log "registry on http://$REGISTRY (credentials required)"
 }
 
 running() { [ -s "$RUN/containerd.pid" ] && kill -0 "$(cat "$RUN/containerd.pid")" 2>/dev/null; }
@@ -162,6 +188,8 @@ down() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$RUN/containerd.pid" "$SOCK" "$SOCK.ttrpc"
+  if registry_running; then kill -TERM "$(cat "$RUN/registry.pid")" 2>/dev/null || true; fi
+  rm -f "$RUN/registry.pid"
   # Shims of this lab's containerd name our socket on their command line.
   for d in /proc/[0-9]*; do
     if tr '\0' ' ' <"$d/cmdline" 2>/dev/null | grep -q -- "-address $SOCK "; then
@@ -184,6 +212,7 @@ case "${1:-}" in
     start_containerd
     contain_pod_network
     build_images
+    start_registry
     echo "unix://$SOCK"
     ;;
   down) down ;;
