@@ -13,6 +13,8 @@ use tower::ServiceBuilder;
 use crate::audit::{AuditLayer, AuditTrail};
 use crate::config::Config;
 use crate::inventory::Inventory;
+use crate::layers::access::AccessLayer;
+use crate::layers::limits::LimitsLayer;
 use crate::layers::log::CallLog;
 use crate::layers::metrics::CallMetrics;
 use crate::proxy::head::ReadHeadLayer;
@@ -54,6 +56,17 @@ pub fn build_stack(
         .layer(AuditLayer::new(audit))
         // The one place where the errors of the layers below become gRPC statuses.
         .layer(RespondWithStatusLayer)
+        // Each listener's role and allowed callers: PERMISSION_DENIED before the body is read.
+        .layer(AccessLayer)
+        // Rate limits and in-flight caps: RESOURCE_EXHAUSTED, or a bounded wait.
+        .layer(LimitsLayer::new(
+            &config.limits,
+            &config
+                .listeners
+                .iter()
+                .filter_map(|l| Some((l.socket.path.clone(), l.max_in_flight?)))
+                .collect::<Vec<_>>(),
+        ))
         // Read the first message of known calls for inspection; the bytes go on unchanged.
         .layer(ReadHeadLayer::new(config.max_message_size))
         .service(forwarder)
@@ -69,7 +82,7 @@ fn with_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
 pub struct Proxy {
     config: Config,
     audit: Option<Arc<AuditTrail>>,
-    bound: BoundListener,
+    bound: Vec<BoundListener>,
     admin: Option<AdminListener>,
     prometheus: Option<PrometheusHandle>,
 }
@@ -107,7 +120,8 @@ impl Proxy {
                 Some(trail)
             }
         };
-        let bound = listener::listen(&config.socket).await?;
+        let sockets: Vec<_> = config.listeners.iter().map(|l| &l.socket).collect();
+        let bound = listener::listen_all(&sockets).await?;
         let admin = AdminListener::bind(&config.admin_address)
             .await
             .map_err(|source| StartError::Admin {
@@ -174,8 +188,14 @@ impl Proxy {
             .image_endpoint
             .clone()
             .map(|e| Arc::new(RuntimeConnection::new(e)));
+        let listen = bound
+            .iter()
+            .zip(&config.listeners)
+            .map(|(b, l)| format!("{} (role {})", b.description, l.access.role.name))
+            .collect::<Vec<_>>()
+            .join(", ");
         tracing::info!(
-            listen = %bound.description,
+            listen,
             runtime = %config.runtime_endpoint,
             image = %config.image_endpoint.as_ref().unwrap_or(&config.runtime_endpoint),
             max_message_size = config.max_message_size,
@@ -183,17 +203,17 @@ impl Proxy {
         );
         let forwarder = Forwarder::new(runtime, image, config.max_message_size, shutdown.clone());
         let stack = build_stack(&config, audit.clone(), forwarder);
-        server::serve(
-            bound.listener,
-            stack,
-            shutdown,
-            config.shutdown_grace_period,
-        )
-        .await;
+        let mut owned = Vec::new();
+        let mut listeners = Vec::new();
+        for (bound, listener) in bound.into_iter().zip(&config.listeners) {
+            owned.extend(bound.owned);
+            listeners.push((bound.listener, Arc::new(listener.access.clone())));
+        }
+        server::serve(listeners, stack, shutdown, config.shutdown_grace_period).await;
         if let Some(audit) = audit {
             audit.close().await;
         }
-        if let Some(socket) = bound.owned {
+        for socket in owned {
             socket.remove();
         }
         tracing::info!("criguard stopped");

@@ -89,7 +89,11 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn connect(path: impl AsRef<Path>) -> std::io::Result<RawClient> {
-        let stream = UnixStream::connect(path).await?;
+        RawClient::over(UnixStream::connect(path).await?).await
+    }
+
+    /// A client over a connected stream (e.g. one connected by another user).
+    pub async fn over(stream: UnixStream) -> std::io::Result<RawClient> {
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)

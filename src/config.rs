@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::layers::access::{FileListener, FileRoles, Listener, find_role};
+use crate::layers::limits::{FileLimit, Limit};
 use crate::proxy::listener::SocketOptions;
 use crate::proxy::runtime::Endpoint;
 use crate::telemetry::admin::AdminAddress;
@@ -45,6 +47,9 @@ pub struct FileConfig {
     pub error_log_window: Option<Duration>,
     pub error_log_max_keys: Option<usize>,
     pub audit: Option<crate::audit::FileAudit>,
+    pub listeners: Option<Vec<FileListener>>,
+    pub roles: Option<FileRoles>,
+    pub limits: Option<Vec<FileLimit>>,
 }
 
 /// Values from flags and environment variables; each one set wins over the file.
@@ -75,11 +80,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// One socket criguard serves: where, with which role, and who may use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub socket: SocketOptions,
+    pub access: Listener,
+    /// At most this many calls of this socket in flight to the runtime.
+    pub max_in_flight: Option<usize>,
+}
+
 /// The validated configuration criguard runs with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The socket the kubelet connects to.
-    pub socket: SocketOptions,
+    /// The sockets criguard serves; the first is the kubelet's (`listen`, role `full`) unless
+    /// `listeners` says otherwise.
+    pub listeners: Vec<ListenerConfig>,
+    /// Rate limits, in order (`limits`).
+    pub limits: Vec<Limit>,
     /// The runtime's CRI socket; every call goes there unless `image_endpoint` is set.
     pub runtime_endpoint: Endpoint,
     /// A separate socket for ImageService calls, as the kubelet's `imageServiceEndpoint`.
@@ -134,20 +151,7 @@ impl Config {
             key: key.to_string(),
             problem,
         };
-        let listen = over
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.into());
-        if !listen.is_absolute() {
-            return Err(error(
-                "listen",
-                format!("{} is not an absolute path", listen.display()),
-            ));
-        }
-        let mode = match over.socket_mode.or(file.socket_mode) {
-            None => 0o660,
-            Some(text) => parse_mode(&text).map_err(|p| error("socketMode", p))?,
-        };
+        let listeners = resolve_listeners(&file, &over, &error)?;
         let runtime_endpoint = over
             .runtime_endpoint
             .or(file.runtime_endpoint)
@@ -178,20 +182,53 @@ impl Config {
                 ),
             ));
         }
-        if runtime_endpoint.path == listen
-            || image_endpoint.as_ref().is_some_and(|e| e.path == listen)
-        {
-            return Err(error(
-                "listen",
-                "is the same socket as the runtime endpoint: criguard would call itself".into(),
-            ));
+        for (i, listener) in listeners.iter().enumerate() {
+            let path = &listener.socket.path;
+            if runtime_endpoint.path == *path
+                || image_endpoint.as_ref().is_some_and(|e| e.path == *path)
+            {
+                let key = if file.listeners.is_some() {
+                    format!("listeners[{i}].path")
+                } else {
+                    "listen".into()
+                };
+                return Err(error(
+                    &key,
+                    "is the same socket as the runtime endpoint: criguard would call itself".into(),
+                ));
+            }
+        }
+        let mut limits: Vec<Limit> = Vec::new();
+        for (i, limit) in file.limits.into_iter().flatten().enumerate() {
+            let limit = Limit::resolve(limit)
+                .map_err(|(key, problem)| error(&format!("limits[{i}].{key}"), problem))?;
+            if limits.iter().any(|l| l.name == limit.name) {
+                return Err(error(
+                    &format!("limits[{i}].name"),
+                    format!("{:?} is used by an earlier limit", limit.name),
+                ));
+            }
+            if let Some(path) = &limit.listener
+                && !listeners.iter().any(|l| l.socket.path == *path)
+            {
+                return Err(error(
+                    &format!("limits[{i}].listener"),
+                    format!("{} is not one of the listeners", path.display()),
+                ));
+            }
+            if let Some(role) = &limit.role
+                && !listeners.iter().any(|l| l.access.role.name == *role)
+            {
+                return Err(error(
+                    &format!("limits[{i}].role"),
+                    format!("no listener has the role {role:?}"),
+                ));
+            }
+            limits.push(limit);
         }
         Ok(Config {
-            socket: SocketOptions {
-                path: listen,
-                mode,
-                group: over.socket_group.or(file.socket_group),
-            },
+            listeners,
+            limits,
             runtime_endpoint,
             image_endpoint,
             max_message_size,
@@ -232,6 +269,110 @@ impl Config {
                 .map_err(|(key, problem)| error(key, problem))?,
         })
     }
+}
+
+/// `listeners`, or the one socket of `listen`/`socketMode`/`socketGroup` with role `full`.
+fn resolve_listeners(
+    file: &FileConfig,
+    over: &Overrides,
+    error: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    let roles = file.roles.clone().unwrap_or_default();
+    for name in roles.keys() {
+        if name == "full" || name == "read-only" {
+            return Err(error(
+                &format!("roles.{name}"),
+                "is a shipped role and cannot be redefined".into(),
+            ));
+        }
+    }
+    let Some(listeners) = &file.listeners else {
+        let path = over
+            .listen
+            .clone()
+            .or(file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        if !path.is_absolute() {
+            return Err(error(
+                "listen",
+                format!("{} is not an absolute path", path.display()),
+            ));
+        }
+        let mode = match over.socket_mode.clone().or(file.socket_mode.clone()) {
+            None => 0o660,
+            Some(text) => parse_mode(&text).map_err(|p| error("socketMode", p))?,
+        };
+        return Ok(vec![ListenerConfig {
+            socket: SocketOptions {
+                path: path.clone(),
+                mode,
+                group: over.socket_group.clone().or(file.socket_group.clone()),
+            },
+            access: Listener {
+                path,
+                role: crate::layers::access::Role::full(),
+                allow_uids: None,
+                allow_gids: None,
+            },
+            max_in_flight: None,
+        }]);
+    };
+    if file.listen.is_some() || file.socket_mode.is_some() || file.socket_group.is_some() {
+        return Err(error(
+            "listeners",
+            "set either listen/socketMode/socketGroup (one socket, role full) or listeners, not both".into(),
+        ));
+    }
+    if over.listen.is_some() {
+        return Err(error(
+            "listeners",
+            "--listen (CRIGUARD_LISTEN) cannot be combined with listeners in the file".into(),
+        ));
+    }
+    if listeners.is_empty() {
+        return Err(error("listeners", "needs at least one listener".into()));
+    }
+    let mut resolved: Vec<ListenerConfig> = Vec::new();
+    for (i, listener) in listeners.iter().enumerate() {
+        let key = |k: &str| format!("listeners[{i}].{k}");
+        let path = listener.path.clone();
+        if !path.is_absolute() {
+            return Err(error(
+                &key("path"),
+                format!("{} is not an absolute path", path.display()),
+            ));
+        }
+        if resolved.iter().any(|l| l.socket.path == path) {
+            return Err(error(
+                &key("path"),
+                format!("{} is already an earlier listener", path.display()),
+            ));
+        }
+        let mode = match &listener.mode {
+            None => 0o660,
+            Some(text) => parse_mode(text).map_err(|p| error(&key("mode"), p))?,
+        };
+        let role = find_role(listener.role.as_deref().unwrap_or("full"), &roles)
+            .map_err(|p| error(&key("role"), p))?;
+        if listener.max_in_flight == Some(0) {
+            return Err(error(&key("maxInFlight"), "must be at least 1".into()));
+        }
+        resolved.push(ListenerConfig {
+            socket: SocketOptions {
+                path: path.clone(),
+                mode,
+                group: listener.group.clone(),
+            },
+            access: Listener {
+                path,
+                role,
+                allow_uids: listener.allow_uids.clone(),
+                allow_gids: listener.allow_gids.clone(),
+            },
+            max_in_flight: listener.max_in_flight,
+        });
+    }
+    Ok(resolved)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -330,8 +471,11 @@ mod tests {
     #[test]
     fn defaults_match_a_containerd_node() {
         let config = from_yaml("").unwrap();
-        assert_eq!(config.socket.path, PathBuf::from(DEFAULT_LISTEN));
-        assert_eq!(config.socket.mode, 0o660);
+        assert_eq!(
+            config.listeners[0].socket.path,
+            PathBuf::from(DEFAULT_LISTEN)
+        );
+        assert_eq!(config.listeners[0].socket.mode, 0o660);
         assert_eq!(
             config.runtime_endpoint.to_string(),
             DEFAULT_RUNTIME_ENDPOINT
@@ -353,8 +497,8 @@ mod tests {
              maxMessageSize: 80MiB\nshutdownGracePeriod: 30s\nlogFormat: json\n",
         )
         .unwrap();
-        assert_eq!(config.socket.mode, 0o600);
-        assert_eq!(config.socket.group.as_deref(), Some("kube"));
+        assert_eq!(config.listeners[0].socket.mode, 0o600);
+        assert_eq!(config.listeners[0].socket.group.as_deref(), Some("kube"));
         assert_eq!(
             config.runtime_endpoint.path,
             PathBuf::from("/run/crio/crio.sock")
@@ -377,7 +521,7 @@ mod tests {
         };
         let config = Config::resolve(file, over, "f").unwrap();
         assert_eq!(config.max_message_size, 32 << 20);
-        assert_eq!(config.socket.path, PathBuf::from("/a.sock"));
+        assert_eq!(config.listeners[0].socket.path, PathBuf::from("/a.sock"));
     }
 
     #[test]

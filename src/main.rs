@@ -54,7 +54,12 @@ async fn run(cli: Cli) -> ExitCode {
                 println!(
                     "{}: OK (listen {}, runtime {}, maxMessageSize {})",
                     config.display(),
-                    checked.socket.path.display(),
+                    checked
+                        .listeners
+                        .iter()
+                        .map(|l| l.socket.path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     checked.runtime_endpoint,
                     checked.max_message_size
                 );

@@ -40,10 +40,30 @@ impl Criguard {
     async fn start(runtime: &Path, extra: &[&str]) -> Criguard {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("criguard.sock");
+        let path = socket.to_str().unwrap().to_string();
+        let listen = ["--listen", path.as_str()];
+        Criguard::spawn(runtime, dir, socket, &[&listen[..], extra].concat()).await
+    }
+
+    /// With the configuration `config` writes for the temporary directory it is given; its
+    /// first listener must be `criguard.sock` in that directory.
+    async fn start_configured(runtime: &Path, config: impl Fn(&Path) -> String) -> Criguard {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("criguard.sock");
+        let file = dir.path().join("criguard.yaml");
+        std::fs::write(&file, config(dir.path())).unwrap();
+        let args = ["--config", file.to_str().unwrap()];
+        Criguard::spawn(runtime, dir, socket, &args).await
+    }
+
+    async fn spawn(
+        runtime: &Path,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        extra: &[&str],
+    ) -> Criguard {
         let child = Command::new(BIN)
             .arg("serve")
-            .arg("--listen")
-            .arg(&socket)
             .arg("--admin-address")
             .arg("off")
             .arg("--runtime-endpoint")
@@ -841,4 +861,102 @@ async fn the_audit_trail_records_each_change_with_its_pod_and_no_credential() {
     assert_eq!(pull["request"]["auth"]["password"], "<redacted>");
     let exec = events.iter().find(|e| e["method"] == "ExecSync").unwrap();
     assert!(exec["request"]["cmd"].is_array(), "{exec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd: run tests/run.sh"]
+async fn a_read_only_socket_with_a_rate_limit_in_front_of_containerd() {
+    let runtime = runtime_socket();
+    let criguard = Criguard::start_configured(&runtime, |dir| {
+        format!(
+            "listeners:\n  - path: {0}/criguard.sock\n  - path: {0}/readonly.sock\n    role: read-only\n\
+             limits:\n  - name: monitor-lists\n    listener: {0}/readonly.sock\n    methods: [ListContainers]\n    rate: 20\n    burst: 10\n",
+            dir.display()
+        )
+    })
+    .await;
+    let monitor_socket = criguard.socket.with_file_name("readonly.sock");
+    let mut monitor = clients(&monitor_socket).await;
+    let mut kubelet = clients(&criguard.socket).await;
+    clean_up(&mut kubelet, "read-only").await;
+
+    // The monitoring socket reads what containerd has, and changes nothing.
+    let listed = monitor
+        .rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap();
+    let direct = clients(&runtime)
+        .await
+        .rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.into_inner().containers.len(),
+        direct.into_inner().containers.len()
+    );
+    let refused = monitor
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("read-only")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let refused = monitor
+        .img
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let filter = PodSandboxFilter {
+        label_selector: HashMap::from([("criguard-e2e".to_string(), "read-only".to_string())]),
+        ..Default::default()
+    };
+    let pods = kubelet
+        .rt
+        .list_pod_sandbox(ListPodSandboxRequest {
+            filter: Some(filter),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(
+        pods.is_empty(),
+        "a refused RunPodSandbox left a sandbox: {pods:?}"
+    );
+
+    // A storm of lists on the monitoring socket is cut; the kubelet's socket serves them all.
+    let storm = (0..100).map(|_| {
+        let mut rt = monitor.rt.clone();
+        async move { rt.list_containers(ListContainersRequest::default()).await }
+    });
+    let calm = (0..100).map(|_| {
+        let mut rt = kubelet.rt.clone();
+        async move { rt.list_containers(ListContainersRequest::default()).await }
+    });
+    let (storm, calm) = tokio::join!(
+        futures_util::future::join_all(storm),
+        futures_util::future::join_all(calm)
+    );
+    let rejected: Vec<_> = storm.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(rejected.len() >= 50, "{} of 100 rejected", rejected.len());
+    assert!(
+        rejected
+            .iter()
+            .all(|s| s.code() == tonic::Code::ResourceExhausted)
+    );
+    assert!(
+        calm.iter().all(|r| r.is_ok()),
+        "the kubelet's calls are all served"
+    );
 }

@@ -10,6 +10,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMe
 use serde::Serialize;
 
 use super::rules::Level;
+use crate::proxy::decision::Decision;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
 use crate::proxy::rpc::Rpc;
@@ -19,29 +20,6 @@ pub const REDACTED: &str = "<redacted>";
 
 /// The fields of `runtime.v1.AuthConfig` that hold credentials (`debug_redact` in newer CRI).
 const CREDENTIALS: [&str; 4] = ["password", "auth", "identity_token", "registry_token"];
-
-/// What the checks of criguard decided about a call.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Decision {
-    /// `allowed`, `denied` or `throttled`.
-    pub result: &'static str,
-    /// The policy, role or limit that decided, when it was not a plain pass.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl Decision {
-    pub fn allowed() -> Decision {
-        Decision {
-            result: "allowed",
-            by: None,
-            reason: None,
-        }
-    }
-}
 
 /// A decoded message of a call, with how to show it.
 #[derive(Debug)]

@@ -14,12 +14,13 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::oneshot;
 
-use super::event::{Decision, Event, Payload};
+use super::event::{Event, Payload};
 use super::rules::{Level, Rules};
 use super::writer::{self, Entry, Health};
 use super::{AuditConfig, OnFailure};
 use crate::inventory::Inventory;
 use crate::proxy::body::{Outcome, RequestMessageSlot, ResponseBody, StatusBody, StatusObserver};
+use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{self, Subject};
@@ -141,6 +142,7 @@ where
         };
         let caller = caller.cloned();
         let message = RequestMessageSlot::attach(&mut request);
+        let decided = DecisionSlot::attach(&mut request);
         let trail = trail.clone();
         Box::pin(async move {
             let time = SystemTime::now();
@@ -158,7 +160,8 @@ where
                 message,
                 time,
                 start,
-                decision: Decision::allowed(),
+                decision: None,
+                decided,
                 response: keep_response.then(BytesMut::new),
             };
             let failure = match &record.permit {
@@ -167,11 +170,7 @@ where
             };
             if let (Some(reason), OnFailure::Deny) = (failure, trail.on_failure) {
                 let err = ProxyError::AuditUnavailable(reason);
-                record.decision = Decision {
-                    result: "denied",
-                    by: Some("audit.onFailure".into()),
-                    reason: Some(err.to_string()),
-                };
+                record.decision = Some(Decision::denied("audit.onFailure".into(), err.to_string()));
                 let response = status::error_response(&err);
                 return Ok(StatusBody::wrap(response, AuditRecord(Some(record))));
             }
@@ -195,7 +194,10 @@ struct Record {
     message: RequestMessageSlot,
     time: SystemTime,
     start: Instant,
-    decision: Decision,
+    /// The audit trail's own decision (a refusal under `onFailure: deny`).
+    decision: Option<Decision>,
+    /// Where the layers below leave theirs.
+    decided: DecisionSlot,
     /// The head of the answer, when the event or the inventory needs it.
     response: Option<BytesMut>,
 }
@@ -296,7 +298,10 @@ impl Record {
             code: outcome.code,
             message: outcome.message,
             latency_ms: self.start.elapsed().as_secs_f64() * 1e3,
-            decision: self.decision,
+            decision: self
+                .decision
+                .or_else(|| self.decided.get().cloned())
+                .unwrap_or_else(Decision::allowed),
             request,
             response,
             redact_env_values: choice.redact_env_values,

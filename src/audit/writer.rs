@@ -306,8 +306,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::event::Decision;
     use crate::audit::rules::Level;
+    use crate::proxy::decision::Decision;
     use crate::proxy::rpc::Rpc;
 
     fn event() -> Entry {

@@ -1,5 +1,7 @@
 //! The layers of the stack, one concern each. `app.rs` assembles them.
 
+pub mod access;
+pub mod limits;
 pub mod log;
 pub mod log_reduction;
 pub mod metrics;

@@ -47,6 +47,40 @@ pub enum RuntimeError {
 #[error("could not read the request from the caller: {0}")]
 pub struct BadRequest(pub String);
 
+/// A call refused by who may call what (a listener's role or its allowed callers).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("caller {caller} is not allowed on {listener}")]
+    Caller { caller: String, listener: String },
+    #[error("role {role:?} of {listener} does not allow {method}")]
+    Role {
+        role: String,
+        method: String,
+        listener: String,
+    },
+}
+
+impl Denied {
+    /// What decided, for the audit trail.
+    pub fn decided_by(&self) -> String {
+        match self {
+            Denied::Caller { listener, .. } => format!("listener {listener}"),
+            Denied::Role { role, .. } => format!("role {role}"),
+        }
+    }
+}
+
+/// A call refused by a rate limit (`limits:`).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("rate limit {limit:?} ({rate}/s, burst {burst}) exceeded{waited}")]
+pub struct Throttled {
+    pub limit: String,
+    pub rate: f64,
+    pub burst: u32,
+    /// ", after waiting 1s" when the limit waits first.
+    pub waited: String,
+}
+
 /// Everything a layer can fail with. New layers add their own variant.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -61,4 +95,8 @@ pub enum ProxyError {
     /// Audit events cannot be written and `audit.onFailure` is `deny`.
     #[error("{0}; refusing calls that must be audited (audit.onFailure: deny)")]
     AuditUnavailable(String),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
 }

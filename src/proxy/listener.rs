@@ -1,6 +1,6 @@
-//! The listening socket the kubelet connects to: created with the configured mode and group,
-//! replacing a stale socket file but never a live one; or handed over by systemd socket
-//! activation (`LISTEN_FDS`), so that the socket outlives every restart of criguard.
+//! The listening sockets: created with the configured mode and group, replacing a stale socket
+//! file but never a live one; or handed over by systemd socket activation (`LISTEN_FDS`, matched
+//! to the configured listeners by path), so that the sockets outlive every restart of criguard.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -45,44 +45,70 @@ pub struct SocketOptions {
     pub group: Option<String>,
 }
 
-/// Takes the socket systemd passed (first `LISTEN_FDS` descriptor) if there is one, or creates
-/// the socket at `options.path`.
-pub async fn listen(options: &SocketOptions) -> Result<BoundListener, ListenError> {
-    if let Some(listener) = from_systemd()? {
-        return Ok(BoundListener {
+/// Binds each configured socket, or takes it from the sockets systemd passed: by path, or the
+/// only one passed when one socket is configured. Passed sockets matching none are ignored.
+pub async fn listen_all(sockets: &[&SocketOptions]) -> Result<Vec<BoundListener>, ListenError> {
+    let mut inherited = from_systemd()?;
+    let only_one = inherited.len() == 1 && sockets.len() == 1;
+    let mut bound = Vec::with_capacity(sockets.len());
+    for options in sockets {
+        let position = if only_one {
+            Some(0)
+        } else {
+            inherited
+                .iter()
+                .position(|(path, _)| path.as_deref() == Some(options.path.as_path()))
+        };
+        if let Some(position) = position {
+            let (_, listener) = inherited.remove(position);
+            bound.push(BoundListener {
+                listener,
+                owned: None,
+                description: format!("{} (from systemd)", options.path.display()),
+            });
+            continue;
+        }
+        let listener = bind(options).await?;
+        let inode = std::fs::metadata(&options.path)
+            .map(|m| m.ino())
+            .unwrap_or(0);
+        bound.push(BoundListener {
             listener,
-            owned: None,
-            description: "socket from systemd (LISTEN_FDS)".into(),
+            owned: Some(OwnedSocket {
+                path: options.path.clone(),
+                inode,
+            }),
+            description: options.path.display().to_string(),
         });
     }
-    let listener = bind(options).await?;
-    let inode = std::fs::metadata(&options.path)
-        .map(|m| m.ino())
-        .unwrap_or(0);
-    Ok(BoundListener {
-        listener,
-        owned: Some(OwnedSocket {
-            path: options.path.clone(),
-            inode,
-        }),
-        description: options.path.display().to_string(),
-    })
+    for (path, _) in inherited {
+        tracing::warn!(path = ?path, "systemd passed a socket that no listener is configured for; ignoring it");
+    }
+    Ok(bound)
 }
 
-fn from_systemd() -> Result<Option<UnixListener>, ListenError> {
+/// The unix sockets systemd passed (`LISTEN_FDS`), with the path each is bound to.
+fn from_systemd() -> Result<Vec<(Option<PathBuf>, UnixListener)>, ListenError> {
     let mut fds = listenfd::ListenFd::from_env();
-    if fds.len() == 0 {
-        return Ok(None);
+    let mut listeners = Vec::new();
+    for index in 0..fds.len() {
+        let Some(std_listener) = fds
+            .take_unix_listener(index)
+            .map_err(ListenError::Activation)?
+        else {
+            continue;
+        };
+        std_listener
+            .set_nonblocking(true)
+            .map_err(ListenError::Activation)?;
+        let path = std_listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
+        let listener = UnixListener::from_std(std_listener).map_err(ListenError::Activation)?;
+        listeners.push((path, listener));
     }
-    let Some(std_listener) = fds.take_unix_listener(0).map_err(ListenError::Activation)? else {
-        return Ok(None);
-    };
-    std_listener
-        .set_nonblocking(true)
-        .map_err(ListenError::Activation)?;
-    UnixListener::from_std(std_listener)
-        .map(Some)
-        .map_err(ListenError::Activation)
+    Ok(listeners)
 }
 
 async fn bind(options: &SocketOptions) -> Result<UnixListener, ListenError> {

@@ -2,6 +2,7 @@
 //! caller's bytes, the forwarder to the runtime, and the one place that makes gRPC statuses.
 
 pub mod body;
+pub mod decision;
 pub mod error;
 pub mod head;
 pub mod identity;

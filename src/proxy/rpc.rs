@@ -200,11 +200,14 @@ impl MethodSet {
         Ok(set)
     }
 
+    /// Whether the set names the call's method itself (not only through a class or `*`).
+    pub fn names(&self, rpc: &Rpc) -> bool {
+        self.names.iter().any(|n| **n == *rpc.method_name())
+    }
+
     /// Whether the call is in the set.
     pub fn contains(&self, rpc: &Rpc) -> bool {
-        self.all
-            || self.classes.iter().any(|c| c.contains(rpc.method))
-            || self.names.iter().any(|n| **n == *rpc.method_name())
+        self.all || self.classes.iter().any(|c| c.contains(rpc.method)) || self.names(rpc)
     }
 }
 

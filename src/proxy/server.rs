@@ -1,5 +1,5 @@
-//! Accepts callers on the listening socket and serves each connection with HTTP/2, passing every
-//! call to the stack. A connection that does not speak HTTP/2 (garbage, broken frames) is
+//! Accepts callers on the listening sockets and serves each connection with HTTP/2, passing every
+//! call to the stack with who is calling and through which listener. A connection that does not speak HTTP/2 (garbage, broken frames) is
 //! closed on its own; every other connection goes on. At shutdown: stop accepting, tell every
 //! connection to finish (GOAWAY), wait for in-flight calls up to the grace period.
 
@@ -15,9 +15,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::identity::Caller;
+use crate::layers::access::Listener;
 
 /// Streams one caller may have open at once on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1000;
@@ -27,9 +30,9 @@ const MAX_FRAME_SIZE: u32 = 1 << 20;
 /// How long to pause accepting after an accept error such as "too many open files".
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves `listener` until `shutdown` fires, then drains within `grace`.
+/// Serves the listeners until `shutdown` fires, then drains within `grace`.
 pub async fn serve<S, B>(
-    listener: UnixListener,
+    listeners: Vec<(UnixListener, Arc<Listener>)>,
     stack: S,
     shutdown: CancellationToken,
     grace: Duration,
@@ -53,26 +56,37 @@ pub async fn serve<S, B>(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_send_buf_size(128 << 10);
+    let mut accepting = tokio_stream::StreamMap::new();
+    let mut configured = Vec::new();
+    for (index, (listener, access)) in listeners.into_iter().enumerate() {
+        accepting.insert(index, UnixListenerStream::new(listener));
+        configured.push(access);
+    }
     loop {
-        let stream = tokio::select! {
+        let (index, stream) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
+            accepted = accepting.next() => match accepted {
+                Some((index, Ok(stream))) => (index, stream),
+                Some((_, Err(err))) => {
                     tracing::warn!(error = %err, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
+                None => break,
             },
         };
-        // Who calls is read once per connection; each of its requests carries it.
+        // Who calls, and through which listener, is read once per connection; each of its
+        // requests carries both.
         let caller = Caller::of(&stream);
+        let access = configured[index].clone();
         let service = tower::ServiceExt::map_request(
             stack.clone(),
             move |mut request: http::Request<Incoming>| {
+                let extensions = request.extensions_mut();
                 if let Some(caller) = &caller {
-                    request.extensions_mut().insert(caller.clone());
+                    extensions.insert(caller.clone());
                 }
+                extensions.insert(access.clone());
                 request
             },
         );
@@ -88,7 +102,7 @@ pub async fn serve<S, B>(
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    drop(listener);
+    drop(accepting);
     let connections = open.load(Ordering::Relaxed);
     tracing::info!(connections, grace = ?grace, "stopped accepting; draining");
     tokio::select! {

@@ -25,6 +25,8 @@ pub fn code_of(err: &ProxyError) -> Code {
         ProxyError::BadRequest(_) => Code::InvalidArgument,
         ProxyError::ShuttingDown => Code::Unavailable,
         ProxyError::AuditUnavailable(_) => Code::Unavailable,
+        ProxyError::Denied(_) => Code::PermissionDenied,
+        ProxyError::Throttled(_) => Code::ResourceExhausted,
     }
 }
 

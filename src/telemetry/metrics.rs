@@ -20,6 +20,13 @@ pub const BUILD_INFO: &str = "criguard_build_info";
 pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
 pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
 pub const AUDIT_EVENTS_TOTAL: &str = "criguard_audit_events_total";
+pub const RATELIMIT_DECISIONS_TOTAL: &str = "criguard_ratelimit_decisions_total";
+pub const RATELIMIT_WAIT_SECONDS: &str = "criguard_ratelimit_wait_seconds";
+
+/// Buckets of `criguard_ratelimit_wait_seconds`: 1 ms to 10 s.
+pub const WAIT_BUCKETS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Buckets of `criguard_request_duration_seconds`: 0.5 ms × 2.5^k up to 466 s, then 600 s.
 /// Like the kubelet's runtime-operation buckets (5 ms × 2.5^k) with the lower end extended to
@@ -48,6 +55,7 @@ pub const DURATION_BUCKETS: [f64; 17] = [
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RATELIMIT_WAIT_SECONDS.into()), &WAIT_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -96,6 +104,15 @@ fn describe() {
     describe_counter!(
         AUDIT_EVENTS_TOTAL,
         "Audit events by result: written, or failed (lost: the file could not be written)."
+    );
+    describe_counter!(
+        RATELIMIT_DECISIONS_TOTAL,
+        "Calls a rate limit looked at, by limit and outcome: allowed, delayed (waited, then allowed), rejected."
+    );
+    describe_histogram!(
+        RATELIMIT_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time calls waited for a rate limit (action: wait) before they went on, by limit."
     );
     // Streams start at zero, so that dashboards and alerts find the series before the first.
     for method in Method::ALL.iter().filter(|m| m.is_server_streaming()) {

@@ -86,7 +86,9 @@ impl Criguard {
         yaml: Option<&str>,
         mut overrides: Overrides,
     ) -> Criguard {
-        overrides.listen.get_or_insert(sockets.criguard());
+        if !yaml.is_some_and(|y| y.contains("listeners:")) {
+            overrides.listen.get_or_insert(sockets.criguard());
+        }
         overrides
             .runtime_endpoint
             .get_or_insert(format!("unix://{}", sockets.runtime().display()));
@@ -100,7 +102,7 @@ impl Criguard {
             path
         });
         let config = Config::load(file.as_deref(), overrides).unwrap();
-        let socket = config.socket.path.clone();
+        let socket = config.listeners[0].socket.path.clone();
         let proxy = Proxy::bind(config, None).await.unwrap();
         let shutdown = CancellationToken::new();
         let done = tokio::spawn(proxy.run(shutdown.clone()));
