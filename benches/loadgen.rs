@@ -412,7 +412,10 @@ fn main() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in scenarios() {
-        if filter.iter().any(|f| f == "metrics" || f == "audit") {
+        if filter
+            .iter()
+            .any(|f| f == "metrics" || f == "audit" || f == "limits")
+        {
             break;
         }
         if !filter.is_empty() && !filter.iter().any(|f| s.name.contains(f.as_str())) {
@@ -493,6 +496,39 @@ fn main() {
             ("metrics off", &small.unmetered),
             ("metrics on", &small.proxy),
             Some(&small.admin),
+            per_round,
+        );
+    }
+    if wanted("limits") {
+        // One limit rule that every measured call passes through, and the listener's uid check.
+        let config = dir.path().join("limits.yaml");
+        let limited = dir.path().join("small-criguard-limits.sock");
+        std::fs::write(
+            &config,
+            format!(
+                "listeners:\n  - path: {}\n    allowUids: [{}]\nlimits:\n  - name: everything\n    methods: [\"*\", Version]\n    rate: 10000000\n    burst: 1000000\n",
+                limited.display(),
+                unsafe { libc::geteuid() },
+            ),
+        )
+        .unwrap();
+        let _limited_process = spawn(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--runtime-endpoint",
+                &format!("unix://{}", small.runtime.display()),
+                "--admin-address",
+                dir.path().join("small-limits-admin.sock").to_str().unwrap(),
+            ],
+            &limited,
+        );
+        compare(
+            &runtime,
+            ("no limits", &small.proxy),
+            ("one limit + uid check", &limited),
+            None,
             per_round,
         );
     }
