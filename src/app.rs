@@ -4,9 +4,11 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
@@ -14,9 +16,14 @@ use crate::audit::{AuditLayer, AuditTrail};
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::layers::access::AccessLayer;
+use crate::layers::learn::Learn;
 use crate::layers::limits::LimitsLayer;
 use crate::layers::log::CallLog;
 use crate::layers::metrics::CallMetrics;
+use crate::policy::PolicySet;
+use crate::policy::file::PolicyError;
+use crate::policy::layer::PolicyLayer;
+use crate::policy::reload::PolicyStore;
 use crate::proxy::head::ReadHeadLayer;
 use crate::proxy::listener::{self, BoundListener, ListenError};
 use crate::proxy::rpc::Rpc;
@@ -29,7 +36,7 @@ use crate::telemetry::readiness::Readiness;
 /// The stack, top to bottom: what a call goes through on its way to the runtime.
 pub fn build_stack(
     config: &Config,
-    audit: Option<Arc<AuditTrail>>,
+    parts: StackParts,
     forwarder: Forwarder,
 ) -> impl tower::Service<
     http::Request<Incoming>,
@@ -44,6 +51,9 @@ pub fn build_stack(
     ServiceBuilder::new()
         // Parse the method once from :path; every layer below reads it from the extensions.
         .map_request(with_rpc)
+        // Learn the node's sandboxes and containers from the calls (outermost: it forgets a
+        // removed object only after every layer inside has seen its Remove call end).
+        .layer(Learn::layer(parts.inventory.clone()))
         // Count every call by method and final code, and time it to the end of its answer.
         .layer(CallMetrics::layer())
         // Log how each call ended, including the statuses criguard makes itself below;
@@ -53,7 +63,7 @@ pub fn build_stack(
             config.error_log_max_keys,
         ))
         // Record who called what on which pod, and how it ended (when audit is on).
-        .layer(AuditLayer::new(audit))
+        .layer(AuditLayer::new(parts.audit))
         // The one place where the errors of the layers below become gRPC statuses.
         .layer(RespondWithStatusLayer)
         // Each listener's role and allowed callers: PERMISSION_DENIED before the body is read.
@@ -69,7 +79,20 @@ pub fn build_stack(
         ))
         // Read the first message of known calls for inspection; the bytes go on unchanged.
         .layer(ReadHeadLayer::new(config.max_message_size))
+        // Policies on the decoded request: PERMISSION_DENIED, or INVALID_ARGUMENT when a
+        // request they must inspect cannot be decoded. Calls no policy matches are not decoded.
+        .layer(PolicyLayer::new(parts.policies, parts.inventory))
         .service(forwarder)
+}
+
+/// What the stack is built with besides the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct StackParts {
+    pub audit: Option<Arc<AuditTrail>>,
+    /// The policies in force (empty without a policy directory).
+    pub policies: Arc<ArcSwap<PolicySet>>,
+    /// The sandboxes and containers known, when audit or policies need them.
+    pub inventory: Option<Inventory>,
 }
 
 fn with_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
@@ -82,6 +105,8 @@ fn with_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
 pub struct Proxy {
     config: Config,
     audit: Option<Arc<AuditTrail>>,
+    policies: Option<PolicyStore>,
+    inventory: Option<Inventory>,
     bound: Vec<BoundListener>,
     admin: Option<AdminListener>,
     prometheus: Option<PrometheusHandle>,
@@ -94,6 +119,8 @@ pub enum StartError {
     Listen(#[from] ListenError),
     #[error("audit trail: {0}")]
     Audit(std::io::Error),
+    #[error("policies: {0}")]
+    Policy(#[from] PolicyError),
     #[error("admin address {address}: {source}")]
     Admin {
         address: String,
@@ -108,17 +135,24 @@ impl Proxy {
         config: Config,
         prometheus: Option<PrometheusHandle>,
     ) -> Result<Proxy, StartError> {
-        let audit = match &config.audit {
-            None => None,
-            Some(settings) => {
-                let inventory = Inventory::new();
-                let trail =
-                    AuditTrail::start(settings, inventory.clone()).map_err(StartError::Audit)?;
-                // The pods of calls that name only a container or sandbox id.
-                let runtime = config.runtime_endpoint.path.clone();
-                tokio::spawn(async move { inventory.load_from(&runtime).await });
-                Some(trail)
+        let policies = config
+            .policies
+            .as_deref()
+            .map(|dir| PolicyStore::load(dir, &config.policy_exempt_namespaces))
+            .transpose()?;
+        // The pods of calls that name only a container or sandbox id, for audit and policies.
+        let inventory = (config.audit.is_some() || policies.is_some()).then(|| {
+            let inventory = Inventory::new();
+            let runtime = config.runtime_endpoint.path.clone();
+            let loading = inventory.clone();
+            tokio::spawn(async move { loading.load_from(&runtime).await });
+            inventory
+        });
+        let audit = match (&config.audit, &inventory) {
+            (Some(settings), Some(inventory)) => {
+                Some(AuditTrail::start(settings, inventory.clone()).map_err(StartError::Audit)?)
             }
+            _ => None,
         };
         let sockets: Vec<_> = config.listeners.iter().map(|l| &l.socket).collect();
         let bound = listener::listen_all(&sockets).await?;
@@ -131,6 +165,8 @@ impl Proxy {
         Ok(Proxy {
             config,
             audit,
+            policies,
+            inventory,
             bound,
             admin,
             prometheus,
@@ -147,6 +183,8 @@ impl Proxy {
         let Proxy {
             config,
             audit,
+            policies,
+            inventory,
             bound,
             admin,
             prometheus,
@@ -173,15 +211,48 @@ impl Proxy {
             let trail = trail.clone();
             let reopen = move || {
                 let trail = trail.clone();
-                async move { trail.reopen().await }
+                async move {
+                    tracing::info!(signal = "SIGUSR1", "reopening the audit log");
+                    trail.reopen().await
+                }
             };
-            if let Err(err) = crate::signal::on_sigusr1(shutdown.clone(), reopen) {
+            if let Err(err) =
+                crate::signal::on_signal(SignalKind::user_defined1(), shutdown.clone(), reopen)
+            {
                 tracing::warn!(error = %err, "cannot watch SIGUSR1: the audit log will not be reopened on it");
             }
             tracing::info!(
                 path = ?config.audit.as_ref().and_then(|a| a.sinks.path.as_ref()),
                 "audit trail on"
             );
+        }
+        // SIGHUP reloads the policies; the rest of the configuration needs a restart.
+        let store = policies.clone();
+        let reload = move || {
+            let store = store.clone();
+            async move {
+                match &store {
+                    Some(store) => {
+                        tracing::info!(
+                            signal = "SIGHUP",
+                            "reloading the policies (other settings apply at the next restart)"
+                        );
+                        let _ = store.reload();
+                    }
+                    None => tracing::info!(
+                        signal = "SIGHUP",
+                        "no policies to reload; other settings apply at the next restart"
+                    ),
+                }
+            }
+        };
+        if let Err(err) = crate::signal::on_signal(SignalKind::hangup(), shutdown.clone(), reload) {
+            tracing::warn!(error = %err, "cannot watch SIGHUP");
+        }
+        if let Some(store) = &policies
+            && let Err(err) = store.watch(shutdown.clone())
+        {
+            tracing::warn!(error = %err, "cannot watch the policy directory; reload with SIGHUP");
         }
         let runtime = Arc::new(RuntimeConnection::new(config.runtime_endpoint.clone()));
         let image = config
@@ -202,7 +273,15 @@ impl Proxy {
             "criguard serving"
         );
         let forwarder = Forwarder::new(runtime, image, config.max_message_size, shutdown.clone());
-        let stack = build_stack(&config, audit.clone(), forwarder);
+        let parts = StackParts {
+            audit: audit.clone(),
+            policies: policies
+                .as_ref()
+                .map(PolicyStore::current)
+                .unwrap_or_default(),
+            inventory,
+        };
+        let stack = build_stack(&config, parts, forwarder);
         let mut owned = Vec::new();
         let mut listeners = Vec::new();
         for (bound, listener) in bound.into_iter().zip(&config.listeners) {

@@ -29,6 +29,9 @@ pub enum Command {
         #[arg(long, env = "CRIGUARD_CONFIG")]
         config: PathBuf,
     },
+    /// Test and debug policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Start an embedded fake runtime with criguard in front of it, drive a kubelet-like
     /// sequence of calls through it and print what passed. Needs no container runtime.
     Demo,
@@ -44,6 +47,28 @@ pub enum Command {
         /// CreateContainer keeps nothing (for load runs).
         #[arg(long)]
         stateless: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run the test cases next to the policies (NAME.tests.yaml beside NAME.yaml); non-zero
+    /// exit on any failure.
+    Test {
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// Evaluate one request and print the decision and every rule that matched.
+    Eval {
+        /// The policy directory.
+        #[arg(long)]
+        policies: PathBuf,
+        /// The CRI method, e.g. CreateContainer.
+        #[arg(long)]
+        method: String,
+        /// The request in CRI JSON form (proto JSON).
+        #[arg(long)]
+        request: PathBuf,
     },
 }
 
@@ -100,6 +125,9 @@ pub struct ServeArgs {
     /// configuration file has its own (`audit:`).
     #[arg(long, env = "CRIGUARD_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// Load every policy in this directory (reloaded on SIGHUP and when the directory changes).
+    #[arg(long, env = "CRIGUARD_POLICIES")]
+    pub policies: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -119,6 +147,7 @@ impl ServeArgs {
             probe_interval: self.probe_interval,
             error_log_window: self.error_log_window,
             audit_log: self.audit_log.clone(),
+            policies: self.policies.clone(),
         }
     }
 }

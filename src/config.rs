@@ -50,6 +50,17 @@ pub struct FileConfig {
     pub listeners: Option<Vec<FileListener>>,
     pub roles: Option<FileRoles>,
     pub limits: Option<Vec<FileLimit>>,
+    pub policies: Option<PathBuf>,
+    pub policy_exemptions: Option<PolicyExemptions>,
+}
+
+/// `policyExemptions`: what no policy applies to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyExemptions {
+    /// Pod namespaces (globs), e.g. kube-system.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 /// Values from flags and environment variables; each one set wins over the file.
@@ -70,6 +81,8 @@ pub struct Overrides {
     pub error_log_window: Option<Duration>,
     /// `--audit-log`: audit to this file (with the shipped rules unless the file has some).
     pub audit_log: Option<PathBuf>,
+    /// `--policies`: the policy directory.
+    pub policies: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -120,6 +133,10 @@ pub struct Config {
     pub error_log_max_keys: usize,
     /// The audit trail; `None` when off.
     pub audit: Option<crate::audit::AuditConfig>,
+    /// The policy directory; `None`: no policies.
+    pub policies: Option<PathBuf>,
+    /// Pod namespaces no policy applies to.
+    pub policy_exempt_namespaces: Vec<String>,
 }
 
 /// A configuration problem, naming the key (and the file) it comes from.
@@ -267,6 +284,16 @@ impl Config {
             },
             audit: crate::audit::AuditConfig::resolve(file.audit, over.audit_log)
                 .map_err(|(key, problem)| error(key, problem))?,
+            policies: match over.policies.or(file.policies) {
+                Some(dir) if !dir.is_dir() => {
+                    return Err(error(
+                        "policies",
+                        format!("{} is not a directory", dir.display()),
+                    ));
+                }
+                dir => dir,
+            },
+            policy_exempt_namespaces: file.policy_exemptions.unwrap_or_default().namespaces,
         })
     }
 }

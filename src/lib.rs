@@ -13,6 +13,7 @@ pub mod demo;
 pub mod fake;
 pub mod inventory;
 pub mod layers;
+pub mod policy;
 pub mod proxy;
 pub mod signal;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use criguard::cli::{Cli, Command};
+use criguard::cli::{Cli, Command, PolicyCommand};
 use criguard::config::{Config, LogFormat};
 use criguard::telemetry::logging;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,27 @@ async fn run(cli: Cli) -> ExitCode {
             serve(config).await
         }
         Command::Check { config } => match Config::load(Some(&config), Default::default()) {
+            Ok(checked) if checked.policies.is_some() => {
+                let dir = checked
+                    .policies
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("."));
+                match criguard::policy::file::load_dir(dir, &checked.policy_exempt_namespaces) {
+                    Ok(set) => {
+                        println!(
+                            "{}: OK ({} policies in {})",
+                            config.display(),
+                            set.policies.len(),
+                            dir.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => {
+                        eprintln!("criguard: invalid policy: {err}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                }
+            }
             Ok(checked) => {
                 println!(
                     "{}: OK (listen {}, runtime {}, maxMessageSize {})",
@@ -70,6 +91,7 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Policy(command) => policy_command(command),
         Command::Demo => {
             logging::init(Some("error"), LogFormat::Text);
             match criguard::demo::run().await {
@@ -102,6 +124,69 @@ async fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(EXIT_RUNTIME)
                 }
             }
+        }
+    }
+}
+
+fn policy_command(command: PolicyCommand) -> ExitCode {
+    use criguard::policy::cases;
+    match command {
+        PolicyCommand::Test { dir } => match cases::test_dir(&dir) {
+            Ok(report) => {
+                for failure in &report.failures {
+                    println!("FAIL {failure}");
+                }
+                println!("{} passed, {} failed", report.passed, report.failures.len());
+                if report.failures.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+            Err(err) => {
+                eprintln!("criguard: invalid policy: {err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        PolicyCommand::Eval {
+            policies,
+            method,
+            request,
+        } => {
+            let set = match criguard::policy::file::load_dir(&policies, &[]) {
+                Ok(set) => set,
+                Err(err) => {
+                    eprintln!("criguard: invalid policy: {err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let json = std::fs::read_to_string(&request)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()));
+            let rpc = cases::rpc_of(&method);
+            let bytes = match json.and_then(|j| cases::encode_request(&rpc, &j)) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    eprintln!("criguard: {}: {err}", request.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let evaluation = cases::evaluate(&set, &rpc, &bytes, None, None);
+            println!("policies matched: {}", evaluation.evaluated.join(", "));
+            for finding in &evaluation.findings {
+                println!(
+                    "  {} {}/{}: {}",
+                    finding.mode.as_str(),
+                    finding.policy,
+                    finding.rule,
+                    finding.describe()
+                );
+            }
+            match evaluation.refusal() {
+                Some(refusal) => println!("decision: deny ({})", refusal.describe()),
+                None => println!("decision: allow"),
+            }
+            ExitCode::SUCCESS
         }
     }
 }

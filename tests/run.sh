@@ -38,6 +38,9 @@ python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/crigua
 step "unit and integration tests"
 cargo test --locked
 
+step "policies/: every shipped policy against its test cases"
+cargo run --locked --quiet -- policy test policies
+
 step "deploy/systemd: systemd-analyze verify (any warning fails)"
 units=$(mktemp -d)
 cp deploy/systemd/criguard.socket deploy/systemd/criguard.service "$units/"

@@ -206,7 +206,7 @@ fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> serde_json::Valu
 }
 
 /// The request (`input`) or answer type of a call, if the proto knows its method.
-fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
+pub fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
     static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
     let pool = POOL
         .get_or_init(|| DescriptorPool::decode(crate::cri::DESCRIPTORS).ok())

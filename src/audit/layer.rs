@@ -246,7 +246,6 @@ impl Record {
         let answer = self.response.as_deref().and_then(first_message);
         if outcome.code == tonic::Code::Ok {
             let created = answer.and_then(|m| inspect::created_id(method, m));
-            trail.inventory.learn(method, &subject, created);
             match (method, created) {
                 (Method::RunPodSandbox, Some(id)) => subject.sandbox_id = Some(id.into()),
                 (Method::CreateContainer, Some(id)) => subject.container_id = Some(id.into()),

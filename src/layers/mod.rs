@@ -1,6 +1,7 @@
 //! The layers of the stack, one concern each. `app.rs` assembles them.
 
 pub mod access;
+pub mod learn;
 pub mod limits;
 pub mod log;
 pub mod log_reduction;

@@ -99,4 +99,10 @@ pub enum ProxyError {
     Denied(#[from] Denied),
     #[error(transparent)]
     Throttled(#[from] Throttled),
+    /// An enforcing policy denies the call.
+    #[error("{0}")]
+    PolicyDenied(String),
+    /// An enforcing policy must inspect the request and cannot decode it.
+    #[error("{0}")]
+    PolicyUndecodable(String),
 }

@@ -34,10 +34,13 @@ pub fn object_id(method: Method, message: &[u8]) -> &str {
 }
 
 /// A pod as CRI names it (`PodSandboxMetadata`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PodRef {
     pub namespace: String,
+    #[serde(default)]
     pub name: String,
+    #[serde(default)]
     pub uid: String,
 }
 

@@ -27,6 +27,8 @@ pub fn code_of(err: &ProxyError) -> Code {
         ProxyError::AuditUnavailable(_) => Code::Unavailable,
         ProxyError::Denied(_) => Code::PermissionDenied,
         ProxyError::Throttled(_) => Code::ResourceExhausted,
+        ProxyError::PolicyDenied(_) => Code::PermissionDenied,
+        ProxyError::PolicyUndecodable(_) => Code::InvalidArgument,
     }
 }
 

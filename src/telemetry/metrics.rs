@@ -20,8 +20,14 @@ pub const BUILD_INFO: &str = "criguard_build_info";
 pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
 pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
 pub const AUDIT_EVENTS_TOTAL: &str = "criguard_audit_events_total";
+pub const POLICY_DECISIONS_TOTAL: &str = "criguard_policy_decisions_total";
+pub const POLICY_EVALUATION_SECONDS: &str = "criguard_policy_evaluation_duration_seconds";
+pub const POLICY_RELOAD_TOTAL: &str = "criguard_policy_reload_total";
 pub const RATELIMIT_DECISIONS_TOTAL: &str = "criguard_ratelimit_decisions_total";
 pub const RATELIMIT_WAIT_SECONDS: &str = "criguard_ratelimit_wait_seconds";
+
+/// Buckets of `criguard_policy_evaluation_duration_seconds`: 1 µs to 10 ms.
+pub const EVALUATION_BUCKETS: [f64; 9] = [1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2];
 
 /// Buckets of `criguard_ratelimit_wait_seconds`: 1 ms to 10 s.
 pub const WAIT_BUCKETS: [f64; 11] = [
@@ -56,6 +62,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(RATELIMIT_WAIT_SECONDS.into()), &WAIT_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(POLICY_EVALUATION_SECONDS.into()),
+            &EVALUATION_BUCKETS,
+        )?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -104,6 +114,19 @@ fn describe() {
     describe_counter!(
         AUDIT_EVENTS_TOTAL,
         "Audit events by result: written, or failed (lost: the file could not be written)."
+    );
+    describe_counter!(
+        POLICY_DECISIONS_TOTAL,
+        "Policy decisions by policy, rule, decision (allow, deny, violation, error) and mode (enforce, audit, warn)."
+    );
+    describe_histogram!(
+        POLICY_EVALUATION_SECONDS,
+        Unit::Seconds,
+        "Time to evaluate the policies that match a call."
+    );
+    describe_counter!(
+        POLICY_RELOAD_TOTAL,
+        "Policy reloads (SIGHUP, a change in the policy directory) by result: success, failure (the old set stays)."
     );
     describe_counter!(
         RATELIMIT_DECISIONS_TOTAL,

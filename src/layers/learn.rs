@@ -1,0 +1,90 @@
+//! Keeps the inventory of sandboxes and containers (see `inventory.rs`) up to date from the
+//! calls that pass: RunPodSandbox and CreateContainer answers add, RemoveContainer and
+//! RemovePodSandbox remove. It is the outermost observer, so that the layers inside it still
+//! find an object while its Remove call ends.
+
+use bytes::{Bytes, BytesMut};
+
+use super::observe::{Observe, ObserveLayer};
+use crate::inventory::Inventory;
+use crate::proxy::body::{Outcome, RequestMessageSlot, StatusObserver};
+use crate::proxy::inspect::{self, Subject};
+use crate::proxy::rpc::{Method, Rpc};
+
+/// The learning layer's settings: [`ObserveLayer`]`<Learn>` is the layer.
+#[derive(Clone, Debug)]
+pub struct Learn {
+    inventory: Option<Inventory>,
+}
+
+impl Learn {
+    /// Without an inventory (neither audit nor policies need one), the layer learns nothing.
+    pub fn layer(inventory: Option<Inventory>) -> ObserveLayer<Learn> {
+        ObserveLayer::new(Learn { inventory })
+    }
+}
+
+impl Observe for Learn {
+    type Record = Option<LearnRecord>;
+
+    fn start<B>(&self, request: &mut http::Request<B>) -> Option<LearnRecord> {
+        let inventory = self.inventory.clone()?;
+        let method = request.extensions().get::<Rpc>()?.method;
+        let learns = matches!(
+            method,
+            Method::RunPodSandbox
+                | Method::CreateContainer
+                | Method::RemoveContainer
+                | Method::RemovePodSandbox
+        );
+        learns.then(|| LearnRecord {
+            inventory,
+            method,
+            message: RequestMessageSlot::attach(request),
+            answer: BytesMut::new(),
+        })
+    }
+}
+
+/// One lifecycle call until it ends.
+#[derive(Debug)]
+pub struct LearnRecord {
+    inventory: Inventory,
+    method: Method,
+    message: RequestMessageSlot,
+    /// The head of the answer: the created id is its first field.
+    answer: BytesMut,
+}
+
+/// Enough of an answer for the id a RunPodSandbox or CreateContainer answer carries.
+const ANSWER_HEAD: usize = 4096;
+
+impl StatusObserver for Option<LearnRecord> {
+    fn on_data(&mut self, data: &Bytes) {
+        if let Some(record) = self
+            && record.answer.len() < ANSWER_HEAD
+        {
+            let room = ANSWER_HEAD - record.answer.len();
+            record
+                .answer
+                .extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
+    fn on_end(self, outcome: Outcome) {
+        let Some(record) = self else { return };
+        if outcome.code != tonic::Code::Ok {
+            return;
+        }
+        let Some(message) = record.message.get() else {
+            return;
+        };
+        let subject = Subject::of_request(record.method, message);
+        // The answer is one gRPC message: a 5-byte prefix, then the message.
+        let created = record
+            .answer
+            .get(5..)
+            .and_then(|m| inspect::created_id(record.method, m));
+        record.inventory.learn(record.method, &subject, created);
+    }
+}

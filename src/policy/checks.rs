@@ -1,0 +1,886 @@
+//! The built-in checks: Pod Security Standards where CRI carries the field (see the field map
+//! in the README), image registries, and a plain `deny` for calls a policy matches (exec,
+//! attach, port-forward). Each check reads the decoded request and says what is wrong, in words
+//! an operator understands, naming the offending field.
+
+use serde::Deserialize;
+
+use crate::cri::{
+    ContainerConfig, LinuxContainerSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, SecurityProfile, security_profile::ProfileType,
+};
+
+/// The decoded request as the checks see it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Target<'a> {
+    /// The pod's config: RunPodSandbox's `config`, CreateContainer's and PullImage's
+    /// `sandbox_config`.
+    pub pod: Option<&'a PodSandboxConfig>,
+    /// CreateContainer's `config`.
+    pub container: Option<&'a ContainerConfig>,
+    /// The image of CreateContainer or PullImage.
+    pub image: Option<&'a str>,
+    /// Whether the call creates the sandbox itself (pod-level fields are checked there).
+    pub creates_sandbox: bool,
+}
+
+impl<'a> Target<'a> {
+    fn container_security(&self) -> Option<&'a LinuxContainerSecurityContext> {
+        self.container?.linux.as_ref()?.security_context.as_ref()
+    }
+
+    fn sandbox_security(&self) -> Option<&'a crate::cri::LinuxSandboxSecurityContext> {
+        if !self.creates_sandbox {
+            return None;
+        }
+        self.pod?.linux.as_ref()?.security_context.as_ref()
+    }
+}
+
+/// Capabilities the baseline level allows to be added (PSS baseline).
+const BASELINE_CAPABILITIES: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Sysctls PSS baseline calls safe.
+const SAFE_SYSCTLS: [&str; 10] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+
+/// SELinux types PSS baseline allows.
+const SELINUX_TYPES: [&str; 5] = [
+    "",
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+];
+
+/// Where the kubelet keeps pod volumes: mounts from there are not real host paths.
+pub const KUBELET_POD_DIRS: [&str; 1] = ["/var/lib/kubelet/pods/"];
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    #[default]
+    Baseline,
+    Restricted,
+}
+
+/// No parameters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelParams {
+    #[serde(default)]
+    pub level: Level,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostPortParams {
+    /// Host ports that may be mapped.
+    #[serde(default)]
+    pub allowed: Vec<u16>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostPathParams {
+    /// Host path prefixes that may be mounted besides the kubelet's pod directories.
+    #[serde(default)]
+    pub allowed_prefixes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImageParams {
+    /// Repository patterns (`registry.k8s.io`, `ghcr.io/acme/*`); when set, images must match one.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Repository patterns that are refused even when allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Images must be pinned by digest (`@sha256:...`).
+    #[serde(default)]
+    pub require_digest: bool,
+}
+
+/// A built-in check with its parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    Privileged,
+    HostNamespaces,
+    HostPorts(HostPortParams),
+    Capabilities(Level),
+    Seccomp,
+    AppArmor,
+    SELinux,
+    Sysctls,
+    NoNewPrivs,
+    RunAsNonRoot,
+    ProcMount,
+    HostPaths(HostPathParams),
+    Images(ImageParams),
+    Deny,
+}
+
+// The deprecated seccomp and AppArmor path fields are still honoured by runtimes: checked too.
+#[allow(deprecated)]
+impl Check {
+    /// What is wrong with the request, or `None` when the check passes.
+    pub fn violation(&self, target: &Target) -> Option<String> {
+        match self {
+            Check::Privileged => {
+                if target.sandbox_security().is_some_and(|s| s.privileged) {
+                    return Some("requests privileged mode for the pod".into());
+                }
+                target
+                    .container_security()
+                    .is_some_and(|s| s.privileged)
+                    .then(|| "requests privileged mode".into())
+            }
+            Check::HostNamespaces => {
+                let pod = target
+                    .sandbox_security()
+                    .and_then(|s| s.namespace_options.as_ref());
+                let container = target
+                    .container_security()
+                    .and_then(|s| s.namespace_options.as_ref());
+                pod.into_iter().chain(container).find_map(host_namespace)
+            }
+            Check::HostPorts(params) => {
+                if !target.creates_sandbox {
+                    return None;
+                }
+                target.pod?.port_mappings.iter().find_map(|m| {
+                    let port = u16::try_from(m.host_port).unwrap_or(0);
+                    (m.host_port != 0 && !params.allowed.contains(&port)).then(|| {
+                        format!("maps host port {} (port_mappings.host_port)", m.host_port)
+                    })
+                })
+            }
+            Check::Capabilities(level) => {
+                let capabilities = target.container_security()?.capabilities.as_ref();
+                let added = capabilities
+                    .into_iter()
+                    .flat_map(|c| c.add_capabilities.iter().chain(&c.add_ambient_capabilities));
+                for cap in added {
+                    let name = normalise_capability(cap);
+                    let allowed = match level {
+                        Level::Baseline => BASELINE_CAPABILITIES.contains(&name.as_str()),
+                        Level::Restricted => name == "NET_BIND_SERVICE",
+                    };
+                    if !allowed {
+                        return Some(format!(
+                            "adds capability {name} (capabilities.add_capabilities)"
+                        ));
+                    }
+                }
+                let drops_all = capabilities.is_some_and(|c| {
+                    c.drop_capabilities
+                        .iter()
+                        .any(|d| normalise_capability(d) == "ALL")
+                });
+                (*level == Level::Restricted && !drops_all).then(|| {
+                    "does not drop ALL capabilities (capabilities.drop_capabilities)".into()
+                })
+            }
+            Check::Seccomp => {
+                if let Some(sandbox) = target.sandbox_security()
+                    && let Some(problem) =
+                        seccomp_problem(sandbox.seccomp.as_ref(), &sandbox.seccomp_profile_path)
+                {
+                    return Some(format!("{problem} for the pod"));
+                }
+                let container = target.container_security();
+                if target.container.is_some() {
+                    let (profile, path) = container.map_or((None, ""), |s| {
+                        (s.seccomp.as_ref(), s.seccomp_profile_path.as_str())
+                    });
+                    return seccomp_problem(profile, path);
+                }
+                None
+            }
+            Check::AppArmor => {
+                let pod = target.sandbox_security().and_then(|s| s.apparmor.as_ref());
+                let container = target.container_security();
+                let unconfined = |p: Option<&SecurityProfile>| {
+                    p.is_some_and(|p| p.profile_type == ProfileType::Unconfined as i32)
+                };
+                if unconfined(pod)
+                    || unconfined(container.and_then(|s| s.apparmor.as_ref()))
+                    || container.is_some_and(|s| s.apparmor_profile == "unconfined")
+                {
+                    return Some("sets AppArmor to Unconfined (apparmor.profile_type)".into());
+                }
+                None
+            }
+            Check::SELinux => {
+                let pod = target
+                    .sandbox_security()
+                    .and_then(|s| s.selinux_options.as_ref());
+                let container = target
+                    .container_security()
+                    .and_then(|s| s.selinux_options.as_ref());
+                pod.into_iter().chain(container).find_map(|o| {
+                    if !SELINUX_TYPES.contains(&o.r#type.as_str()) {
+                        Some(format!(
+                            "sets SELinux type {:?} (selinux_options.type)",
+                            o.r#type
+                        ))
+                    } else if !o.user.is_empty() || !o.role.is_empty() {
+                        Some("sets a SELinux user or role (selinux_options)".into())
+                    } else {
+                        None
+                    }
+                })
+            }
+            Check::Sysctls => {
+                if !target.creates_sandbox {
+                    return None;
+                }
+                let sysctls = &target.pod?.linux.as_ref()?.sysctls;
+                let mut unsafe_ones: Vec<&String> = sysctls
+                    .keys()
+                    .filter(|k| !SAFE_SYSCTLS.contains(&k.as_str()))
+                    .collect();
+                unsafe_ones.sort();
+                unsafe_ones
+                    .first()
+                    .map(|k| format!("sets sysctl {k} outside the safe set (linux.sysctls)"))
+            }
+            Check::NoNewPrivs => {
+                target.container?;
+                (!target.container_security().is_some_and(|s| s.no_new_privs))
+                    .then(|| "allows privilege escalation (no_new_privs is false)".into())
+            }
+            Check::RunAsNonRoot => {
+                target.container?;
+                let security = target.container_security();
+                match security.and_then(|s| s.run_as_user.as_ref()) {
+                    Some(user) if user.value == 0 => Some("runs as uid 0 (run_as_user)".into()),
+                    Some(_) => None,
+                    None => match security.map_or("", |s| s.run_as_username.as_str()) {
+                        "" => Some(
+                            "does not set a non-root user (run_as_user / run_as_username)".into(),
+                        ),
+                        "root" | "0" => Some("runs as user root (run_as_username)".into()),
+                        _ => None,
+                    },
+                }
+            }
+            Check::ProcMount => {
+                let security = target.container_security()?;
+                (!security.privileged
+                    && security.masked_paths.is_empty()
+                    && security.readonly_paths.is_empty())
+                .then(|| "unmasks /proc (masked_paths and readonly_paths are empty)".into())
+            }
+            Check::HostPaths(params) => {
+                let container = target.container?;
+                container.mounts.iter().find_map(|m| {
+                    let path = m.host_path.as_str();
+                    let allowed = path.is_empty()
+                        || KUBELET_POD_DIRS.iter().any(|d| path.starts_with(d))
+                        || params.allowed_prefixes.iter().any(|p| under(path, p));
+                    (!allowed).then(|| format!("mounts host path {path} (mounts.host_path)"))
+                })
+            }
+            Check::Images(params) => {
+                let image = target.image?;
+                let reference = ImageRef::parse(image);
+                let repository = reference.repository();
+                if params.deny.iter().any(|p| reference.matches(p)) {
+                    return Some(format!(
+                        "uses image {image} from a denied registry ({repository})"
+                    ));
+                }
+                if !params.allow.is_empty() && !params.allow.iter().any(|p| reference.matches(p)) {
+                    return Some(format!(
+                        "uses image {image} from a registry outside the allowlist ({repository})"
+                    ));
+                }
+                (params.require_digest && reference.digest.is_none())
+                    .then(|| format!("uses image {image} without a digest"))
+            }
+            Check::Deny => Some("is not allowed".into()),
+        }
+    }
+}
+
+fn host_namespace(options: &NamespaceOption) -> Option<String> {
+    let node = NamespaceMode::Node as i32;
+    [
+        (options.network, "network"),
+        (options.pid, "PID"),
+        (options.ipc, "IPC"),
+    ]
+    .into_iter()
+    .find(|(mode, _)| *mode == node)
+    .map(|(_, name)| format!("uses the host's {name} namespace (namespace_options)"))
+}
+
+fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &str) -> Option<String> {
+    match profile {
+        Some(p) if p.profile_type == ProfileType::Unconfined as i32 => {
+            Some("sets seccomp to Unconfined (seccomp.profile_type)".into())
+        }
+        Some(_) => None,
+        // An absent message is not RuntimeDefault: runtimes run such a container unconfined.
+        None => match deprecated_path {
+            "" | "unconfined" => Some("runs without a seccomp profile (seccomp is absent, which runtimes treat as unconfined)".into()),
+            _ => None,
+        },
+    }
+}
+
+fn normalise_capability(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    upper
+        .strip_prefix("CAP_")
+        .map_or(upper.clone(), str::to_string)
+}
+
+/// Whether `path` is `prefix` or below it (as directories, not as strings).
+fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
+/// An image reference, normalised as the runtime resolves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    pub registry: String,
+    pub path: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl ImageRef {
+    /// `busybox` is `docker.io/library/busybox`; `host:5000/a/b:1@sha256:...` keeps its parts.
+    pub fn parse(reference: &str) -> ImageRef {
+        let (name, digest) = match reference.split_once('@') {
+            Some((n, d)) => (n, Some(d.to_string())),
+            None => (reference, None),
+        };
+        // A tag is after the last colon that comes after the last slash.
+        let slash = name.rfind('/').map_or(0, |i| i + 1);
+        let (name, tag) = match name[slash..].rfind(':') {
+            Some(i) => (&name[..slash + i], Some(name[slash + i + 1..].to_string())),
+            None => (name, None),
+        };
+        let (registry, path) = match name.split_once('/') {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), rest.to_string())
+            }
+            _ => ("docker.io".to_string(), name.to_string()),
+        };
+        let path = if registry == "docker.io" && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path
+        };
+        ImageRef {
+            registry,
+            path,
+            tag,
+            digest,
+        }
+    }
+
+    /// `registry/path`, without tag or digest.
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.registry, self.path)
+    }
+
+    /// Whether the repository matches `pattern`: a registry (`registry.k8s.io`), a repository
+    /// prefix (`docker.io/library`), or a glob (`ghcr.io/acme/*`).
+    pub fn matches(&self, pattern: &str) -> bool {
+        let repository = self.repository();
+        let pattern = pattern.trim_end_matches('/');
+        if pattern.contains('*') {
+            return crate::audit::rules::glob_match(pattern, &repository);
+        }
+        under(&repository, pattern)
+    }
+}
+
+#[cfg(test)]
+#[allow(deprecated)]
+mod tests {
+    use super::*;
+    use crate::cri::*;
+
+    fn container(security: LinuxContainerSecurityContext) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "app".into(),
+                attempt: 0,
+            }),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(security),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A container that passes every restricted check.
+    fn restricted() -> LinuxContainerSecurityContext {
+        LinuxContainerSecurityContext {
+            capabilities: Some(Capability {
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            run_as_user: Some(Int64Value { value: 1000 }),
+            no_new_privs: true,
+            masked_paths: vec!["/proc/kcore".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            seccomp: Some(SecurityProfile {
+                profile_type: ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn check_container(check: &Check, security: LinuxContainerSecurityContext) -> Option<String> {
+        let config = container(security);
+        check.violation(&Target {
+            container: Some(&config),
+            ..Target::default()
+        })
+    }
+
+    fn sandbox(security: LinuxSandboxSecurityContext) -> PodSandboxConfig {
+        PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(security),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn check_sandbox(check: &Check, pod: &PodSandboxConfig) -> Option<String> {
+        check.violation(&Target {
+            pod: Some(pod),
+            creates_sandbox: true,
+            ..Target::default()
+        })
+    }
+
+    #[test]
+    fn a_restricted_container_passes_every_check() {
+        for check in [
+            Check::Privileged,
+            Check::HostNamespaces,
+            Check::Capabilities(Level::Restricted),
+            Check::Seccomp,
+            Check::AppArmor,
+            Check::SELinux,
+            Check::NoNewPrivs,
+            Check::RunAsNonRoot,
+            Check::ProcMount,
+            Check::HostPaths(HostPathParams::default()),
+        ] {
+            assert_eq!(check_container(&check, restricted()), None, "{check:?}");
+        }
+    }
+
+    #[test]
+    fn privileged_on_either_level() {
+        let c = LinuxContainerSecurityContext {
+            privileged: true,
+            ..restricted()
+        };
+        assert_eq!(
+            check_container(&Check::Privileged, c).unwrap(),
+            "requests privileged mode"
+        );
+        let pod = sandbox(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        assert!(
+            check_sandbox(&Check::Privileged, &pod)
+                .unwrap()
+                .contains("for the pod")
+        );
+        // The same pod config repeated in CreateContainer is judged where the sandbox is made.
+        let config = container(restricted());
+        let target = Target {
+            pod: Some(&pod),
+            container: Some(&config),
+            ..Target::default()
+        };
+        assert_eq!(Check::Privileged.violation(&target), None);
+    }
+
+    #[test]
+    fn host_namespaces_node_mode_is_a_violation_pod_mode_is_not() {
+        let mut pod = sandbox(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(
+            check_sandbox(&Check::HostNamespaces, &pod)
+                .unwrap()
+                .contains("network")
+        );
+        pod.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options = Some(NamespaceOption {
+            pid: NamespaceMode::Node as i32,
+            ..Default::default()
+        });
+        assert!(
+            check_sandbox(&Check::HostNamespaces, &pod)
+                .unwrap()
+                .contains("PID")
+        );
+        pod.linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options = Some(NamespaceOption {
+            ipc: NamespaceMode::Container as i32,
+            ..Default::default()
+        });
+        assert_eq!(check_sandbox(&Check::HostNamespaces, &pod), None);
+    }
+
+    #[test]
+    fn host_ports_except_the_allowed_ones() {
+        let pod = PodSandboxConfig {
+            port_mappings: vec![PortMapping {
+                container_port: 80,
+                host_port: 8080,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(
+            check_sandbox(&Check::HostPorts(HostPortParams::default()), &pod)
+                .unwrap()
+                .contains("8080")
+        );
+        let allowed = HostPortParams {
+            allowed: vec![8080],
+        };
+        assert_eq!(check_sandbox(&Check::HostPorts(allowed), &pod), None);
+        let no_host = PodSandboxConfig {
+            port_mappings: vec![PortMapping {
+                container_port: 80,
+                host_port: 0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            check_sandbox(&Check::HostPorts(HostPortParams::default()), &no_host),
+            None
+        );
+    }
+
+    #[test]
+    fn capabilities_baseline_and_restricted_boundaries() {
+        let with = |add: &[&str], drop: &[&str]| LinuxContainerSecurityContext {
+            capabilities: Some(Capability {
+                add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..restricted()
+        };
+        let baseline = Check::Capabilities(Level::Baseline);
+        let restricted_check = Check::Capabilities(Level::Restricted);
+        assert_eq!(
+            check_container(&baseline, with(&["CAP_CHOWN", "kill"], &[])),
+            None
+        );
+        assert!(
+            check_container(&baseline, with(&["CAP_SYS_ADMIN"], &[]))
+                .unwrap()
+                .contains("SYS_ADMIN")
+        );
+        assert!(
+            check_container(&baseline, with(&["NET_RAW"], &[]))
+                .unwrap()
+                .contains("NET_RAW")
+        );
+        assert_eq!(
+            check_container(&restricted_check, with(&["NET_BIND_SERVICE"], &["ALL"])),
+            None
+        );
+        assert!(
+            check_container(&restricted_check, with(&["CHOWN"], &["ALL"]))
+                .unwrap()
+                .contains("CHOWN")
+        );
+        assert!(
+            check_container(&restricted_check, with(&[], &["NET_RAW"]))
+                .unwrap()
+                .contains("drop ALL")
+        );
+        assert_eq!(
+            check_container(&restricted_check, with(&[], &["cap_all"])),
+            None
+        );
+    }
+
+    #[test]
+    fn seccomp_absent_or_unconfined_is_a_violation() {
+        let absent = LinuxContainerSecurityContext {
+            seccomp: None,
+            ..restricted()
+        };
+        assert!(
+            check_container(&Check::Seccomp, absent)
+                .unwrap()
+                .contains("absent")
+        );
+        let unconfined = LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: ProfileType::Unconfined as i32,
+                ..Default::default()
+            }),
+            ..restricted()
+        };
+        assert!(
+            check_container(&Check::Seccomp, unconfined)
+                .unwrap()
+                .contains("Unconfined")
+        );
+        let localhost = LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: ProfileType::Localhost as i32,
+                localhost_ref: "p.json".into(),
+            }),
+            ..restricted()
+        };
+        assert_eq!(check_container(&Check::Seccomp, localhost), None);
+        let deprecated = LinuxContainerSecurityContext {
+            seccomp: None,
+            seccomp_profile_path: "runtime/default".into(),
+            ..restricted()
+        };
+        assert_eq!(check_container(&Check::Seccomp, deprecated), None);
+        let pod = sandbox(LinuxSandboxSecurityContext::default());
+        assert!(
+            check_sandbox(&Check::Seccomp, &pod)
+                .unwrap()
+                .contains("for the pod")
+        );
+    }
+
+    #[test]
+    fn apparmor_and_selinux() {
+        let unconfined = LinuxContainerSecurityContext {
+            apparmor: Some(SecurityProfile {
+                profile_type: ProfileType::Unconfined as i32,
+                ..Default::default()
+            }),
+            ..restricted()
+        };
+        assert!(check_container(&Check::AppArmor, unconfined).is_some());
+        let legacy = LinuxContainerSecurityContext {
+            apparmor_profile: "unconfined".into(),
+            ..restricted()
+        };
+        assert!(check_container(&Check::AppArmor, legacy).is_some());
+        let selinux = |t: &str, user: &str| LinuxContainerSecurityContext {
+            selinux_options: Some(SeLinuxOption {
+                r#type: t.into(),
+                user: user.into(),
+                ..Default::default()
+            }),
+            ..restricted()
+        };
+        assert_eq!(
+            check_container(&Check::SELinux, selinux("container_t", "")),
+            None
+        );
+        assert!(
+            check_container(&Check::SELinux, selinux("spc_t", ""))
+                .unwrap()
+                .contains("spc_t")
+        );
+        assert!(check_container(&Check::SELinux, selinux("container_t", "system_u")).is_some());
+    }
+
+    #[test]
+    fn sysctls_outside_the_safe_set() {
+        let mut pod = PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        };
+        let sysctls = &mut pod.linux.as_mut().unwrap().sysctls;
+        sysctls.insert("net.ipv4.tcp_syncookies".into(), "1".into());
+        assert_eq!(check_sandbox(&Check::Sysctls, &pod), None);
+        pod.linux
+            .as_mut()
+            .unwrap()
+            .sysctls
+            .insert("kernel.msgmax".into(), "1".into());
+        assert!(
+            check_sandbox(&Check::Sysctls, &pod)
+                .unwrap()
+                .contains("kernel.msgmax")
+        );
+    }
+
+    #[test]
+    fn no_new_privs_run_as_non_root_and_proc_mount() {
+        let escalates = LinuxContainerSecurityContext {
+            no_new_privs: false,
+            ..restricted()
+        };
+        assert!(check_container(&Check::NoNewPrivs, escalates).is_some());
+        let root = LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 0 }),
+            ..restricted()
+        };
+        assert!(
+            check_container(&Check::RunAsNonRoot, root)
+                .unwrap()
+                .contains("uid 0")
+        );
+        let unset = LinuxContainerSecurityContext {
+            run_as_user: None,
+            ..restricted()
+        };
+        assert!(check_container(&Check::RunAsNonRoot, unset).is_some());
+        let named = LinuxContainerSecurityContext {
+            run_as_user: None,
+            run_as_username: "app".into(),
+            ..restricted()
+        };
+        assert_eq!(check_container(&Check::RunAsNonRoot, named), None);
+        let unmasked = LinuxContainerSecurityContext {
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            ..restricted()
+        };
+        assert!(
+            check_container(&Check::ProcMount, unmasked)
+                .unwrap()
+                .contains("/proc")
+        );
+    }
+
+    #[test]
+    fn host_paths_outside_the_pod_directories() {
+        let mut config = container(restricted());
+        config.mounts = vec![Mount {
+            host_path: "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~empty-dir/data".into(),
+            container_path: "/data".into(),
+            ..Default::default()
+        }];
+        let check = Check::HostPaths(HostPathParams::default());
+        fn target(c: &ContainerConfig) -> Target<'_> {
+            Target {
+                container: Some(c),
+                ..Target::default()
+            }
+        }
+        assert_eq!(check.violation(&target(&config)), None);
+        config.mounts[0].host_path = "/etc".into();
+        assert!(check.violation(&target(&config)).unwrap().contains("/etc"));
+        config.mounts[0].host_path = "/var/log/app".into();
+        let allowed = Check::HostPaths(HostPathParams {
+            allowed_prefixes: vec!["/var/log".into()],
+        });
+        assert_eq!(allowed.violation(&target(&config)), None);
+        config.mounts[0].host_path = "/var/logs".into();
+        assert!(
+            allowed.violation(&target(&config)).is_some(),
+            "a prefix is a directory, not a string"
+        );
+    }
+
+    #[test]
+    fn image_references_are_normalised_before_matching() {
+        let r = ImageRef::parse("busybox");
+        assert_eq!(r.repository(), "docker.io/library/busybox");
+        let r = ImageRef::parse("localhost:5000/team/app:1.0@sha256:abc");
+        assert_eq!(
+            (r.registry.as_str(), r.path.as_str()),
+            ("localhost:5000", "team/app")
+        );
+        assert_eq!(
+            (r.tag.as_deref(), r.digest.as_deref()),
+            (Some("1.0"), Some("sha256:abc"))
+        );
+        let r = ImageRef::parse("registry.k8s.io/pause:3.9");
+        assert!(r.matches("registry.k8s.io"));
+        assert!(!r.matches("registry.k8s"));
+        assert!(ImageRef::parse("ghcr.io/acme/api:2").matches("ghcr.io/acme/*"));
+        assert!(!ImageRef::parse("ghcr.io/evil/api:2").matches("ghcr.io/acme/*"));
+        let params = ImageParams {
+            allow: vec!["registry.k8s.io".into(), "docker.io/library".into()],
+            deny: vec!["docker.io/library/evil".into()],
+            require_digest: false,
+        };
+        let check = Check::Images(params);
+        let image = |i| Target {
+            image: Some(i),
+            ..Target::default()
+        };
+        assert_eq!(check.violation(&image("busybox:1.36")), None);
+        assert!(
+            check
+                .violation(&image("quay.io/x/y:1"))
+                .unwrap()
+                .contains("outside the allowlist")
+        );
+        assert!(
+            check
+                .violation(&image("evil"))
+                .unwrap()
+                .contains("denied registry")
+        );
+        let pinned = Check::Images(ImageParams {
+            require_digest: true,
+            ..ImageParams::default()
+        });
+        assert!(pinned.violation(&image("busybox:1.36")).is_some());
+        assert_eq!(pinned.violation(&image("busybox@sha256:0123")), None);
+    }
+}

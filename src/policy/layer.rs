@@ -1,0 +1,145 @@
+//! The policy layer: below the request reader, so that it sees the first message; it refuses a
+//! call an enforcing policy denies (PERMISSION_DENIED) or must inspect and cannot decode
+//! (INVALID_ARGUMENT) before anything reaches the runtime, and records every decision.
+
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use futures_util::future::Either;
+
+use super::file::Mode;
+use super::{Call, Evaluation, Outcome, PolicySet};
+use crate::inventory::Inventory;
+use crate::proxy::body::RequestMessage;
+use crate::proxy::decision::{Decision, DecisionSlot};
+use crate::proxy::error::ProxyError;
+use crate::proxy::identity::Caller;
+use crate::proxy::rpc::Rpc;
+use crate::telemetry::metrics::{POLICY_DECISIONS_TOTAL, POLICY_EVALUATION_SECONDS};
+
+/// Layer for [`Policies`].
+#[derive(Clone, Debug)]
+pub struct PolicyLayer {
+    policies: Arc<ArcSwap<PolicySet>>,
+    inventory: Option<Inventory>,
+}
+
+impl PolicyLayer {
+    /// `policies` may be swapped at any time (reload); each call sees one set.
+    pub fn new(policies: Arc<ArcSwap<PolicySet>>, inventory: Option<Inventory>) -> PolicyLayer {
+        PolicyLayer {
+            policies,
+            inventory,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for PolicyLayer {
+    type Service = Policies<S>;
+
+    fn layer(&self, inner: S) -> Policies<S> {
+        Policies {
+            inner,
+            policies: self.policies.clone(),
+            inventory: self.inventory.clone(),
+        }
+    }
+}
+
+/// Evaluates the policies that match each call.
+#[derive(Clone, Debug)]
+pub struct Policies<S> {
+    inner: S,
+    policies: Arc<ArcSwap<PolicySet>>,
+    inventory: Option<Inventory>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Policies<S>
+where
+    S: tower::Service<http::Request<B>, Error = ProxyError>,
+{
+    type Response = S::Response;
+    type Error = ProxyError;
+    type Future = Either<S::Future, Ready<Result<S::Response, ProxyError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let set = self.policies.load();
+        let extensions = request.extensions();
+        let Some(rpc) = extensions.get::<Rpc>().filter(|rpc| set.inspects(rpc)) else {
+            return Either::Left(self.inner.call(request));
+        };
+        let start = Instant::now();
+        let call = Call {
+            rpc,
+            caller: extensions.get::<Arc<Caller>>().map(|c| &**c),
+            message: extensions.get::<RequestMessage>().map(|m| &m.0[..]),
+        };
+        let evaluation = set.evaluate(call, self.inventory.as_ref());
+        metrics::histogram!(POLICY_EVALUATION_SECONDS).record(start.elapsed().as_secs_f64());
+        record(&evaluation, rpc, extensions.get::<DecisionSlot>());
+        if let Some(refusal) = evaluation.refusal() {
+            let message = refusal.describe();
+            let err = if refusal.undecodable {
+                ProxyError::PolicyUndecodable(message)
+            } else {
+                ProxyError::PolicyDenied(message)
+            };
+            return Either::Right(ready(Err(err)));
+        }
+        Either::Left(self.inner.call(request))
+    }
+}
+
+/// Metrics, warnings and the decision for the audit trail.
+fn record(evaluation: &Evaluation, rpc: &Rpc, slot: Option<&DecisionSlot>) {
+    for policy in &evaluation.evaluated {
+        let findings: Vec<_> = evaluation
+            .findings
+            .iter()
+            .filter(|f| f.policy == *policy)
+            .collect();
+        if findings.is_empty() {
+            metrics::counter!(POLICY_DECISIONS_TOTAL, "policy" => policy.clone(), "rule" => "", "decision" => "allow", "mode" => "").increment(1);
+        }
+        for finding in findings {
+            let decision = match (&finding.outcome, finding.refuses()) {
+                (_, true) => "deny",
+                (Outcome::Error(_), false) => "error",
+                (Outcome::Violation(_), false) => "violation",
+            };
+            metrics::counter!(
+                POLICY_DECISIONS_TOTAL,
+                "policy" => finding.policy.clone(),
+                "rule" => finding.rule.clone(),
+                "decision" => decision,
+                "mode" => finding.mode.as_str()
+            )
+            .increment(1);
+            let text = finding.describe();
+            if finding.mode == Mode::Warn
+                || (!finding.refuses() && matches!(finding.outcome, Outcome::Error(_)))
+            {
+                tracing::warn!(method = rpc.method_name(), policy = %finding.policy, rule = %finding.rule, mode = finding.mode.as_str(), "{text}");
+            }
+            if let Some(slot) = slot {
+                let by = format!("policy {} ({})", finding.policy, finding.mode.as_str());
+                slot.set(if finding.refuses() {
+                    Decision::denied(by, text)
+                } else {
+                    Decision {
+                        result: "allowed",
+                        by: Some(by),
+                        reason: Some(text),
+                    }
+                });
+            }
+        }
+    }
+}

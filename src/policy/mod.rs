@@ -1,0 +1,365 @@
+//! Policy checks on runtime calls: the last line of defence on a node, which sees static pods
+//! and direct crictl calls that admission webhooks never see.
+//!
+//! A [`PolicySet`] is immutable and compiled; evaluating a call is pure and synchronous. A call
+//! that no policy matches is never decoded. See `file.rs` for the file format, `checks.rs` for
+//! the built-in checks, `cel.rs` for CEL rules, `layer.rs` for the layer and `reload.rs` for
+//! reloading.
+
+pub mod cases;
+pub mod cel;
+pub mod checks;
+pub mod file;
+pub mod layer;
+pub mod reload;
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+use self::checks::{Check, Target};
+use self::file::{CelExpr, FailurePolicy, MatchSpec, Mode};
+use crate::audit::rules::glob_match;
+use crate::cri::{
+    CreateContainerRequest, PodSandboxConfig, PullImageRequest, RunPodSandboxRequest,
+};
+use crate::inventory::Inventory;
+use crate::proxy::identity::Caller;
+use crate::proxy::inspect::{PodRef, Subject};
+use crate::proxy::rpc::{Method, MethodSet, Rpc};
+
+/// A compiled policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub file: PathBuf,
+    pub mode: Mode,
+    pub failure_policy: FailurePolicy,
+    pub methods: MethodSet,
+    pub matching: MatchSpec,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub kind: RuleKind,
+    /// Replaces the check's own words (and is required for CEL rules).
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum RuleKind {
+    Check(Check),
+    Cel(CelExpr),
+}
+
+/// Every policy in force, and the namespaces exempted by configuration.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+    exempt_namespaces: Vec<String>,
+}
+
+/// What a rule found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call breaks the rule; the text says how.
+    Violation(String),
+    /// The rule could not be evaluated (undecodable body, CEL error).
+    Error(String),
+}
+
+/// One rule's finding on a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub policy: String,
+    pub rule: String,
+    pub mode: Mode,
+    pub failure_policy: FailurePolicy,
+    pub outcome: Outcome,
+    /// The body could not be decoded at all (as opposed to a rule failing).
+    pub undecodable: bool,
+}
+
+impl Finding {
+    /// Whether the call must be refused.
+    pub fn refuses(&self) -> bool {
+        self.mode == Mode::Enforce
+            && match self.outcome {
+                Outcome::Violation(_) => true,
+                Outcome::Error(_) => self.failure_policy == FailurePolicy::Fail,
+            }
+    }
+
+    /// `denied by policy "p", rule "r": ...`, for the caller and the log.
+    pub fn describe(&self) -> String {
+        match &self.outcome {
+            Outcome::Violation(text) if self.refuses() => {
+                format!(
+                    "denied by policy {:?}, rule {:?}: {text}",
+                    self.policy, self.rule
+                )
+            }
+            Outcome::Violation(text) => format!(
+                "violates policy {:?} ({}), rule {:?}: {text}",
+                self.policy,
+                self.mode.as_str(),
+                self.rule
+            ),
+            Outcome::Error(text) if self.undecodable => format!(
+                "policy {:?} must inspect this request and cannot decode it: {text}",
+                self.policy
+            ),
+            Outcome::Error(text) => format!(
+                "policy {:?}, rule {:?} could not be evaluated (failurePolicy: Fail): {text}",
+                self.policy, self.rule
+            ),
+        }
+    }
+}
+
+/// The result of evaluating a call.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluation {
+    /// The policies that matched the call (evaluated), by name.
+    pub evaluated: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+impl Evaluation {
+    /// The first finding that refuses the call, if any.
+    pub fn refusal(&self) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.refuses())
+    }
+}
+
+/// A call as the policies see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    pub rpc: &'a Rpc,
+    pub caller: Option<&'a Caller>,
+    /// The first request message; `None` for a call without one.
+    pub message: Option<&'a [u8]>,
+}
+
+/// The request decoded for the checks.
+#[derive(Debug, Default)]
+struct Decoded {
+    run: Option<RunPodSandboxRequest>,
+    create: Option<CreateContainerRequest>,
+    pull: Option<PullImageRequest>,
+}
+
+impl Decoded {
+    fn decode(method: Method, bytes: &[u8]) -> Result<Decoded, prost::DecodeError> {
+        Ok(match method {
+            Method::RunPodSandbox => Decoded {
+                run: Some(RunPodSandboxRequest::decode(bytes)?),
+                ..Decoded::default()
+            },
+            Method::CreateContainer => Decoded {
+                create: Some(CreateContainerRequest::decode(bytes)?),
+                ..Decoded::default()
+            },
+            Method::PullImage => Decoded {
+                pull: Some(PullImageRequest::decode(bytes)?),
+                ..Decoded::default()
+            },
+            _ => Decoded::default(),
+        })
+    }
+
+    fn pod(&self) -> Option<&PodSandboxConfig> {
+        self.run
+            .as_ref()
+            .and_then(|r| r.config.as_ref())
+            .or_else(|| self.create.as_ref().and_then(|c| c.sandbox_config.as_ref()))
+            .or_else(|| self.pull.as_ref().and_then(|p| p.sandbox_config.as_ref()))
+    }
+
+    fn target(&self) -> Target<'_> {
+        let container = self.create.as_ref().and_then(|c| c.config.as_ref());
+        let image = container
+            .and_then(|c| c.image.as_ref())
+            .or_else(|| self.pull.as_ref().and_then(|p| p.image.as_ref()))
+            .map(|i| i.image.as_str());
+        Target {
+            pod: self.pod(),
+            container,
+            image,
+            creates_sandbox: self.run.is_some(),
+        }
+    }
+}
+
+impl PolicySet {
+    pub fn new(policies: Vec<Policy>, exempt_namespaces: Vec<String>) -> PolicySet {
+        PolicySet {
+            policies,
+            exempt_namespaces,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Whether any policy looks at this method (then the request is read ahead and decoded).
+    pub fn inspects(&self, rpc: &Rpc) -> bool {
+        self.policies.iter().any(|p| p.methods.contains(rpc))
+    }
+
+    /// Evaluates every policy that matches the call. Pure: the same call gives the same result.
+    pub fn evaluate(&self, call: Call<'_>, inventory: Option<&Inventory>) -> Evaluation {
+        let candidates: Vec<&Policy> = self
+            .policies
+            .iter()
+            .filter(|p| p.methods.contains(call.rpc) && clients_match(&p.matching, call.caller))
+            .collect();
+        let mut evaluation = Evaluation::default();
+        if candidates.is_empty() {
+            return evaluation;
+        }
+        let bytes = call.message.unwrap_or(&[]);
+        let decoded = match Decoded::decode(call.rpc.method, bytes) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                for policy in candidates {
+                    evaluation.evaluated.push(policy.name.clone());
+                    evaluation.findings.push(Finding {
+                        policy: policy.name.clone(),
+                        rule: String::new(),
+                        mode: policy.mode,
+                        failure_policy: policy.failure_policy,
+                        outcome: Outcome::Error(format!(
+                            "{} bytes that are not a {} request: {err}",
+                            bytes.len(),
+                            call.rpc.method
+                        )),
+                        undecodable: true,
+                    });
+                }
+                return evaluation;
+            }
+        };
+        let mut subject = Subject::of_request(call.rpc.method, bytes);
+        if let Some(inventory) = inventory {
+            inventory.complete(&mut subject);
+        }
+        let namespace = subject.pod.as_ref().map(|p| p.namespace.as_str());
+        if namespace.is_some_and(|ns| self.exempt_namespaces.iter().any(|e| glob_match(e, ns))) {
+            return evaluation;
+        }
+        let labels = decoded.pod().map(|p| &p.labels);
+        let target = decoded.target();
+        let who = describe_subject(call.rpc.method, &subject);
+        let mut cel_context: Option<::cel::Context> = None;
+        for policy in candidates {
+            if !namespaces_match(&policy.matching, namespace)
+                || !labels_match(&policy.matching, labels)
+            {
+                continue;
+            }
+            evaluation.evaluated.push(policy.name.clone());
+            for rule in &policy.rules {
+                let outcome = match &rule.kind {
+                    RuleKind::Check(check) => check.violation(&target).map(|detail| {
+                        Outcome::Violation(format!(
+                            "{who} {}",
+                            rule.message.as_deref().unwrap_or(&detail)
+                        ))
+                    }),
+                    RuleKind::Cel(expr) => {
+                        let context = cel_context.get_or_insert_with(|| {
+                            self::cel::context(call, &decoded_message(call), &subject)
+                        });
+                        match self::cel::holds(expr, context) {
+                            Ok(true) => None,
+                            Ok(false) => Some(Outcome::Violation(format!(
+                                "{who}: {}",
+                                rule.message.as_deref().unwrap_or(&expr.source)
+                            ))),
+                            Err(err) => Some(Outcome::Error(err)),
+                        }
+                    }
+                };
+                if let Some(outcome) = outcome {
+                    evaluation.findings.push(Finding {
+                        policy: policy.name.clone(),
+                        rule: rule.name.clone(),
+                        mode: policy.mode,
+                        failure_policy: policy.failure_policy,
+                        outcome,
+                        undecodable: false,
+                    });
+                }
+            }
+        }
+        evaluation
+    }
+}
+
+/// The request as proto JSON (proto field names) for CEL, or null when it has none.
+fn decoded_message(call: Call<'_>) -> serde_json::Value {
+    self::cel::request_json(call.rpc, call.message.unwrap_or(&[]))
+}
+
+fn clients_match(matching: &MatchSpec, caller: Option<&Caller>) -> bool {
+    let is = |callers: &file::Callers| {
+        caller.is_some_and(|c| {
+            callers.uids.contains(&c.uid)
+                || c.exe
+                    .as_deref()
+                    .is_some_and(|exe| callers.exes.iter().any(|e| e == exe))
+        })
+    };
+    matching.clients.include.as_ref().is_none_or(is)
+        && !matching.clients.exclude.as_ref().is_some_and(is)
+}
+
+fn namespaces_match(matching: &MatchSpec, namespace: Option<&str>) -> bool {
+    let patterns = &matching.namespaces;
+    let included = match (&patterns.include, namespace) {
+        (None, _) => true,
+        (Some(include), Some(ns)) => include.iter().any(|p| glob_match(p, ns)),
+        // A policy for some namespaces does not apply where the namespace is unknown.
+        (Some(include), None) => include.iter().any(|p| p == "*"),
+    };
+    included && !namespace.is_some_and(|ns| patterns.exclude.iter().any(|p| glob_match(p, ns)))
+}
+
+fn labels_match(
+    matching: &MatchSpec,
+    labels: Option<&std::collections::HashMap<String, String>>,
+) -> bool {
+    matching
+        .labels
+        .iter()
+        .all(|(k, v)| labels.is_some_and(|l| l.get(k) == Some(v)))
+}
+
+/// `container "app" in pod "team-a/web-1"`, `pod "team-a/web-1"`, `image "..."`, ...
+fn describe_subject(method: Method, subject: &Subject) -> String {
+    let pod = |p: &PodRef| format!("pod \"{}/{}\"", p.namespace, p.name);
+    match (method, &subject.pod) {
+        (Method::RunPodSandbox, Some(p)) => pod(p),
+        (Method::PullImage, _) => format!(
+            "image pull of \"{}\"",
+            subject.image.as_deref().unwrap_or("")
+        ),
+        (_, p) => {
+            let container = subject
+                .container_name
+                .as_deref()
+                .or(subject.container_id.as_deref())
+                .map(|c| format!("container \"{c}\""));
+            match (container, p) {
+                (Some(c), Some(p)) => format!("{c} in {}", pod(p)),
+                (Some(c), None) => c,
+                (None, Some(p)) => pod(p),
+                (None, None) => format!("{method} call"),
+            }
+        }
+    }
+}

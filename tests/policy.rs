@@ -1,0 +1,293 @@
+//! Policies through real sockets: denials that name the policy, rule and field and never reach
+//! the runtime, undecodable requests refused rather than forwarded blind, exemptions, and
+//! reloads that swap a good set in and keep the old one on a bad file.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use criguard::config::Overrides;
+use criguard::cri::*;
+use criguard::fake::samples;
+use http::HeaderMap;
+use prost::Message;
+use support::*;
+
+const CREATE: &str = "/runtime.v1.RuntimeService/CreateContainer";
+const LIST: &str = "/runtime.v1.RuntimeService/ListContainers";
+
+const BASELINE: &str = include_str!("../policies/pss-baseline.yaml");
+
+fn privileged_container() -> CreateContainerRequest {
+    let mut request = samples::create_container_request();
+    let security = request
+        .config
+        .as_mut()
+        .unwrap()
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default);
+    security.privileged = true;
+    request
+}
+
+fn compliant_container() -> CreateContainerRequest {
+    let mut request = samples::create_container_request();
+    let security = request
+        .config
+        .as_mut()
+        .unwrap()
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default);
+    security.privileged = false;
+    security.seccomp = Some(SecurityProfile::default());
+    security.masked_paths = vec!["/proc/kcore".into()];
+    security.readonly_paths = vec!["/proc/sys".into()];
+    security.capabilities = None;
+    request
+}
+
+async fn start(sockets: &Sockets, policies: &Path, extra: &str) -> (RecordingRuntime, Criguard) {
+    let runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"")).await;
+    let config = format!("policies: {}\n{extra}", policies.display());
+    let criguard = Criguard::start_with_config(sockets, Some(&config), Overrides::default()).await;
+    (runtime, criguard)
+}
+
+async fn create(client: &mut RawClient, request: &CreateContainerRequest) -> (Option<i32>, String) {
+    let answer = client
+        .call(
+            CREATE,
+            grpc_frame(&request.encode_to_vec()),
+            &HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    (
+        answer.grpc_status(),
+        answer.grpc_message().unwrap_or_default(),
+    )
+}
+
+fn created(runtime: &RecordingRuntime) -> usize {
+    runtime
+        .requests()
+        .iter()
+        .filter(|r| r.path == CREATE)
+        .count()
+}
+
+#[tokio::test]
+async fn a_privileged_container_is_denied_by_name_and_never_reaches_the_runtime() {
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let (runtime, criguard) = start(&sockets, &dir, "").await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+
+    let (code, message) = create(&mut client, &privileged_container()).await;
+    assert_eq!(code, Some(tonic::Code::PermissionDenied as i32));
+    let pod = samples::pod_config().metadata.unwrap();
+    assert_eq!(
+        message,
+        format!(
+            "criguard: denied by policy \"pss-baseline\", rule \"privileged\": container \"app\" in pod \"{}/{}\" requests privileged mode",
+            pod.namespace, pod.name
+        )
+    );
+    assert_eq!(created(&runtime), 0);
+    // Encoded once: prost writes map entries in random order.
+    let sent = grpc_frame(&compliant_container().encode_to_vec());
+    let answer = client
+        .call(CREATE, sent.clone(), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
+    assert_eq!(created(&runtime), 1);
+    // The runtime received the caller's bytes, unchanged.
+    let reached: Vec<_> = runtime
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == CREATE)
+        .collect();
+    assert_eq!(reached[0].body, sent);
+}
+
+#[tokio::test]
+async fn an_undecodable_request_that_must_be_inspected_is_refused_not_forwarded() {
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let (runtime, criguard) = start(&sockets, &dir, "").await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let garbage = grpc_frame(b"\x0a\xff\xff\xff\xff\x0f garbage");
+    let answer = client
+        .call(CREATE, garbage.clone(), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.grpc_status(),
+        Some(tonic::Code::InvalidArgument as i32)
+    );
+    let message = answer.grpc_message().unwrap();
+    assert!(
+        message.starts_with(
+            "criguard: policy \"pss-baseline\" must inspect this request and cannot decode it"
+        ),
+        "{message}"
+    );
+    assert_eq!(created(&runtime), 0);
+    // No policy looks at ListContainers: its bytes are not decoded, whatever they are.
+    let answer = client
+        .call(LIST, garbage.clone(), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0));
+    // (criguard's own start-up ListContainers, for the pod inventory, has an empty body.)
+    assert!(
+        runtime
+            .requests()
+            .iter()
+            .any(|r| r.path == LIST && r.body == garbage)
+    );
+}
+
+#[tokio::test]
+async fn exempt_namespaces_pass_by_configuration_not_by_editing_policies() {
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let namespace = samples::pod_config().metadata.unwrap().namespace;
+    let extra = format!("policyExemptions:\n  namespaces: [\"{namespace}\"]\n");
+    let (runtime, criguard) = start(&sockets, &dir, &extra).await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let (code, message) = create(&mut client, &privileged_container()).await;
+    assert_eq!(code, Some(0), "{message}");
+    assert_eq!(created(&runtime), 1);
+}
+
+/// Points `dir/..data` at a fresh directory holding `files`, as a ConfigMap update does, and
+/// links each file name to `..data/NAME`.
+fn configmap_update(dir: &Path, generation: u32, files: &[(&str, &str)]) {
+    let data = dir.join(format!("..{generation}"));
+    std::fs::create_dir(&data).unwrap();
+    for (name, text) in files {
+        std::fs::write(data.join(name), text).unwrap();
+        let link = dir.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+#[tokio::test]
+async fn a_configmap_update_reloads_and_a_broken_file_keeps_the_policies_in_force() {
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    configmap_update(&dir, 1, &[("pss.yaml", BASELINE)]);
+    let (_runtime, criguard) = start(&sockets, &dir, "").await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    assert_eq!(
+        create(&mut client, &privileged_container()).await.0,
+        Some(tonic::Code::PermissionDenied as i32)
+    );
+
+    // A broken file: the old set stays.
+    configmap_update(
+        &dir,
+        2,
+        &[(
+            "pss.yaml",
+            "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nspec: [",
+        )],
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        create(&mut client, &privileged_container()).await.0,
+        Some(tonic::Code::PermissionDenied as i32)
+    );
+
+    // A good file in audit mode: calls pass again.
+    let audit_only = BASELINE.replace("mode: enforce", "mode: audit");
+    configmap_update(&dir, 3, &[("pss.yaml", &audit_only)]);
+    let mut passed = false;
+    for _ in 0..50 {
+        if create(&mut client, &privileged_container()).await.0 == Some(0) {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        passed,
+        "the reloaded policy (audit mode) lets the call pass"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_trail_records_which_policy_denied() {
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let log = sockets.dir.path().join("audit.log");
+    let extra = format!("audit:\n  path: {}\n", log.display());
+    let (_runtime, criguard) = start(&sockets, &dir, &extra).await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    create(&mut client, &privileged_container()).await;
+    criguard.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let event: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(event["code"], "PermissionDenied");
+    assert_eq!(event["decision"]["result"], "denied");
+    assert_eq!(event["decision"]["by"], "policy pss-baseline (enforce)");
+    assert!(
+        event["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("requests privileged mode")
+    );
+}
+
+#[test]
+fn random_bytes_as_create_container_and_run_pod_sandbox_never_panic() {
+    // A fuzz-style run through decoding and every shipped policy: each input is answered.
+    let set = criguard::policy::file::load_dir(Path::new("policies"), &[]).unwrap();
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let valid = samples::create_container_request().encode_to_vec();
+    for method in ["CreateContainer", "RunPodSandbox", "PullImage", "ExecSync"] {
+        let rpc = criguard::policy::cases::rpc_of(method);
+        for i in 0..3000 {
+            let mut bytes = if i % 2 == 0 {
+                valid.clone()
+            } else {
+                (0..(next() % 200)).map(|_| next() as u8).collect()
+            };
+            // Flip some bytes of the valid message too.
+            for _ in 0..(next() % 8) {
+                if !bytes.is_empty() {
+                    let at = (next() as usize) % bytes.len();
+                    bytes[at] = next() as u8;
+                }
+            }
+            let _ = criguard::policy::cases::evaluate(&set, &rpc, &bytes, None, None);
+        }
+    }
+}
