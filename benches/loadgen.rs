@@ -414,7 +414,7 @@ fn main() {
     for s in scenarios() {
         if filter
             .iter()
-            .any(|f| f == "metrics" || f == "audit" || f == "limits")
+            .any(|f| ["metrics", "audit", "limits", "policies"].contains(&f.as_str()))
         {
             break;
         }
@@ -528,6 +528,41 @@ fn main() {
             &runtime,
             ("no limits", &small.proxy),
             ("one limit + uid check", &limited),
+            None,
+            per_round,
+        );
+    }
+    if wanted("policies") {
+        // pss-restricted enforced; the sample CreateContainer complies, so calls pass.
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::copy(
+            "policies/pss-restricted.yaml",
+            policies.join("pss-restricted.yaml"),
+        )
+        .unwrap();
+        let guarded = dir.path().join("small-criguard-policies.sock");
+        let _guarded_process = spawn(
+            &[
+                "serve",
+                "--policies",
+                policies.to_str().unwrap(),
+                "--listen",
+                guarded.to_str().unwrap(),
+                "--runtime-endpoint",
+                &format!("unix://{}", small.runtime.display()),
+                "--admin-address",
+                dir.path()
+                    .join("small-policies-admin.sock")
+                    .to_str()
+                    .unwrap(),
+            ],
+            &guarded,
+        );
+        compare(
+            &runtime,
+            ("no policies", &small.proxy),
+            ("pss-restricted", &guarded),
             None,
             per_round,
         );

@@ -989,7 +989,11 @@ fn runtime_default() -> Option<SecurityProfile> {
 async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_of_containerd() {
     let runtime = runtime_socket();
     let policies = tempfile::tempdir().unwrap();
-    std::fs::copy("policies/pss-baseline.yaml", policies.path().join("pss-baseline.yaml")).unwrap();
+    std::fs::copy(
+        "policies/pss-baseline.yaml",
+        policies.path().join("pss-baseline.yaml"),
+    )
+    .unwrap();
     std::fs::write(
         policies.path().join("registries.yaml"),
         "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: registries}\nspec:\n  mode: enforce\n  match: {methods: [CreateContainer, PullImage]}\n  rules:\n    - name: trusted\n      images: {allow: [docker.io/library]}\n",
@@ -998,10 +1002,14 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     // restrict-exec as shipped, protecting the test's namespace.
     let exec = std::fs::read_to_string("policies/restrict-exec.yaml")
         .unwrap()
-        .replace("include: [\"prod-*\", \"kube-system\"]", "include: [criguard-e2e]");
+        .replace(
+            "include: [\"prod-*\", \"kube-system\"]",
+            "include: [criguard-e2e]",
+        );
     assert!(exec.contains("include: [criguard-e2e]"));
     std::fs::write(policies.path().join("restrict-exec.yaml"), exec).unwrap();
-    let criguard = Criguard::start(&runtime, &["--policies", policies.path().to_str().unwrap()]).await;
+    let criguard =
+        Criguard::start(&runtime, &["--policies", policies.path().to_str().unwrap()]).await;
     let mut c = clients(&criguard.socket).await;
     let mut direct = clients(&runtime).await;
     for name in ["privileged", "host-network", "compliant"] {
@@ -1010,12 +1018,16 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
 
     // A privileged pod: denied, and containerd has no sandbox for it.
     let mut privileged = pod_config("privileged");
-    let security = privileged.linux.as_mut().unwrap().security_context.get_or_insert_with(Default::default);
+    let security = privileged
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default);
     security.privileged = true;
     security.seccomp = runtime_default();
-    let denied = c
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
+    let denied =
+        c.rt.run_pod_sandbox(RunPodSandboxRequest {
             config: Some(privileged),
             runtime_handler: String::new(),
         })
@@ -1030,22 +1042,30 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
 
     // A host-network pod: denied too.
     let mut host_network = pod_config("host-network");
-    let security = host_network.linux.as_mut().unwrap().security_context.get_or_insert_with(Default::default);
+    let security = host_network
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default);
     security.namespace_options = Some(NamespaceOption {
         network: NamespaceMode::Node as i32,
         ..Default::default()
     });
     security.seccomp = runtime_default();
-    let denied = c
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
+    let denied =
+        c.rt.run_pod_sandbox(RunPodSandboxRequest {
             config: Some(host_network),
             runtime_handler: String::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    assert!(denied.message().contains("rule \"host-namespaces\""), "{}", denied.message());
+    assert!(
+        denied.message().contains("rule \"host-namespaces\""),
+        "{}",
+        denied.message()
+    );
     assert_eq!(pods_named(&mut direct, "host-network").await, 0);
 
     // A compliant pod runs, with a compliant container.
@@ -1054,9 +1074,8 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         seccomp: runtime_default(),
         ..Default::default()
     });
-    let sandbox = c
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
+    let sandbox =
+        c.rt.run_pod_sandbox(RunPodSandboxRequest {
             config: Some(compliant.clone()),
             runtime_handler: String::new(),
         })
@@ -1080,9 +1099,8 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         image: "registry.k8s.io/e2e-test-images/busybox:1.29-4".into(),
         ..Default::default()
     });
-    let denied = c
-        .rt
-        .create_container(CreateContainerRequest {
+    let denied =
+        c.rt.create_container(CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
             config: Some(foreign),
             sandbox_config: Some(compliant.clone()),
@@ -1090,10 +1108,13 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    assert!(denied.message().contains("outside the allowlist"), "{}", denied.message());
-    let id = c
-        .rt
-        .create_container(CreateContainerRequest {
+    assert!(
+        denied.message().contains("outside the allowlist"),
+        "{}",
+        denied.message()
+    );
+    let id =
+        c.rt.create_container(CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
             config: Some(container),
             sandbox_config: Some(compliant),
@@ -1102,17 +1123,15 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         .unwrap()
         .into_inner()
         .container_id;
-    c.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    c.rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
 
     // Exec into the protected namespace by anyone but the kubelet: denied.
-    let denied = c
-        .rt
-        .exec_sync(ExecSyncRequest {
+    let denied =
+        c.rt.exec_sync(ExecSyncRequest {
             container_id: id.clone(),
             cmd: vec!["echo".into(), "in".into()],
             timeout: 5,
@@ -1120,29 +1139,29 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    assert!(denied.message().contains("restrict-exec"), "{}", denied.message());
+    assert!(
+        denied.message().contains("restrict-exec"),
+        "{}",
+        denied.message()
+    );
     // The lifecycle calls still pass.
-    c.rt
-        .stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 5,
-        })
+    c.rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 5,
+    })
+    .await
+    .unwrap();
+    c.rt.remove_container(RemoveContainerRequest { container_id: id })
         .await
         .unwrap();
-    c.rt
-        .remove_container(RemoveContainerRequest { container_id: id })
-        .await
-        .unwrap();
-    c.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: sandbox.clone(),
-        })
-        .await
-        .unwrap();
-    c.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox,
-        })
-        .await
-        .unwrap();
+    c.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await
+    .unwrap();
 }

@@ -4,12 +4,19 @@
 //! security_context), `method`, `client` (uid, gid, pid, exe). An expression must be true for
 //! the call to pass.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::Value;
+use cel::objects::Key;
 use prost_reflect::{DynamicMessage, SerializeOptions};
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use super::Call;
+use super::checks::Target;
 use super::file::CelExpr;
 use crate::audit::event::message_type;
+use crate::cri::LinuxContainerSecurityContext;
 use crate::proxy::inspect::Subject;
 use crate::proxy::rpc::Rpc;
 
@@ -22,6 +29,162 @@ pub fn request_json(rpc: &Rpc, bytes: &[u8]) -> Json {
     let Ok(message) = DynamicMessage::decode(descriptor, bytes) else {
         return Json::Null;
     };
+    serialize(&message)
+}
+
+/// The variables of a call. `pod` and `container` come from the decoded request (or, for a
+/// call naming only ids, from what criguard knows of them); `request` is built only when an
+/// expression uses it, as it is the costly one (the whole request as a CEL value).
+pub fn context(
+    call: Call<'_>,
+    target: &Target<'_>,
+    subject: &Subject,
+    with_request: bool,
+) -> cel::Context<'static> {
+    let mut context = cel::Context::default();
+    let text = |s: &str| Value::String(Arc::new(s.to_string()));
+    let strings = |v: &[String]| Value::List(Arc::new(v.iter().map(|s| text(s)).collect()));
+    let map = |m: &HashMap<String, String>| Value::from(m.clone());
+    let record = |fields: Vec<(&str, Value)>| {
+        Value::Map(cel::objects::Map {
+            map: Arc::new(fields.into_iter().map(|(k, v)| (Key::from(k), v)).collect()),
+        })
+    };
+    let empty = HashMap::new();
+    let pod = match target.pod {
+        Some(config) => {
+            let metadata = config.metadata.clone().unwrap_or_default();
+            record(vec![
+                ("namespace", text(&metadata.namespace)),
+                ("name", text(&metadata.name)),
+                ("uid", text(&metadata.uid)),
+                ("labels", map(&config.labels)),
+                ("annotations", map(&config.annotations)),
+            ])
+        }
+        None => {
+            let p = subject.pod.clone().unwrap_or_default();
+            record(vec![
+                ("namespace", text(&p.namespace)),
+                ("name", text(&p.name)),
+                ("uid", text(&p.uid)),
+                ("labels", map(&empty)),
+                ("annotations", map(&empty)),
+            ])
+        }
+    };
+    let container = match target.container {
+        Some(config) => record(vec![
+            (
+                "name",
+                text(config.metadata.as_ref().map_or("", |m| m.name.as_str())),
+            ),
+            ("image", text(target.image.unwrap_or(""))),
+            ("command", strings(&config.command)),
+            ("args", strings(&config.args)),
+            (
+                "security_context",
+                security_context(
+                    config
+                        .linux
+                        .as_ref()
+                        .and_then(|l| l.security_context.as_ref()),
+                ),
+            ),
+        ]),
+        None => record(vec![
+            (
+                "name",
+                text(subject.container_name.as_deref().unwrap_or("")),
+            ),
+            (
+                "image",
+                text(subject.image.as_deref().or(target.image).unwrap_or("")),
+            ),
+            ("command", strings(&[])),
+            ("args", strings(&[])),
+            ("security_context", record(vec![])),
+        ]),
+    };
+    let client = match call.caller {
+        Some(c) => record(vec![
+            ("uid", Value::Int(c.uid.into())),
+            ("gid", Value::Int(c.gid.into())),
+            ("pid", Value::Int(c.pid.unwrap_or(0).into())),
+            ("exe", text(c.exe.as_deref().unwrap_or(""))),
+        ]),
+        None => record(vec![
+            ("uid", Value::Int(-1)),
+            ("gid", Value::Int(-1)),
+            ("pid", Value::Int(0)),
+            ("exe", text("")),
+        ]),
+    };
+    context.add_variable_from_value("pod", pod);
+    context.add_variable_from_value("container", container);
+    context.add_variable_from_value("client", client);
+    context.add_variable_from_value("method", call.rpc.method_name().to_string());
+    if with_request {
+        let request = request_json(call.rpc, call.message.unwrap_or(&[]));
+        context.add_variable_from_value("request", cel::to_value(request).unwrap_or(Value::Null));
+    }
+    context
+}
+
+/// A container's security context with proto field names: the fields policies look at.
+fn security_context(security: Option<&LinuxContainerSecurityContext>) -> Value {
+    let default = LinuxContainerSecurityContext::default();
+    let s = security.unwrap_or(&default);
+    let text = |v: &str| Value::String(Arc::new(v.to_string()));
+    let strings = |v: &[String]| Value::List(Arc::new(v.iter().map(|s| text(s)).collect()));
+    let record = |fields: Vec<(&str, Value)>| {
+        Value::Map(cel::objects::Map {
+            map: Arc::new(fields.into_iter().map(|(k, v)| (Key::from(k), v)).collect()),
+        })
+    };
+    let profile = |p: Option<&crate::cri::SecurityProfile>| match p {
+        None => Value::Null,
+        Some(p) => record(vec![
+            (
+                "profile_type",
+                text(
+                    crate::cri::security_profile::ProfileType::try_from(p.profile_type)
+                        .map_or("", |t| t.as_str_name()),
+                ),
+            ),
+            ("localhost_ref", text(&p.localhost_ref)),
+        ]),
+    };
+    let capabilities = s.capabilities.clone().unwrap_or_default();
+    record(vec![
+        ("privileged", Value::Bool(s.privileged)),
+        (
+            "run_as_user",
+            s.run_as_user
+                .as_ref()
+                .map_or(Value::Null, |u| Value::Int(u.value)),
+        ),
+        ("run_as_username", text(&s.run_as_username)),
+        ("no_new_privs", Value::Bool(s.no_new_privs)),
+        ("readonly_rootfs", Value::Bool(s.readonly_rootfs)),
+        (
+            "capabilities",
+            record(vec![
+                ("add_capabilities", strings(&capabilities.add_capabilities)),
+                (
+                    "drop_capabilities",
+                    strings(&capabilities.drop_capabilities),
+                ),
+            ]),
+        ),
+        ("masked_paths", strings(&s.masked_paths)),
+        ("readonly_paths", strings(&s.readonly_paths)),
+        ("seccomp", profile(s.seccomp.as_ref())),
+        ("apparmor", profile(s.apparmor.as_ref())),
+    ])
+}
+
+fn serialize(message: &DynamicMessage) -> Json {
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false)
@@ -29,62 +192,6 @@ pub fn request_json(rpc: &Rpc, bytes: &[u8]) -> Json {
     message
         .serialize_with_options(serde_json::value::Serializer, &options)
         .unwrap_or(Json::Null)
-}
-
-/// The variables of a call.
-pub fn context(call: Call<'_>, request: &Json, subject: &Subject) -> cel::Context<'static> {
-    let pod_config = ["config", "sandbox_config"]
-        .iter()
-        .map(|k| &request[*k])
-        .find(|v| v.get("metadata").is_some() && v.get("port_mappings").is_some());
-    let pod = match pod_config {
-        Some(config) => json!({
-            "namespace": config["metadata"]["namespace"],
-            "name": config["metadata"]["name"],
-            "uid": config["metadata"]["uid"],
-            "labels": config.get("labels").cloned().unwrap_or(json!({})),
-            "annotations": config.get("annotations").cloned().unwrap_or(json!({})),
-        }),
-        None => {
-            let p = subject.pod.clone().unwrap_or_default();
-            json!({"namespace": p.namespace, "name": p.name, "uid": p.uid, "labels": {}, "annotations": {}})
-        }
-    };
-    let container = match request.get("config").filter(|c| c.get("command").is_some()) {
-        Some(config) => json!({
-            "name": config["metadata"]["name"],
-            "image": config["image"]["image"],
-            "command": config["command"],
-            "args": config["args"],
-            "security_context": config["linux"]["security_context"].as_object().cloned().unwrap_or_default(),
-        }),
-        None => json!({
-            "name": subject.container_name.clone().unwrap_or_default(),
-            "image": subject.image.clone().unwrap_or_default(),
-            "command": [],
-            "args": [],
-            "security_context": {},
-        }),
-    };
-    let client = match call.caller {
-        Some(c) => {
-            json!({"uid": c.uid, "gid": c.gid, "pid": c.pid.unwrap_or(0), "exe": c.exe.as_deref().unwrap_or("")})
-        }
-        None => json!({"uid": -1, "gid": -1, "pid": 0, "exe": ""}),
-    };
-    let mut context = cel::Context::default();
-    for (name, value) in [
-        ("request", request.clone()),
-        ("pod", pod),
-        ("container", container),
-        ("client", client),
-    ] {
-        if let Ok(value) = cel::to_value(value) {
-            context.add_variable_from_value(name, value);
-        }
-    }
-    context.add_variable_from_value("method", call.rpc.method_name().to_string());
-    context
 }
 
 /// Whether the expression holds; an error when it cannot be evaluated or is not a bool.

@@ -5,9 +5,10 @@
 
 use serde::Deserialize;
 
+use super::view::{ContainerView, PodView};
 use crate::cri::{
-    ContainerConfig, LinuxContainerSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, SecurityProfile, security_profile::ProfileType,
+    LinuxContainerSecurityContext, NamespaceMode, NamespaceOption, SecurityProfile,
+    security_profile::ProfileType,
 };
 
 /// The decoded request as the checks see it.
@@ -15,9 +16,9 @@ use crate::cri::{
 pub struct Target<'a> {
     /// The pod's config: RunPodSandbox's `config`, CreateContainer's and PullImage's
     /// `sandbox_config`.
-    pub pod: Option<&'a PodSandboxConfig>,
+    pub pod: Option<&'a PodView>,
     /// CreateContainer's `config`.
-    pub container: Option<&'a ContainerConfig>,
+    pub container: Option<&'a ContainerView>,
     /// The image of CreateContainer or PullImage.
     pub image: Option<&'a str>,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
@@ -437,9 +438,10 @@ impl ImageRef {
 mod tests {
     use super::*;
     use crate::cri::*;
+    use crate::policy::view::{ContainerView, PodView};
 
-    fn container(security: LinuxContainerSecurityContext) -> ContainerConfig {
-        ContainerConfig {
+    fn container(security: LinuxContainerSecurityContext) -> ContainerView {
+        ContainerView {
             metadata: Some(ContainerMetadata {
                 name: "app".into(),
                 attempt: 0,
@@ -479,8 +481,8 @@ mod tests {
         })
     }
 
-    fn sandbox(security: LinuxSandboxSecurityContext) -> PodSandboxConfig {
-        PodSandboxConfig {
+    fn sandbox(security: LinuxSandboxSecurityContext) -> PodView {
+        PodView {
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(security),
                 ..Default::default()
@@ -489,7 +491,7 @@ mod tests {
         }
     }
 
-    fn check_sandbox(check: &Check, pod: &PodSandboxConfig) -> Option<String> {
+    fn check_sandbox(check: &Check, pod: &PodView) -> Option<String> {
         check.violation(&Target {
             pod: Some(pod),
             creates_sandbox: true,
@@ -588,7 +590,7 @@ mod tests {
 
     #[test]
     fn host_ports_except_the_allowed_ones() {
-        let pod = PodSandboxConfig {
+        let pod = PodView {
             port_mappings: vec![PortMapping {
                 container_port: 80,
                 host_port: 8080,
@@ -605,7 +607,7 @@ mod tests {
             allowed: vec![8080],
         };
         assert_eq!(check_sandbox(&Check::HostPorts(allowed), &pod), None);
-        let no_host = PodSandboxConfig {
+        let no_host = PodView {
             port_mappings: vec![PortMapping {
                 container_port: 80,
                 host_port: 0,
@@ -747,7 +749,7 @@ mod tests {
 
     #[test]
     fn sysctls_outside_the_safe_set() {
-        let mut pod = PodSandboxConfig {
+        let mut pod = PodView {
             linux: Some(LinuxPodSandboxConfig::default()),
             ..Default::default()
         };
@@ -814,7 +816,7 @@ mod tests {
             ..Default::default()
         }];
         let check = Check::HostPaths(HostPathParams::default());
-        fn target(c: &ContainerConfig) -> Target<'_> {
+        fn target(c: &ContainerView) -> Target<'_> {
             Target {
                 container: Some(c),
                 ..Target::default()

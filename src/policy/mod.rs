@@ -12,6 +12,7 @@ pub mod checks;
 pub mod file;
 pub mod layer;
 pub mod reload;
+pub mod view;
 
 use std::path::PathBuf;
 
@@ -19,10 +20,8 @@ use prost::Message;
 
 use self::checks::{Check, Target};
 use self::file::{CelExpr, FailurePolicy, MatchSpec, Mode};
+use self::view::{CreateContainerView, PodView, PullImageView, RunPodSandboxView};
 use crate::audit::rules::glob_match;
-use crate::cri::{
-    CreateContainerRequest, PodSandboxConfig, PullImageRequest, RunPodSandboxRequest,
-};
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
@@ -59,6 +58,8 @@ pub enum RuleKind {
 pub struct PolicySet {
     pub policies: Vec<Policy>,
     exempt_namespaces: Vec<String>,
+    /// Whether a CEL rule uses `request` (the costly variable to build).
+    cel_uses_request: bool,
 }
 
 /// What a rule found.
@@ -146,31 +147,31 @@ pub struct Call<'a> {
 /// The request decoded for the checks.
 #[derive(Debug, Default)]
 struct Decoded {
-    run: Option<RunPodSandboxRequest>,
-    create: Option<CreateContainerRequest>,
-    pull: Option<PullImageRequest>,
+    run: Option<RunPodSandboxView>,
+    create: Option<CreateContainerView>,
+    pull: Option<PullImageView>,
 }
 
 impl Decoded {
     fn decode(method: Method, bytes: &[u8]) -> Result<Decoded, prost::DecodeError> {
         Ok(match method {
             Method::RunPodSandbox => Decoded {
-                run: Some(RunPodSandboxRequest::decode(bytes)?),
+                run: Some(RunPodSandboxView::decode(bytes)?),
                 ..Decoded::default()
             },
             Method::CreateContainer => Decoded {
-                create: Some(CreateContainerRequest::decode(bytes)?),
+                create: Some(CreateContainerView::decode(bytes)?),
                 ..Decoded::default()
             },
             Method::PullImage => Decoded {
-                pull: Some(PullImageRequest::decode(bytes)?),
+                pull: Some(PullImageView::decode(bytes)?),
                 ..Decoded::default()
             },
             _ => Decoded::default(),
         })
     }
 
-    fn pod(&self) -> Option<&PodSandboxConfig> {
+    fn pod(&self) -> Option<&PodView> {
         self.run
             .as_ref()
             .and_then(|r| r.config.as_ref())
@@ -195,9 +196,13 @@ impl Decoded {
 
 impl PolicySet {
     pub fn new(policies: Vec<Policy>, exempt_namespaces: Vec<String>) -> PolicySet {
+        let cel_uses_request = policies.iter().flat_map(|p| &p.rules).any(|r| {
+            matches!(&r.kind, RuleKind::Cel(expr) if expr.program.references().has_variable("request"))
+        });
         PolicySet {
             policies,
             exempt_namespaces,
+            cel_uses_request,
         }
     }
 
@@ -272,7 +277,7 @@ impl PolicySet {
                     }),
                     RuleKind::Cel(expr) => {
                         let context = cel_context.get_or_insert_with(|| {
-                            self::cel::context(call, &decoded_message(call), &subject)
+                            self::cel::context(call, &target, &subject, self.cel_uses_request)
                         });
                         match self::cel::holds(expr, context) {
                             Ok(true) => None,
@@ -298,11 +303,6 @@ impl PolicySet {
         }
         evaluation
     }
-}
-
-/// The request as proto JSON (proto field names) for CEL, or null when it has none.
-fn decoded_message(call: Call<'_>) -> serde_json::Value {
-    self::cel::request_json(call.rpc, call.message.unwrap_or(&[]))
 }
 
 fn clients_match(matching: &MatchSpec, caller: Option<&Caller>) -> bool {
