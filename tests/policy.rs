@@ -19,7 +19,8 @@ const LIST: &str = "/runtime.v1.RuntimeService/ListContainers";
 
 const BASELINE: &str = include_str!("../policies/pss-baseline.yaml");
 
-fn privileged_container() -> CreateContainerRequest {
+/// The sample CreateContainer with its container's security context set by `set`.
+fn container_with(set: impl FnOnce(&mut LinuxContainerSecurityContext)) -> CreateContainerRequest {
     let mut request = samples::create_container_request();
     let security = request
         .config
@@ -29,26 +30,22 @@ fn privileged_container() -> CreateContainerRequest {
         .get_or_insert_with(Default::default)
         .security_context
         .get_or_insert_with(Default::default);
-    security.privileged = true;
+    set(security);
     request
 }
 
+fn privileged_container() -> CreateContainerRequest {
+    container_with(|security| security.privileged = true)
+}
+
 fn compliant_container() -> CreateContainerRequest {
-    let mut request = samples::create_container_request();
-    let security = request
-        .config
-        .as_mut()
-        .unwrap()
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default);
-    security.privileged = false;
-    security.seccomp = Some(SecurityProfile::default());
-    security.masked_paths = vec!["/proc/kcore".into()];
-    security.readonly_paths = vec!["/proc/sys".into()];
-    security.capabilities = None;
-    request
+    container_with(|security| {
+        security.privileged = false;
+        security.seccomp = Some(SecurityProfile::default());
+        security.masked_paths = vec!["/proc/kcore".into()];
+        security.readonly_paths = vec!["/proc/sys".into()];
+        security.capabilities = None;
+    })
 }
 
 async fn start(sockets: &Sockets, policies: &Path, extra: &str) -> (RecordingRuntime, Criguard) {

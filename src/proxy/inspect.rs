@@ -9,21 +9,8 @@ use super::rpc::Method;
 pub fn object_id(method: Method, message: &[u8]) -> &str {
     use Method::*;
     let path: &[u32] = match method {
-        // container_id = 1
-        StartContainer
-        | StopContainer
-        | RemoveContainer
-        | ContainerStatus
-        | UpdateContainerResources
-        | ReopenContainerLog
-        | ExecSync
-        | Exec
-        | Attach
-        | ContainerStats
-        | CheckpointContainer => &[1],
-        // pod_sandbox_id = 1
-        StopPodSandbox | RemovePodSandbox | PodSandboxStatus | PortForward | PodSandboxStats
-        | CreateContainer => &[1],
+        // container_id = 1, pod_sandbox_id = 1
+        m if names_container(m) || names_sandbox(m) || m == CreateContainer => &[1],
         // image = 1 (ImageSpec), image = 1
         ImageStatus | PullImage | RemoveImage => &[1, 1],
         // config = 1 (PodSandboxConfig), metadata = 1, name = 1
@@ -92,12 +79,25 @@ impl Subject {
                 image: text(&[1, 1]),
                 ..Subject::default()
             },
-            StopPodSandbox | RemovePodSandbox | PodSandboxStatus | PortForward
-            | PodSandboxStats => Subject {
+            m if names_sandbox(m) => Subject {
                 sandbox_id: text(&[1]),
                 ..Subject::default()
             },
-            StartContainer
+            m if names_container(m) => Subject {
+                container_id: text(&[1]),
+                ..Subject::default()
+            },
+            _ => Subject::default(),
+        }
+    }
+}
+
+/// Methods whose request names a container by its id (`container_id = 1`).
+fn names_container(method: Method) -> bool {
+    use Method::*;
+    matches!(
+        method,
+        StartContainer
             | StopContainer
             | RemoveContainer
             | ContainerStatus
@@ -107,13 +107,17 @@ impl Subject {
             | Exec
             | Attach
             | ContainerStats
-            | CheckpointContainer => Subject {
-                container_id: text(&[1]),
-                ..Subject::default()
-            },
-            _ => Subject::default(),
-        }
-    }
+            | CheckpointContainer
+    )
+}
+
+/// Methods whose request names a sandbox by its id (`pod_sandbox_id = 1`).
+fn names_sandbox(method: Method) -> bool {
+    use Method::*;
+    matches!(
+        method,
+        StopPodSandbox | RemovePodSandbox | PodSandboxStatus | PortForward | PodSandboxStats
+    )
 }
 
 /// The id a successful RunPodSandbox or CreateContainer answer carries (field 1 of both).
