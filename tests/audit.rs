@@ -413,20 +413,14 @@ async fn the_binary_reopens_on_sigusr1_counts_events_and_flushes_on_sigterm() {
     let log = sockets.dir.path().join("audit.log");
     let rotated = sockets.dir.path().join("audit.log.old");
     let admin = sockets.dir.path().join("admin.sock");
-    let mut child = serve_command(&sockets)
+    let mut command = serve_command(&sockets);
+    command
         .arg("--audit-log")
         .arg(&log)
         .arg("--admin-address")
         .arg(&admin)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || admin.exists()
-            && sockets.criguard().exists())
-        .await,
-        "criguard did not start"
-    );
+        .stderr(std::process::Stdio::null());
+    let mut child = spawn_serving(command, &sockets, &admin).await;
     create_container(&sockets.criguard()).await;
     create_container(&sockets.criguard()).await;
     assert!(
@@ -462,20 +456,14 @@ async fn lost_events_are_counted_and_logged() {
         "audit:\n  path: /dev/full\n  maxSizeMB: 0\n  onFailure: allow\n",
     )
     .unwrap();
-    let child = serve_command(&sockets)
+    let mut command = serve_command(&sockets);
+    command
         .arg("--config")
         .arg(&config)
         .arg("--admin-address")
         .arg(&admin)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || admin.exists()
-            && sockets.criguard().exists())
-        .await,
-        "criguard did not start"
-    );
+        .stderr(std::process::Stdio::piped());
+    let child = spawn_serving(command, &sockets, &admin).await;
     for _ in 0..3 {
         create_container(&sockets.criguard()).await;
     }

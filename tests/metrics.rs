@@ -22,20 +22,14 @@ impl Drop for Running {
 }
 
 async fn start(sockets: &Sockets, admin: &Path) -> Running {
-    let child = serve_command(sockets)
+    let mut command = serve_command(sockets);
+    command
         .arg("--admin-address")
         .arg(admin)
         .arg("--probe-interval")
         .arg("200ms")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = eventually(Duration::from_secs(10), || {
-        admin.exists() && sockets.criguard().exists()
-    })
-    .await;
-    assert!(up, "criguard did not start");
-    Running(child)
+        .stderr(Stdio::null());
+    Running(spawn_serving(command, sockets, admin).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

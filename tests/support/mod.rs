@@ -63,6 +63,23 @@ pub fn serve_command(sockets: &Sockets) -> std::process::Command {
     command
 }
 
+/// Spawns `command` (a `serve_command` with its flags) and waits until both its socket and its
+/// admin socket `admin` exist.
+pub async fn spawn_serving(
+    mut command: std::process::Command,
+    sockets: &Sockets,
+    admin: &Path,
+) -> std::process::Child {
+    let child = command.spawn().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || admin.exists()
+            && sockets.criguard().exists())
+        .await,
+        "criguard did not start"
+    );
+    child
+}
+
 /// criguard running in-process; stops when dropped.
 pub struct Criguard {
     pub socket: PathBuf,
