@@ -35,13 +35,14 @@ pub fn request_json(rpc: &Rpc, bytes: &[u8]) -> Json {
 /// The variables of a call. `pod` and `container` come from the decoded request (or, for a
 /// call naming only ids, from what criguard knows of them); `request` is built only when an
 /// expression uses it, as it is the costly one (the whole request as a CEL value).
-pub fn context(
+pub fn context<'r>(
+    root: &'r cel::Context<'r>,
     call: Call<'_>,
     target: &Target<'_>,
     subject: &Subject,
     with_request: bool,
-) -> cel::Context<'static> {
-    let mut context = cel::Context::default();
+) -> cel::Context<'r> {
+    let mut context = root.new_inner_scope();
     let text = |s: &str| Value::String(Arc::new(s.to_string()));
     let strings = |v: &[String]| Value::List(Arc::new(v.iter().map(|s| text(s)).collect()));
     let map = |m: &HashMap<String, String>| Value::from(m.clone());

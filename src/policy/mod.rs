@@ -258,49 +258,64 @@ impl PolicySet {
         }
         let labels = decoded.pod().map(|p| &p.labels);
         let target = decoded.target();
-        let who = describe_subject(call.rpc.method, &subject);
-        let mut cel_context: Option<::cel::Context> = None;
-        for policy in candidates {
-            if !namespaces_match(&policy.matching, namespace)
-                || !labels_match(&policy.matching, labels)
-            {
-                continue;
-            }
-            evaluation.evaluated.push(policy.name.clone());
-            for rule in &policy.rules {
-                let outcome = match &rule.kind {
-                    RuleKind::Check(check) => check.violation(&target).map(|detail| {
-                        Outcome::Violation(format!(
-                            "{who} {}",
-                            rule.message.as_deref().unwrap_or(&detail)
-                        ))
-                    }),
-                    RuleKind::Cel(expr) => {
-                        let context = cel_context.get_or_insert_with(|| {
-                            self::cel::context(call, &target, &subject, self.cel_uses_request)
-                        });
-                        match self::cel::holds(expr, context) {
-                            Ok(true) => None,
-                            Ok(false) => Some(Outcome::Violation(format!(
-                                "{who}: {}",
-                                rule.message.as_deref().unwrap_or(&expr.source)
-                            ))),
-                            Err(err) => Some(Outcome::Error(err)),
+        let who = || describe_subject(call.rpc.method, &subject);
+        // CEL's built-in functions are registered once per thread; each call gets its variables
+        // in a scope of its own.
+        thread_local! {
+            static CEL_ROOT: ::cel::Context<'static> = ::cel::Context::default();
+        }
+        CEL_ROOT.with(|root| {
+            let mut cel_context: Option<::cel::Context> = None;
+            for policy in candidates {
+                if !namespaces_match(&policy.matching, namespace)
+                    || !labels_match(&policy.matching, labels)
+                {
+                    continue;
+                }
+                evaluation.evaluated.push(policy.name.clone());
+                for rule in &policy.rules {
+                    let outcome = match &rule.kind {
+                        RuleKind::Check(check) => check.violation(&target).map(|detail| {
+                            Outcome::Violation(format!(
+                                "{} {}",
+                                who(),
+                                rule.message.as_deref().unwrap_or(&detail)
+                            ))
+                        }),
+                        RuleKind::Cel(expr) => {
+                            let context = cel_context.get_or_insert_with(|| {
+                                self::cel::context(
+                                    root,
+                                    call,
+                                    &target,
+                                    &subject,
+                                    self.cel_uses_request,
+                                )
+                            });
+                            match self::cel::holds(expr, context) {
+                                Ok(true) => None,
+                                Ok(false) => Some(Outcome::Violation(format!(
+                                    "{}: {}",
+                                    who(),
+                                    rule.message.as_deref().unwrap_or(&expr.source)
+                                ))),
+                                Err(err) => Some(Outcome::Error(err)),
+                            }
                         }
+                    };
+                    if let Some(outcome) = outcome {
+                        evaluation.findings.push(Finding {
+                            policy: policy.name.clone(),
+                            rule: rule.name.clone(),
+                            mode: policy.mode,
+                            failure_policy: policy.failure_policy,
+                            outcome,
+                            undecodable: false,
+                        });
                     }
-                };
-                if let Some(outcome) = outcome {
-                    evaluation.findings.push(Finding {
-                        policy: policy.name.clone(),
-                        rule: rule.name.clone(),
-                        mode: policy.mode,
-                        failure_policy: policy.failure_policy,
-                        outcome,
-                        undecodable: false,
-                    });
                 }
             }
-        }
+        });
         evaluation
     }
 }
