@@ -144,6 +144,24 @@ fn connect_as(uid: u32, gid: u32, path: &Path) -> std::io::Result<std::os::unix:
     .unwrap()
 }
 
+/// A Version call on `socket` by uid/gid 65534 (nobody).
+async fn version_as_nobody(socket: &Path) -> criguard::client::RawResponse {
+    let stream = connect_as(65534, 65534, socket).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let mut nobody = RawClient::over(tokio::net::UnixStream::from_std(stream).unwrap())
+        .await
+        .unwrap();
+    let version = VersionRequest::default().encode_to_vec();
+    nobody
+        .call(
+            "/runtime.v1.RuntimeService/Version",
+            grpc_frame(&version),
+            &HeaderMap::new(),
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_caller_outside_the_allowed_uids_is_refused_with_its_uid_named() {
     assert_eq!(
@@ -152,19 +170,7 @@ async fn a_caller_outside_the_allowed_uids_is_refused_with_its_uid_named() {
         "this test changes users: run it as root (tests/run.sh does)"
     );
     let node = node("reject").await;
-    let stream = connect_as(65534, 65534, &node.kubelet).unwrap();
-    stream.set_nonblocking(true).unwrap();
-    let stream = tokio::net::UnixStream::from_std(stream).unwrap();
-    let mut nobody = RawClient::over(stream).await.unwrap();
-    let version = VersionRequest::default().encode_to_vec();
-    let answer = nobody
-        .call(
-            "/runtime.v1.RuntimeService/Version",
-            grpc_frame(&version),
-            &HeaderMap::new(),
-        )
-        .await
-        .unwrap();
+    let answer = version_as_nobody(&node.kubelet).await;
     assert_eq!(
         answer.grpc_status(),
         Some(tonic::Code::PermissionDenied as i32)
@@ -180,19 +186,7 @@ async fn a_caller_outside_the_allowed_uids_is_refused_with_its_uid_named() {
     );
     assert_eq!(reached(&node.runtime, "Version"), 0);
     // The same user may use the monitoring socket, which admits everyone.
-    let stream = connect_as(65534, 65534, &node.monitor).unwrap();
-    stream.set_nonblocking(true).unwrap();
-    let mut nobody = RawClient::over(tokio::net::UnixStream::from_std(stream).unwrap())
-        .await
-        .unwrap();
-    let answer = nobody
-        .call(
-            "/runtime.v1.RuntimeService/Version",
-            grpc_frame(&version),
-            &HeaderMap::new(),
-        )
-        .await
-        .unwrap();
+    let answer = version_as_nobody(&node.monitor).await;
     assert_eq!(answer.grpc_status(), Some(0));
     drop(node.sockets);
 }

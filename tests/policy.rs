@@ -48,6 +48,14 @@ fn compliant_container() -> CreateContainerRequest {
     })
 }
 
+/// A policy directory in the test's directory holding the shipped pss-baseline.
+fn baseline_dir(sockets: &Sockets) -> std::path::PathBuf {
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    dir
+}
+
 async fn start(sockets: &Sockets, policies: &Path, extra: &str) -> (RecordingRuntime, Criguard) {
     let runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"")).await;
     let config = format!("policies: {}\n{extra}", policies.display());
@@ -81,9 +89,7 @@ fn created(runtime: &RecordingRuntime) -> usize {
 #[tokio::test]
 async fn a_privileged_container_is_denied_by_name_and_never_reaches_the_runtime() {
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let dir = baseline_dir(&sockets);
     let (runtime, criguard) = start(&sockets, &dir, "").await;
     let mut client = RawClient::connect(&criguard.socket).await.unwrap();
 
@@ -118,9 +124,7 @@ async fn a_privileged_container_is_denied_by_name_and_never_reaches_the_runtime(
 #[tokio::test]
 async fn an_undecodable_request_that_must_be_inspected_is_refused_not_forwarded() {
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let dir = baseline_dir(&sockets);
     let (runtime, criguard) = start(&sockets, &dir, "").await;
     let mut client = RawClient::connect(&criguard.socket).await.unwrap();
     let garbage = grpc_frame(b"\x0a\xff\xff\xff\xff\x0f garbage");
@@ -158,9 +162,7 @@ async fn an_undecodable_request_that_must_be_inspected_is_refused_not_forwarded(
 #[tokio::test]
 async fn exempt_namespaces_pass_by_configuration_not_by_editing_policies() {
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let dir = baseline_dir(&sockets);
     let namespace = samples::pod_config().metadata.unwrap().namespace;
     let extra = format!("policyExemptions:\n  namespaces: [\"{namespace}\"]\n");
     let (runtime, criguard) = start(&sockets, &dir, &extra).await;
@@ -235,9 +237,7 @@ async fn a_configmap_update_reloads_and_a_broken_file_keeps_the_policies_in_forc
 #[tokio::test]
 async fn the_audit_trail_records_which_policy_denied() {
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    let dir = baseline_dir(&sockets);
     let log = sockets.dir.path().join("audit.log");
     let extra = format!("audit:\n  path: {}\n", log.display());
     let (_runtime, criguard) = start(&sockets, &dir, &extra).await;
