@@ -30,7 +30,9 @@ use crate::proxy::rpc::Rpc;
 use crate::proxy::runtime::{Forwarder, RuntimeConnection};
 use crate::proxy::server;
 use crate::proxy::status::RespondWithStatusLayer;
+use crate::reload::{ConfigSource, Handles, Reloader};
 use crate::telemetry::admin::{self, AdminListener, AdminState};
+use crate::telemetry::logging::LevelHandle;
 use crate::telemetry::readiness::Readiness;
 
 /// The stack, top to bottom: what a call goes through on its way to the runtime.
@@ -69,14 +71,7 @@ pub fn build_stack(
         // Each listener's role and allowed callers: PERMISSION_DENIED before the body is read.
         .layer(AccessLayer)
         // Rate limits and in-flight caps: RESOURCE_EXHAUSTED, or a bounded wait.
-        .layer(LimitsLayer::new(
-            &config.limits,
-            &config
-                .listeners
-                .iter()
-                .filter_map(|l| Some((l.socket.path.clone(), l.max_in_flight?)))
-                .collect::<Vec<_>>(),
-        ))
+        .layer(parts.limits)
         // Read the first message of known calls for inspection; the bytes go on unchanged.
         .layer(ReadHeadLayer::new(config.max_message_size))
         // Policies on the decoded request: PERMISSION_DENIED, or INVALID_ARGUMENT when a
@@ -85,9 +80,11 @@ pub fn build_stack(
         .service(forwarder)
 }
 
-/// What the stack is built with besides the configuration.
+/// What the stack is built with besides the configuration: the parts a reload can change.
 #[derive(Clone, Debug, Default)]
 pub struct StackParts {
+    /// The rate limits and in-flight caps in force.
+    pub limits: LimitsLayer,
     pub audit: Option<Arc<AuditTrail>>,
     /// The policies in force (empty without a policy directory).
     pub policies: Arc<ArcSwap<PolicySet>>,
@@ -110,6 +107,8 @@ pub struct Proxy {
     bound: Vec<BoundListener>,
     admin: Option<AdminListener>,
     prometheus: Option<PrometheusHandle>,
+    /// Where SIGHUP reads the configuration again; without it, SIGHUP reloads the policies.
+    reload: Option<(ConfigSource, Option<LevelHandle>)>,
 }
 
 /// Why criguard could not start serving.
@@ -170,7 +169,15 @@ impl Proxy {
             bound,
             admin,
             prometheus,
+            reload: None,
         })
+    }
+
+    /// Makes SIGHUP read the configuration from `source` again (and set the log level through
+    /// `log`), not just the policies.
+    pub fn reload_from(mut self, source: ConfigSource, log: Option<LevelHandle>) -> Proxy {
+        self.reload = Some((source, log));
+        self
     }
 
     /// The admin server's address as bound, if it runs.
@@ -188,6 +195,7 @@ impl Proxy {
             bound,
             admin,
             prometheus,
+            reload,
         } = self;
         let mut endpoints = vec![&config.runtime_endpoint];
         endpoints.extend(config.image_endpoint.as_ref());
@@ -226,29 +234,6 @@ impl Proxy {
                 "audit trail on"
             );
         }
-        // SIGHUP reloads the policies; the rest of the configuration needs a restart.
-        let store = policies.clone();
-        let reload = move || {
-            let store = store.clone();
-            async move {
-                match &store {
-                    Some(store) => {
-                        tracing::info!(
-                            signal = "SIGHUP",
-                            "reloading the policies (other settings apply at the next restart)"
-                        );
-                        let _ = store.reload();
-                    }
-                    None => tracing::info!(
-                        signal = "SIGHUP",
-                        "no policies to reload; other settings apply at the next restart"
-                    ),
-                }
-            }
-        };
-        if let Err(err) = crate::signal::on_signal(SignalKind::hangup(), shutdown.clone(), reload) {
-            tracing::warn!(error = %err, "cannot watch SIGHUP");
-        }
         if let Some(store) = &policies
             && let Err(err) = store.watch(shutdown.clone())
         {
@@ -273,7 +258,27 @@ impl Proxy {
             "criguard serving"
         );
         let forwarder = Forwarder::new(runtime, image, config.max_message_size, shutdown.clone());
+        let limits = LimitsLayer::new(&config.limits, &config.in_flight_caps());
+        let listeners: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| Arc::new(ArcSwap::from_pointee(l.access.clone())))
+            .collect();
+        let handles = Handles {
+            limits: limits.clone(),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| l.socket.path.clone())
+                .zip(listeners.iter().cloned())
+                .collect(),
+            audit: audit.clone(),
+            policies: policies.clone(),
+            log: None,
+        };
+        watch_sighup(reload, &config, handles, shutdown.clone());
         let parts = StackParts {
+            limits,
             audit: audit.clone(),
             policies: policies
                 .as_ref()
@@ -283,12 +288,12 @@ impl Proxy {
         };
         let stack = build_stack(&config, parts, forwarder);
         let mut owned = Vec::new();
-        let mut listeners = Vec::new();
-        for (bound, listener) in bound.into_iter().zip(&config.listeners) {
+        let mut serving = Vec::new();
+        for (bound, access) in bound.into_iter().zip(listeners) {
             owned.extend(bound.owned);
-            listeners.push((bound.listener, Arc::new(listener.access.clone())));
+            serving.push((bound.listener, access));
         }
-        server::serve(listeners, stack, shutdown, config.shutdown_grace_period).await;
+        server::serve(serving, stack, shutdown, config.shutdown_grace_period).await;
         if let Some(audit) = audit {
             audit.close().await;
         }
@@ -296,5 +301,44 @@ impl Proxy {
             socket.remove();
         }
         tracing::info!("criguard stopped");
+    }
+}
+
+/// SIGHUP reads the configuration again when criguard knows where it came from; otherwise it
+/// reloads the policies.
+fn watch_sighup(
+    reload: Option<(ConfigSource, Option<LevelHandle>)>,
+    config: &Config,
+    mut handles: Handles,
+    shutdown: CancellationToken,
+) {
+    let watched = match reload {
+        Some((source, log)) => {
+            handles.log = log;
+            let reloader = Arc::new(Reloader::new(source, config.clone(), handles));
+            crate::signal::on_signal(SignalKind::hangup(), shutdown, move || {
+                let reloader = reloader.clone();
+                async move {
+                    tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                    // Reading files: off the runtime's threads.
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
+            })
+        }
+        None => {
+            let store = handles.policies;
+            crate::signal::on_signal(SignalKind::hangup(), shutdown, move || {
+                let store = store.clone();
+                async move {
+                    tracing::info!(signal = "SIGHUP", "reloading the policies");
+                    if let Some(store) = store {
+                        let _ = store.reload();
+                    }
+                }
+            })
+        }
+    };
+    if let Err(err) = watched {
+        tracing::warn!(error = %err, "cannot watch SIGHUP: reload needs a restart");
     }
 }

@@ -149,6 +149,14 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// The listeners' `maxInFlight`, by socket path.
+    pub fn in_flight_caps(&self) -> Vec<(PathBuf, usize)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| Some((l.socket.path.clone(), l.max_in_flight?)))
+            .collect()
+    }
+
     /// Reads `file` (if any), applies `overrides`, and validates the result.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
         let (file_config, source_name) = match file {
@@ -243,6 +251,9 @@ impl Config {
             }
             limits.push(limit);
         }
+        let log_level = over.log_level.or(file.log_level);
+        crate::telemetry::logging::check_level(log_level.as_deref())
+            .map_err(|p| error("logLevel", p))?;
         Ok(Config {
             listeners,
             limits,
@@ -253,7 +264,7 @@ impl Config {
                 .shutdown_grace_period
                 .or(file.shutdown_grace_period)
                 .unwrap_or(DEFAULT_GRACE_PERIOD),
-            log_level: over.log_level.or(file.log_level),
+            log_level,
             log_format: over.log_format.or(file.log_format).unwrap_or_default(),
             admin_address: AdminAddress::parse(
                 over.admin_address

@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod layers;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod signal;
 pub mod telemetry;
 

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use criguard::cli::{Cli, Command, PolicyCommand};
 use criguard::config::{Config, LogFormat};
-use criguard::telemetry::logging;
+use criguard::reload::ConfigSource;
+use criguard::telemetry::logging::{self, LevelHandle};
 use tokio_util::sync::CancellationToken;
 
 /// Exit codes: 0 clean stop, 1 failure while running, 2 bad configuration.
@@ -39,15 +40,19 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
-            let config = match Config::load(args.config.as_deref(), args.overrides()) {
+            let source = ConfigSource {
+                file: args.config.clone(),
+                overrides: args.overrides(),
+            };
+            let config = match source.load() {
                 Ok(config) => config,
                 Err(err) => {
                     eprintln!("criguard: invalid configuration: {err}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            logging::init(config.log_level.as_deref(), config.log_format);
-            serve(config).await
+            let log = logging::init(config.log_level.as_deref(), config.log_format);
+            serve(config, source, log).await
         }
         Command::Check { config } => match Config::load(Some(&config), Default::default()) {
             Ok(checked) if checked.policies.is_some() => {
@@ -191,7 +196,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, source: ConfigSource, log: Option<LevelHandle>) -> ExitCode {
     let shutdown = CancellationToken::new();
     if let Err(err) = criguard::signal::shutdown_on_signals(shutdown.clone()) {
         tracing::error!(error = %err, "cannot watch signals");
@@ -215,6 +220,6 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    proxy.run(shutdown).await;
+    proxy.reload_from(source, log).run(shutdown).await;
     ExitCode::SUCCESS
 }

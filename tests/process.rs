@@ -160,7 +160,7 @@ async fn sigterm_lets_calls_in_flight_finish_ends_streams_and_exits_zero() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // SIGHUP does not end criguard (reload is not implemented: it keeps serving).
+    // SIGHUP reloads the configuration (tests/reload.rs); it never ends criguard.
     signal(&criguard.0, "HUP");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::oneshot;
@@ -30,7 +31,8 @@ use crate::proxy::status;
 /// The running audit trail: rules, the writer's queue and health, and the pod inventory.
 #[derive(Debug)]
 pub struct AuditTrail {
-    rules: Rules,
+    /// Swapped when the configuration is reloaded.
+    rules: ArcSwap<Rules>,
     sender: mpsc::Sender<Entry>,
     health: Arc<Health>,
     on_failure: OnFailure,
@@ -43,13 +45,18 @@ impl AuditTrail {
     pub fn start(config: &AuditConfig, inventory: Inventory) -> std::io::Result<Arc<AuditTrail>> {
         let (sender, health) = writer::start(config.sinks.clone(), config.queue_size)?;
         Ok(Arc::new(AuditTrail {
-            rules: config.rules.clone(),
+            rules: ArcSwap::from_pointee(config.rules.clone()),
             sender,
             health,
             on_failure: config.on_failure,
             max_payload_bytes: config.max_payload_bytes,
             inventory,
         }))
+    }
+
+    /// Puts new rules in force for the calls that arrive from now on.
+    pub fn replace_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
     }
 
     /// Opens the file anew (SIGUSR1, after logrotate moved it).
@@ -126,7 +133,7 @@ where
         let extensions = request.extensions();
         let caller = extensions.get::<Arc<Caller>>();
         let highest = match (&self.trail, extensions.get::<Rpc>()) {
-            (Some(trail), Some(rpc)) => trail.rules.highest(rpc, caller.map(|c| &**c)),
+            (Some(trail), Some(rpc)) => trail.rules.load().highest(rpc, caller.map(|c| &**c)),
             _ => Level::None,
         };
         let (Some(trail), Some(rpc), true) = (
@@ -255,6 +262,7 @@ impl Record {
         let namespace = subject.pod.as_ref().map(|p| p.namespace.as_str());
         let choice = trail
             .rules
+            .load()
             .choose(&self.rpc, self.caller.as_deref(), namespace);
         if choice.level == Level::None {
             return;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::future::Either;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -216,31 +217,66 @@ impl<C: Clock + Clone> Limiter<C> {
     }
 }
 
-/// Layer for [`Limits`].
-#[derive(Clone, Debug)]
+/// The limits in force: swapped whole when the configuration is reloaded.
+#[derive(Debug, Default)]
+struct LimitSet {
+    limiters: Vec<Arc<Limiter>>,
+    /// Per listener path: the cap, and the semaphore that holds it.
+    in_flight: HashMap<PathBuf, (usize, Arc<Semaphore>)>,
+}
+
+impl LimitSet {
+    /// Rules and caps equal to ones in `previous` keep their budgets and the calls they hold.
+    fn new(limits: &[Limit], max_in_flight: &[(PathBuf, usize)], previous: &LimitSet) -> LimitSet {
+        let clock = DefaultClock::default();
+        LimitSet {
+            limiters: limits
+                .iter()
+                .map(|limit| {
+                    previous
+                        .limiters
+                        .iter()
+                        .find(|old| old.limit == *limit)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Limiter::new(limit.clone(), clock.clone())))
+                })
+                .collect(),
+            in_flight: max_in_flight
+                .iter()
+                .map(|(path, n)| {
+                    let cap = previous
+                        .in_flight
+                        .get(path)
+                        .filter(|(old, _)| old == n)
+                        .cloned()
+                        .unwrap_or_else(|| (*n, Arc::new(Semaphore::new(*n))));
+                    (path.clone(), cap)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Layer for [`Limits`]; [`LimitsLayer::replace`] changes the limits while serving.
+#[derive(Clone, Debug, Default)]
 pub struct LimitsLayer {
-    limiters: Arc<Vec<Limiter>>,
-    in_flight: Arc<HashMap<PathBuf, Arc<Semaphore>>>,
+    set: Arc<ArcSwap<LimitSet>>,
 }
 
 impl LimitsLayer {
     /// `limits` in order; `max_in_flight` per listener path.
     pub fn new(limits: &[Limit], max_in_flight: &[(PathBuf, usize)]) -> LimitsLayer {
-        let clock = DefaultClock::default();
+        let set = LimitSet::new(limits, max_in_flight, &LimitSet::default());
         LimitsLayer {
-            limiters: Arc::new(
-                limits
-                    .iter()
-                    .map(|l| Limiter::new(l.clone(), clock.clone()))
-                    .collect(),
-            ),
-            in_flight: Arc::new(
-                max_in_flight
-                    .iter()
-                    .map(|(path, n)| (path.clone(), Arc::new(Semaphore::new(*n))))
-                    .collect(),
-            ),
+            set: Arc::new(ArcSwap::from_pointee(set)),
         }
+    }
+
+    /// Puts new limits in force for the calls that arrive from now on. A rule or cap that is
+    /// unchanged keeps its budget; a changed one starts afresh.
+    pub fn replace(&self, limits: &[Limit], max_in_flight: &[(PathBuf, usize)]) {
+        let set = LimitSet::new(limits, max_in_flight, &self.set.load());
+        self.set.store(Arc::new(set));
     }
 }
 
@@ -250,8 +286,7 @@ impl<S> tower::Layer<S> for LimitsLayer {
     fn layer(&self, inner: S) -> Limits<S> {
         Limits {
             inner,
-            limiters: self.limiters.clone(),
-            in_flight: self.in_flight.clone(),
+            set: self.set.clone(),
         }
     }
 }
@@ -260,8 +295,7 @@ impl<S> tower::Layer<S> for LimitsLayer {
 #[derive(Clone, Debug)]
 pub struct Limits<S> {
     inner: S,
-    limiters: Arc<Vec<Limiter>>,
-    in_flight: Arc<HashMap<PathBuf, Arc<Semaphore>>>,
+    set: Arc<ArcSwap<LimitSet>>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Limits<S>
@@ -285,9 +319,13 @@ where
         let listener = extensions.get::<Arc<Listener>>().map(|l| &**l);
         let caller = extensions.get::<Arc<Caller>>().map(|c| &**c);
         let rpc = extensions.get::<Rpc>();
-        let matching: Vec<usize> = match rpc {
-            Some(rpc) => (0..self.limiters.len())
-                .filter(|&i| self.limiters[i].limit.applies(rpc, listener, caller))
+        let set = self.set.load();
+        let matching: Vec<Arc<Limiter>> = match rpc {
+            Some(rpc) => set
+                .limiters
+                .iter()
+                .filter(|l| l.limit.applies(rpc, listener, caller))
+                .cloned()
                 .collect(),
             None => Vec::new(),
         };
@@ -295,19 +333,17 @@ where
         let streaming = rpc.is_some_and(|r| r.method.is_server_streaming());
         let in_flight = listener
             .filter(|_| !streaming)
-            .and_then(|l| self.in_flight.get(&l.path))
-            .cloned();
+            .and_then(|l| set.in_flight.get(&l.path))
+            .map(|(_, semaphore)| semaphore.clone());
         if matching.is_empty() && in_flight.is_none() {
             return Either::Left(self.inner.call(request));
         }
         // The inner service was made ready for this call; a fresh clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let limiters = self.limiters.clone();
         let uid = caller.map_or(u32::MAX, |c| c.uid);
         Either::Right(Box::pin(async move {
-            for i in matching {
-                let limiter = &limiters[i];
+            for limiter in matching {
                 let name = limiter.limit.name.clone();
                 let mut waited = Duration::ZERO;
                 loop {
@@ -364,6 +400,38 @@ mod tests {
 
     fn call(method: &str) -> Rpc {
         Rpc::from_path(&format!("/runtime.v1.RuntimeService/{method}"))
+    }
+
+    #[test]
+    fn a_reload_keeps_the_budgets_of_unchanged_rules_and_caps() {
+        let lists = limit("{name: lists, rate: 1, burst: 1}");
+        let socket = PathBuf::from("/run/criguard/readonly.sock");
+        let layer = LimitsLayer::new(std::slice::from_ref(&lists), &[(socket.clone(), 4)]);
+        let before = layer.set.load_full();
+        assert_eq!(before.limiters[0].check(0, Duration::ZERO), Verdict::Allow);
+
+        let pulls = limit("{name: pulls, rate: 5}");
+        layer.replace(&[lists.clone(), pulls], &[(socket.clone(), 4)]);
+        let after = layer.set.load_full();
+        assert!(Arc::ptr_eq(&before.limiters[0], &after.limiters[0]));
+        assert_eq!(
+            after.limiters[0].check(0, Duration::ZERO),
+            Verdict::Reject,
+            "the spent budget stays spent"
+        );
+        assert!(Arc::ptr_eq(
+            &before.in_flight[&socket].1,
+            &after.in_flight[&socket].1
+        ));
+
+        layer.replace(
+            &[limit("{name: lists, rate: 2, burst: 1}")],
+            &[(socket.clone(), 8)],
+        );
+        let changed = layer.set.load_full();
+        assert_eq!(changed.limiters.len(), 1);
+        assert_eq!(changed.limiters[0].check(0, Duration::ZERO), Verdict::Allow);
+        assert_eq!(changed.in_flight[&socket].1.available_permits(), 8);
     }
 
     #[test]

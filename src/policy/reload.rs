@@ -23,7 +23,8 @@ const SETTLE: Duration = Duration::from_millis(200);
 #[derive(Clone, Debug)]
 pub struct PolicyStore {
     dir: PathBuf,
-    exempt_namespaces: Vec<String>,
+    /// Changed by a configuration reload, together with the set.
+    exempt_namespaces: Arc<ArcSwap<Vec<String>>>,
     current: Arc<ArcSwap<PolicySet>>,
 }
 
@@ -34,7 +35,7 @@ impl PolicyStore {
         tracing::info!(dir = %dir.display(), policies = ?set.policies.iter().map(|p| &p.name).collect::<Vec<_>>(), "policies loaded");
         Ok(PolicyStore {
             dir: dir.to_path_buf(),
-            exempt_namespaces: exempt_namespaces.to_vec(),
+            exempt_namespaces: Arc::new(ArcSwap::from_pointee(exempt_namespaces.to_vec())),
             current: Arc::new(ArcSwap::from_pointee(set)),
         })
     }
@@ -44,11 +45,23 @@ impl PolicyStore {
         self.current.clone()
     }
 
+    /// The directory the policies come from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Loads the directory again and swaps the new set in; on error the old set stays.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        match load_dir(&self.dir, &self.exempt_namespaces) {
+        self.reload_with(&self.exempt_namespaces.load())
+    }
+
+    /// [`PolicyStore::reload`] with other exempt namespaces, which stay only if it succeeds.
+    pub fn reload_with(&self, exempt_namespaces: &[String]) -> Result<(), PolicyError> {
+        match load_dir(&self.dir, exempt_namespaces) {
             Ok(set) => {
                 let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
+                self.exempt_namespaces
+                    .store(Arc::new(exempt_namespaces.to_vec()));
                 self.current.store(Arc::new(set));
                 metrics::counter!(POLICY_RELOAD_TOTAL, "result" => "success").increment(1);
                 tracing::info!(dir = %self.dir.display(), policies = ?names, "policies reloaded");

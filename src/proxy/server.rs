@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -32,7 +33,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves the listeners until `shutdown` fires, then drains within `grace`.
 pub async fn serve<S, B>(
-    listeners: Vec<(UnixListener, Arc<Listener>)>,
+    listeners: Vec<(UnixListener, Arc<ArcSwap<Listener>>)>,
     stack: S,
     shutdown: CancellationToken,
     grace: Duration,
@@ -75,8 +76,8 @@ pub async fn serve<S, B>(
                 None => break,
             },
         };
-        // Who calls, and through which listener, is read once per connection; each of its
-        // requests carries both.
+        // Who calls is read once per connection; each of its requests carries it, and the
+        // listener's settings in force when the request arrives (a reload may change them).
         let caller = Caller::of(&stream);
         let access = configured[index].clone();
         let service = tower::ServiceExt::map_request(
@@ -86,7 +87,7 @@ pub async fn serve<S, B>(
                 if let Some(caller) = &caller {
                     extensions.insert(caller.clone());
                 }
-                extensions.insert(access.clone());
+                extensions.insert(access.load_full());
                 request
             },
         );

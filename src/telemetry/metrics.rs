@@ -20,6 +20,8 @@ pub const BUILD_INFO: &str = "criguard_build_info";
 pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
 pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
 pub const AUDIT_EVENTS_TOTAL: &str = "criguard_audit_events_total";
+pub const CONFIG_RELOAD_TOTAL: &str = "criguard_config_reload_total";
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "criguard_config_last_reload_successful";
 pub const POLICY_DECISIONS_TOTAL: &str = "criguard_policy_decisions_total";
 pub const POLICY_EVALUATION_SECONDS: &str = "criguard_policy_evaluation_duration_seconds";
 pub const POLICY_RELOAD_TOTAL: &str = "criguard_policy_reload_total";
@@ -123,6 +125,14 @@ fn describe() {
         POLICY_EVALUATION_SECONDS,
         Unit::Seconds,
         "Time to evaluate the policies that match a call."
+    );
+    describe_counter!(
+        CONFIG_RELOAD_TOTAL,
+        "Configuration reloads (SIGHUP) by result: success, failure (the running configuration stays)."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESSFUL,
+        "1 when the last configuration reload succeeded (or none was tried), 0 when it failed."
     );
     describe_counter!(
         POLICY_RELOAD_TOTAL,
