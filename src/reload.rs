@@ -69,6 +69,10 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(source: ConfigSource, running: Config, handles: Handles) -> Reloader {
         metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESSFUL).set(1.0);
+        // Both series from the start, so that the first failure is an increase.
+        for result in ["success", "failure"] {
+            metrics::counter!(CONFIG_RELOAD_TOTAL, "result" => result).increment(0);
+        }
         Reloader {
             source,
             running: Mutex::new(running),

@@ -663,17 +663,31 @@ async fn a_real_prometheus_scrapes_the_calls_made_through_criguard() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("criguard.sock");
     let admin_port = free_port();
+    // Every layer on, so that each metric the dashboard and the alerts use is exported.
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::copy(
+        "policies/cel-examples.yaml",
+        policies.join("cel-examples.yaml"),
+    )
+    .unwrap();
+    let config = dir.path().join("criguard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {}\nruntimeEndpoint: unix://{}\nadminAddress: 127.0.0.1:{admin_port}\nprobeInterval: 1s\naudit: {{path: {}}}\npolicies: {}\nlimits: [{{name: lists, methods: [ListContainers], rate: 1000}}]\n",
+            socket.display(),
+            runtime.display(),
+            dir.path().join("audit.log").display(),
+            policies.display()
+        ),
+    )
+    .unwrap();
     let criguard = Killed(
         Command::new(BIN)
             .arg("serve")
-            .arg("--listen")
-            .arg(&socket)
-            .arg("--runtime-endpoint")
-            .arg(format!("unix://{}", runtime.display()))
-            .arg("--admin-address")
-            .arg(format!("127.0.0.1:{admin_port}"))
-            .arg("--probe-interval")
-            .arg("1s")
+            .arg("--config")
+            .arg(&config)
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -1164,4 +1178,24 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd: run tests/run.sh"]
+async fn restarts_in_front_of_containerd_under_load_fail_no_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("criguard.sock");
+    let listen = socket.display().to_string();
+    let runtime = format!("unix://{}", runtime_socket().display());
+    let args = [
+        "--listen",
+        listen.as_str(),
+        "--runtime-endpoint",
+        runtime.as_str(),
+        "--admin-address",
+        "off",
+    ];
+    support::restart::restart_under_load(&socket, &args, 2)
+        .await
+        .assert_no_gap();
 }

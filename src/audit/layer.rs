@@ -44,6 +44,11 @@ impl AuditTrail {
     /// Starts the writer thread.
     pub fn start(config: &AuditConfig, inventory: Inventory) -> std::io::Result<Arc<AuditTrail>> {
         let (sender, health) = writer::start(config.sinks.clone(), config.queue_size)?;
+        // Both series from the start, so that the first failure is an increase.
+        for result in ["written", "failed"] {
+            metrics::counter!(crate::telemetry::metrics::AUDIT_EVENTS_TOTAL, "result" => result)
+                .increment(0);
+        }
         Ok(Arc::new(AuditTrail {
             rules: ArcSwap::from_pointee(config.rules.clone()),
             sender,

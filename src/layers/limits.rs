@@ -238,7 +238,12 @@ impl LimitSet {
                         .iter()
                         .find(|old| old.limit == *limit)
                         .cloned()
-                        .unwrap_or_else(|| Arc::new(Limiter::new(limit.clone(), clock.clone())))
+                        .unwrap_or_else(|| {
+                            for outcome in ["allowed", "delayed", "rejected"] {
+                                metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "limit" => limit.name.clone(), "outcome" => outcome).increment(0);
+                            }
+                            Arc::new(Limiter::new(limit.clone(), clock.clone()))
+                        })
                 })
                 .collect(),
             in_flight: max_in_flight

@@ -33,6 +33,10 @@ impl PolicyStore {
     pub fn load(dir: &Path, exempt_namespaces: &[String]) -> Result<PolicyStore, PolicyError> {
         let set = load_dir(dir, exempt_namespaces)?;
         tracing::info!(dir = %dir.display(), policies = ?set.policies.iter().map(|p| &p.name).collect::<Vec<_>>(), "policies loaded");
+        // Both series from the start, so that the first failure is an increase.
+        for result in ["success", "failure"] {
+            metrics::counter!(POLICY_RELOAD_TOTAL, "result" => result).increment(0);
+        }
         Ok(PolicyStore {
             dir: dir.to_path_buf(),
             exempt_namespaces: Arc::new(ArcSwap::from_pointee(exempt_namespaces.to_vec())),

@@ -25,6 +25,8 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod restart;
+
 #[allow(unused_imports)]
 pub use criguard::client::{RawClient, grpc_frame};
 
