@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "installing what the tests need"
-wanted=(systemd gcc libc6-dev python3 prometheus logrotate)
+wanted=(systemd gcc libc6-dev python3 prometheus logrotate shellcheck)
 missing=()
 for p in "${wanted[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -29,6 +29,9 @@ cargo fmt --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
+
+step "shellcheck: the installer and the test scripts"
+shellcheck deploy/kubernetes/criguard-install tests/run.sh tests/e2e/containerd-lab.sh .ci/run
 
 step "deploy/: promtool checks the Prometheus config and alert rules"
 promtool check config deploy/prometheus/prometheus.yml

@@ -163,7 +163,8 @@ build_images() {
   if [ ! -x "$busybox" ]; then
     ( cd "$LAB/build" && rm -f busybox_*.deb && apt-get download busybox >/dev/null 2>&1 ) \
       || ( apt-get update -qq && cd "$LAB/build" && apt-get download busybox >/dev/null )
-    dpkg-deb -x "$(ls "$LAB"/build/busybox_*.deb | head -1)" "$LAB/build/busybox-deb"
+    local debs=("$LAB"/build/busybox_*.deb)
+    dpkg-deb -x "${debs[0]}" "$LAB/build/busybox-deb"
   fi
   python3 "$HERE/images.py" --pause "$bin" --busybox "$busybox" --out "$LAB/images" >"$LAB/log/images.log"
   for archive in "$LAB"/images/*.tar; do
