@@ -131,7 +131,23 @@ fn policies(c: &mut Criterion) {
         "policies: pss-restricted + 2 CEL rules, 5 KB CreateContainer",
         |b| b.iter(|| black_box(evaluate())),
     );
+    // pss-restricted alone: what the load generator's `policies` scenario enforces.
+    std::fs::remove_file(dir.path().join("cel.yaml")).unwrap();
+    let set = criguard::policy::file::load_dir(dir.path(), &[]).unwrap();
+    let call = criguard::policy::Call {
+        rpc: &rpc,
+        caller: None,
+        message: Some(&bytes),
+    };
+    assert!(set.evaluate(call, None).refusal().is_none());
+    c.bench_function("policies: pss-restricted, 5 KB CreateContainer", |b| {
+        b.iter(|| black_box(set.evaluate(call, None)))
+    });
 }
+
+/// The allocator of the criguard binary (src/main.rs): measure what ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 criterion_group!(benches, method_parsing, framing, bodies, policies);
 criterion_main!(benches);

@@ -52,6 +52,8 @@ pub fn context<'r>(
         })
     };
     let empty = HashMap::new();
+    let labels = target.labels.map_or(&empty, |l| &l.labels);
+    let annotations = target.labels.map_or(&empty, |l| &l.annotations);
     let pod = match target.pod {
         Some(config) => {
             let metadata = config.metadata.clone().unwrap_or_default();
@@ -59,8 +61,8 @@ pub fn context<'r>(
                 ("namespace", text(&metadata.namespace)),
                 ("name", text(&metadata.name)),
                 ("uid", text(&metadata.uid)),
-                ("labels", map(&config.labels)),
-                ("annotations", map(&config.annotations)),
+                ("labels", map(labels)),
+                ("annotations", map(annotations)),
             ])
         }
         None => {

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::view::{ContainerView, PodView};
+use super::view::{ContainerView, PodLabels, PodView};
 use crate::cri::{
     LinuxContainerSecurityContext, NamespaceMode, NamespaceOption, SecurityProfile,
     security_profile::ProfileType,
@@ -17,6 +17,8 @@ pub struct Target<'a> {
     /// The pod's config: RunPodSandbox's `config`, CreateContainer's and PullImage's
     /// `sandbox_config`.
     pub pod: Option<&'a PodView>,
+    /// The pod's labels and annotations, decoded only when a policy needs them.
+    pub labels: Option<&'a PodLabels>,
     /// CreateContainer's `config`.
     pub container: Option<&'a ContainerView>,
     /// The image of CreateContainer or PullImage.
@@ -438,7 +440,7 @@ impl ImageRef {
 mod tests {
     use super::*;
     use crate::cri::*;
-    use crate::policy::view::{ContainerView, PodView};
+    use crate::policy::view::{ContainerView, LinuxContainerView, LinuxPodView, PodView};
 
     fn container(security: LinuxContainerSecurityContext) -> ContainerView {
         ContainerView {
@@ -446,9 +448,8 @@ mod tests {
                 name: "app".into(),
                 attempt: 0,
             }),
-            linux: Some(LinuxContainerConfig {
+            linux: Some(LinuxContainerView {
                 security_context: Some(security),
-                ..Default::default()
             }),
             ..Default::default()
         }
@@ -483,7 +484,7 @@ mod tests {
 
     fn sandbox(security: LinuxSandboxSecurityContext) -> PodView {
         PodView {
-            linux: Some(LinuxPodSandboxConfig {
+            linux: Some(LinuxPodView {
                 security_context: Some(security),
                 ..Default::default()
             }),
@@ -750,7 +751,7 @@ mod tests {
     #[test]
     fn sysctls_outside_the_safe_set() {
         let mut pod = PodView {
-            linux: Some(LinuxPodSandboxConfig::default()),
+            linux: Some(LinuxPodView::default()),
             ..Default::default()
         };
         let sysctls = &mut pod.linux.as_mut().unwrap().sysctls;

@@ -20,7 +20,10 @@ use prost::Message;
 
 use self::checks::{Check, Target};
 use self::file::{CelExpr, FailurePolicy, MatchSpec, Mode};
-use self::view::{CreateContainerView, PodView, PullImageView, RunPodSandboxView};
+use self::view::{
+    CreateContainerView, PodLabels, PodView, PullImageView, RunPodSandboxLabels, RunPodSandboxView,
+    SandboxConfigLabels,
+};
 use crate::audit::rules::glob_match;
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
@@ -60,6 +63,9 @@ pub struct PolicySet {
     exempt_namespaces: Vec<String>,
     /// Whether a CEL rule uses `request` (the costly variable to build).
     cel_uses_request: bool,
+    /// Whether a policy selects pods by label or a CEL rule reads `pod`: only then are the
+    /// pod's labels and annotations decoded.
+    needs_pod_labels: bool,
 }
 
 /// What a rule found.
@@ -150,10 +156,30 @@ struct Decoded {
     run: Option<RunPodSandboxView>,
     create: Option<CreateContainerView>,
     pull: Option<PullImageView>,
+    /// The pod's labels and annotations, when a policy needs them.
+    labels: Option<PodLabels>,
 }
 
 impl Decoded {
-    fn decode(method: Method, bytes: &[u8]) -> Result<Decoded, prost::DecodeError> {
+    fn decode(
+        method: Method,
+        bytes: &[u8],
+        with_labels: bool,
+    ) -> Result<Decoded, prost::DecodeError> {
+        let mut decoded = Decoded::views(method, bytes)?;
+        if with_labels {
+            decoded.labels = match method {
+                Method::RunPodSandbox => RunPodSandboxLabels::decode(bytes)?.config,
+                Method::CreateContainer | Method::PullImage => {
+                    SandboxConfigLabels::decode(bytes)?.sandbox_config
+                }
+                _ => None,
+            };
+        }
+        Ok(decoded)
+    }
+
+    fn views(method: Method, bytes: &[u8]) -> Result<Decoded, prost::DecodeError> {
         Ok(match method {
             Method::RunPodSandbox => Decoded {
                 run: Some(RunPodSandboxView::decode(bytes)?),
@@ -187,6 +213,7 @@ impl Decoded {
             .map(|i| i.image.as_str());
         Target {
             pod: self.pod(),
+            labels: self.labels.as_ref(),
             container,
             image,
             creates_sandbox: self.run.is_some(),
@@ -199,10 +226,17 @@ impl PolicySet {
         let cel_uses_request = policies.iter().flat_map(|p| &p.rules).any(|r| {
             matches!(&r.kind, RuleKind::Cel(expr) if expr.program.references().has_variable("request"))
         });
+        let needs_pod_labels = policies.iter().any(|p| {
+            !p.matching.labels.is_empty()
+                || p.rules.iter().any(|r| {
+                    matches!(&r.kind, RuleKind::Cel(expr) if expr.program.references().has_variable("pod"))
+                })
+        });
         PolicySet {
             policies,
             exempt_namespaces,
             cel_uses_request,
+            needs_pod_labels,
         }
     }
 
@@ -227,7 +261,7 @@ impl PolicySet {
             return evaluation;
         }
         let bytes = call.message.unwrap_or(&[]);
-        let decoded = match Decoded::decode(call.rpc.method, bytes) {
+        let decoded = match Decoded::decode(call.rpc.method, bytes, self.needs_pod_labels) {
             Ok(decoded) => decoded,
             Err(err) => {
                 for policy in candidates {
@@ -256,7 +290,7 @@ impl PolicySet {
         if namespace.is_some_and(|ns| self.exempt_namespaces.iter().any(|e| glob_match(e, ns))) {
             return evaluation;
         }
-        let labels = decoded.pod().map(|p| &p.labels);
+        let labels = decoded.labels.as_ref().map(|p| &p.labels);
         let target = decoded.target();
         let who = || describe_subject(call.rpc.method, &subject);
         // CEL's built-in functions are registered once per thread; each call gets its variables
@@ -376,5 +410,54 @@ fn describe_subject(method: Method, subject: &Subject) -> String {
                 (None, None) => format!("{method} call"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn a_label_selector_decodes_the_pod_labels_and_selects_by_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: web}\nspec:\n  mode: enforce\n  match: {labels: {tier: web}}\n  rules:\n    - {name: nothing, deny: {}}\n",
+        )
+        .unwrap();
+        let set = file::load_dir(dir.path(), &[]).unwrap();
+        assert!(set.needs_pod_labels);
+        let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
+        let mut request = crate::fake::samples::create_container_request();
+        let verdict = |request: &crate::cri::CreateContainerRequest| {
+            let bytes = request.encode_to_vec();
+            set.evaluate(
+                Call {
+                    rpc: &rpc,
+                    caller: None,
+                    message: Some(&bytes),
+                },
+                None,
+            )
+            .refusal()
+            .is_some()
+        };
+        assert!(!verdict(&request), "no tier label: not selected");
+        let pod = request.sandbox_config.as_mut().unwrap();
+        pod.labels.insert("tier".into(), "web".into());
+        assert!(verdict(&request), "tier=web: selected and denied");
+
+        // The shipped PSS policies select no labels and use no CEL: labels are not decoded.
+        let shipped = file::load_dir(std::path::Path::new("policies"), &[]).unwrap();
+        let pss = PolicySet::new(
+            shipped
+                .policies
+                .into_iter()
+                .filter(|p| p.name.starts_with("pss-"))
+                .collect(),
+            Vec::new(),
+        );
+        assert!(!pss.needs_pod_labels);
     }
 }
