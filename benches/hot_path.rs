@@ -145,9 +145,5 @@ fn policies(c: &mut Criterion) {
     });
 }
 
-/// The allocator of the criguard binary (src/main.rs): measure what ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 criterion_group!(benches, method_parsing, framing, bodies, policies);
 criterion_main!(benches);

@@ -9,12 +9,6 @@ use criguard::reload::ConfigSource;
 use criguard::telemetry::logging::{self, LevelHandle};
 use tokio_util::sync::CancellationToken;
 
-/// Every call allocates and frees its buffers, headers and decoded views on the runtime's
-/// threads; mimalloc's per-thread free lists make that cheaper than glibc's malloc
-/// (docs/performance.md, "Allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit codes: 0 clean stop, 1 failure while running, 2 bad configuration.
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;

@@ -32,15 +32,44 @@ pub fn request_json(rpc: &Rpc, bytes: &[u8]) -> Json {
     serialize(&message)
 }
 
+/// The parts of the variables that the set's expressions use: the others are not built (copying
+/// the pod's labels or a container's security context into CEL values is most of a rule's cost).
+/// Read from the expressions' text: a field named anywhere in an expression is built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub request: bool,
+    pub labels: bool,
+    pub annotations: bool,
+    pub command: bool,
+    pub args: bool,
+    pub security_context: bool,
+}
+
+impl Needs {
+    pub fn of<'e>(expressions: impl IntoIterator<Item = &'e CelExpr>) -> Needs {
+        let mut needs = Needs::default();
+        for expr in expressions {
+            let source = expr.source.as_str();
+            needs.request |= expr.program.references().has_variable("request");
+            needs.labels |= source.contains("labels");
+            needs.annotations |= source.contains("annotations");
+            needs.command |= source.contains("command");
+            needs.args |= source.contains("args");
+            needs.security_context |= source.contains("security_context");
+        }
+        needs
+    }
+}
+
 /// The variables of a call. `pod` and `container` come from the decoded request (or, for a
-/// call naming only ids, from what criguard knows of them); `request` is built only when an
-/// expression uses it, as it is the costly one (the whole request as a CEL value).
+/// call naming only ids, from what criguard knows of them); of these, only the parts `needs`
+/// names are built, `request` above all (the whole request as a CEL value).
 pub fn context<'r>(
     root: &'r cel::Context<'r>,
     call: Call<'_>,
     target: &Target<'_>,
     subject: &Subject,
-    with_request: bool,
+    needs: Needs,
 ) -> cel::Context<'r> {
     let mut context = root.new_inner_scope();
     let text = |s: &str| Value::String(Arc::new(s.to_string()));
@@ -51,62 +80,61 @@ pub fn context<'r>(
             map: Arc::new(fields.into_iter().map(|(k, v)| (Key::from(k), v)).collect()),
         })
     };
+    // Each (name, needed, value): the value is made only when needed.
+    let some = |fields: Vec<(&'static str, bool, &dyn Fn() -> Value)>| {
+        record(
+            fields
+                .into_iter()
+                .filter(|(_, needed, _)| *needed)
+                .map(|(name, _, value)| (name, value()))
+                .collect(),
+        )
+    };
     let empty = HashMap::new();
     let labels = target.labels.map_or(&empty, |l| &l.labels);
     let annotations = target.labels.map_or(&empty, |l| &l.annotations);
-    let pod = match target.pod {
-        Some(config) => {
-            let metadata = config.metadata.clone().unwrap_or_default();
-            record(vec![
-                ("namespace", text(&metadata.namespace)),
-                ("name", text(&metadata.name)),
-                ("uid", text(&metadata.uid)),
-                ("labels", map(labels)),
-                ("annotations", map(annotations)),
-            ])
-        }
-        None => {
-            let p = subject.pod.clone().unwrap_or_default();
-            record(vec![
-                ("namespace", text(&p.namespace)),
-                ("name", text(&p.name)),
-                ("uid", text(&p.uid)),
-                ("labels", map(&empty)),
-                ("annotations", map(&empty)),
-            ])
-        }
+    let (namespace, name, uid) = match target.pod.and_then(|p| p.metadata.as_ref()) {
+        Some(m) => (m.namespace.as_str(), m.name.as_str(), m.uid.as_str()),
+        None => subject.pod.as_ref().map_or(("", "", ""), |p| {
+            (p.namespace.as_str(), p.name.as_str(), p.uid.as_str())
+        }),
     };
+    let pod = some(vec![
+        ("namespace", true, &|| text(namespace)),
+        ("name", true, &|| text(name)),
+        ("uid", true, &|| text(uid)),
+        ("labels", needs.labels, &|| map(labels)),
+        ("annotations", needs.annotations, &|| map(annotations)),
+    ]);
     let container = match target.container {
-        Some(config) => record(vec![
-            (
-                "name",
-                text(config.metadata.as_ref().map_or("", |m| m.name.as_str())),
-            ),
-            ("image", text(target.image.unwrap_or(""))),
-            ("command", strings(&config.command)),
-            ("args", strings(&config.args)),
-            (
-                "security_context",
+        Some(config) => some(vec![
+            ("name", true, &|| {
+                text(config.metadata.as_ref().map_or("", |m| m.name.as_str()))
+            }),
+            ("image", true, &|| text(target.image.unwrap_or(""))),
+            ("command", needs.command, &|| strings(&config.command)),
+            ("args", needs.args, &|| strings(&config.args)),
+            ("security_context", needs.security_context, &|| {
                 security_context(
                     config
                         .linux
                         .as_ref()
                         .and_then(|l| l.security_context.as_ref()),
-                ),
-            ),
+                )
+            }),
         ]),
-        None => record(vec![
-            (
-                "name",
-                text(subject.container_name.as_deref().unwrap_or("")),
-            ),
-            (
-                "image",
-                text(subject.image.as_deref().or(target.image).unwrap_or("")),
-            ),
-            ("command", strings(&[])),
-            ("args", strings(&[])),
-            ("security_context", record(vec![])),
+        None => some(vec![
+            ("name", true, &|| {
+                text(subject.container_name.as_deref().unwrap_or(""))
+            }),
+            ("image", true, &|| {
+                text(subject.image.as_deref().or(target.image).unwrap_or(""))
+            }),
+            ("command", needs.command, &|| strings(&[])),
+            ("args", needs.args, &|| strings(&[])),
+            ("security_context", needs.security_context, &|| {
+                record(vec![])
+            }),
         ]),
     };
     let client = match call.caller {
@@ -127,7 +155,7 @@ pub fn context<'r>(
     context.add_variable_from_value("container", container);
     context.add_variable_from_value("client", client);
     context.add_variable_from_value("method", call.rpc.method_name().to_string());
-    if with_request {
+    if needs.request {
         let request = request_json(call.rpc, call.message.unwrap_or(&[]));
         context.add_variable_from_value("request", cel::to_value(request).unwrap_or(Value::Null));
     }

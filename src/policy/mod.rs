@@ -61,8 +61,8 @@ pub enum RuleKind {
 pub struct PolicySet {
     pub policies: Vec<Policy>,
     exempt_namespaces: Vec<String>,
-    /// Whether a CEL rule uses `request` (the costly variable to build).
-    cel_uses_request: bool,
+    /// What the CEL rules read (the rest of their variables is not built).
+    cel_needs: self::cel::Needs,
     /// Whether a policy selects pods by label or a CEL rule reads `pod`: only then are the
     /// pod's labels and annotations decoded.
     needs_pod_labels: bool,
@@ -223,19 +223,19 @@ impl Decoded {
 
 impl PolicySet {
     pub fn new(policies: Vec<Policy>, exempt_namespaces: Vec<String>) -> PolicySet {
-        let cel_uses_request = policies.iter().flat_map(|p| &p.rules).any(|r| {
-            matches!(&r.kind, RuleKind::Cel(expr) if expr.program.references().has_variable("request"))
-        });
-        let needs_pod_labels = policies.iter().any(|p| {
-            !p.matching.labels.is_empty()
-                || p.rules.iter().any(|r| {
-                    matches!(&r.kind, RuleKind::Cel(expr) if expr.program.references().has_variable("pod"))
-                })
-        });
+        let cel_needs = self::cel::Needs::of(policies.iter().flat_map(|p| &p.rules).filter_map(
+            |r| match &r.kind {
+                RuleKind::Cel(expr) => Some(expr),
+                RuleKind::Check(_) => None,
+            },
+        ));
+        let needs_pod_labels = cel_needs.labels
+            || cel_needs.annotations
+            || policies.iter().any(|p| !p.matching.labels.is_empty());
         PolicySet {
             policies,
             exempt_namespaces,
-            cel_uses_request,
+            cel_needs,
             needs_pod_labels,
         }
     }
@@ -318,13 +318,7 @@ impl PolicySet {
                         }),
                         RuleKind::Cel(expr) => {
                             let context = cel_context.get_or_insert_with(|| {
-                                self::cel::context(
-                                    root,
-                                    call,
-                                    &target,
-                                    &subject,
-                                    self.cel_uses_request,
-                                )
+                                self::cel::context(root, call, &target, &subject, self.cel_needs)
                             });
                             match self::cel::holds(expr, context) {
                                 Ok(true) => None,
