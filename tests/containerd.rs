@@ -647,15 +647,6 @@ fn run_with_input(program: &str, args: &[&str], input: &str) -> String {
     text
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real containerd and Debian's prometheus: run tests/run.sh"]
 async fn a_real_prometheus_scrapes_the_calls_made_through_criguard() {
@@ -683,7 +674,7 @@ async fn a_real_prometheus_scrapes_the_calls_made_through_criguard() {
         ),
     )
     .unwrap();
-    let criguard = Killed(
+    let criguard = support::Running(
         Command::new(BIN)
             .arg("serve")
             .arg("--config")
@@ -703,7 +694,7 @@ async fn a_real_prometheus_scrapes_the_calls_made_through_criguard() {
         ),
     )
     .unwrap();
-    let _prometheus = Killed(
+    let _prometheus = support::Running(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -1185,17 +1176,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
 async fn restarts_in_front_of_containerd_under_load_fail_no_call() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("criguard.sock");
-    let listen = socket.display().to_string();
-    let runtime = format!("unix://{}", runtime_socket().display());
-    let args = [
-        "--listen",
-        listen.as_str(),
-        "--runtime-endpoint",
-        runtime.as_str(),
-        "--admin-address",
-        "off",
-    ];
-    support::restart::restart_under_load(&socket, &args, 2)
+    support::restart::restart_under_load(&socket, &runtime_socket(), 2)
         .await
         .assert_no_gap();
 }

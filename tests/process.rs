@@ -67,15 +67,6 @@ fn the_shipped_example_config_checks_clean() {
     );
 }
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(sockets: &Sockets, extra: &[&str]) -> Running {
     let child = serve_command(sockets)
         .args(["--admin-address", "off"])

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,17 +23,7 @@ async fn restarts_with_the_socket_held_by_a_parent_fail_no_call() {
         criguard::fake::FakeRuntime::with_containers(20),
     )
     .await;
-    let runtime = format!("unix://{}", sockets.runtime().display());
-    let listen = sockets.criguard().display().to_string();
-    let args = [
-        "--listen",
-        listen.as_str(),
-        "--runtime-endpoint",
-        runtime.as_str(),
-        "--admin-address",
-        "off",
-    ];
-    restart_under_load(&sockets.criguard(), &args, 3)
+    restart_under_load(&sockets.criguard(), &sockets.runtime(), 3)
         .await
         .assert_no_gap();
 }
@@ -41,13 +31,36 @@ async fn restarts_with_the_socket_held_by_a_parent_fail_no_call() {
 /// The configuration as a file: the kubelet's socket, the fake runtime, the admin socket, and
 /// whatever `extra` adds.
 fn write_config(sockets: &Sockets, extra: &str) {
+    write_file_config(
+        sockets,
+        &format!(
+            "listen: {}\nlogLevel: info\n{extra}",
+            sockets.criguard().display()
+        ),
+    );
+}
+
+/// `yaml`, with the fake runtime and the admin socket, as criguard.yaml.
+fn write_file_config(sockets: &Sockets, yaml: &str) {
     let yaml = format!(
-        "listen: {}\nruntimeEndpoint: unix://{}\nadminAddress: {}\nlogLevel: info\n{extra}",
-        sockets.criguard().display(),
+        "runtimeEndpoint: unix://{}\nadminAddress: {}\n{yaml}",
         sockets.runtime().display(),
         sockets.dir.path().join("admin.sock").display(),
     );
     std::fs::write(sockets.dir.path().join("criguard.yaml"), yaml).unwrap();
+}
+
+/// `criguard serve --config criguard.yaml` (the binary), its log in criguard.log.
+async fn serve_config(sockets: &Sockets) -> (Running, PathBuf) {
+    let log = sockets.dir.path().join("criguard.log");
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(sockets.dir.path().join("criguard.yaml"))
+        .stderr(std::fs::File::create(&log).unwrap());
+    let admin = sockets.dir.path().join("admin.sock");
+    (Running(spawn_serving(command, sockets, &admin).await), log)
 }
 
 async fn reloads(admin: &Path, result: &str) -> f64 {
@@ -79,14 +92,7 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_running_one() {
     let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
     let admin = sockets.dir.path().join("admin.sock");
     write_config(&sockets, "");
-    let log = sockets.dir.path().join("criguard.log");
-    let mut command = Command::new(BIN);
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(sockets.dir.path().join("criguard.yaml"))
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut criguard = spawn_serving(command, &sockets, &admin).await;
+    let (mut criguard, log) = serve_config(&sockets).await;
     let mut client = RawClient::connect(sockets.criguard()).await.unwrap();
     assert_eq!(
         list_codes(&mut client, 5).await,
@@ -99,7 +105,7 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_running_one() {
         &sockets,
         "limits:\n  - {name: lists, methods: [ListContainers], rate: 0.1, burst: 2}\n",
     );
-    kill(&criguard, "HUP");
+    kill(&criguard.0, "HUP");
     assert!(
         eventually_async(|| async { reloads(&admin, "success").await == 1.0 }).await,
         "the reload succeeded"
@@ -112,7 +118,7 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_running_one() {
         &sockets,
         "limits:\n  - {name: lists, methods: [ListContainers], rate: -1}\n",
     );
-    kill(&criguard, "HUP");
+    kill(&criguard.0, "HUP");
     assert!(
         eventually_async(|| async { reloads(&admin, "failure").await == 1.0 }).await,
         "the failed reload is counted"
@@ -133,7 +139,7 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_running_one() {
         &format!("listen: {}", moved.display()),
     );
     std::fs::write(sockets.dir.path().join("criguard.yaml"), text).unwrap();
-    kill(&criguard, "HUP");
+    kill(&criguard.0, "HUP");
     assert!(eventually_async(|| async { reloads(&admin, "success").await == 2.0 }).await);
     assert_eq!(
         list_codes(&mut client, 3).await,
@@ -142,8 +148,8 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_running_one() {
     );
     assert!(!moved.exists(), "the socket does not move before a restart");
 
-    kill(&criguard, "TERM");
-    wait_exit(&mut criguard, Duration::from_secs(10)).await;
+    kill(&criguard.0, "TERM");
+    wait_exit(&mut criguard.0, Duration::from_secs(10)).await;
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(
         log.contains("configuration reload failed")
@@ -154,6 +160,69 @@ async fn sighup_reloads_the_config_and_a_bad_file_keeps_the_running_one() {
     assert!(
         log.contains("apply only at the next restart") && log.contains("listeners (paths"),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_who_may_call_and_the_log_level_on_open_connections() {
+    let sockets = Sockets::new();
+    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
+    let admin = sockets.dir.path().join("admin.sock");
+    let listener = |settings: &str| {
+        format!(
+            "listeners:\n  - {{path: {}{settings}}}\n",
+            sockets.criguard().display()
+        )
+    };
+    write_file_config(&sockets, &(listener("") + "logLevel: info\n"));
+    let (mut criguard, log) = serve_config(&sockets).await;
+    let mut client = RawClient::connect(sockets.criguard()).await.unwrap();
+    let remove = "/runtime.v1.RuntimeService/RemoveContainer";
+    let denied = tonic::Code::PermissionDenied as i32;
+    let code = |answer: criguard::client::RawResponse| answer.grpc_status().unwrap();
+    let empty = || grpc_frame(b"");
+    let first = code(
+        client
+            .call(remove, empty(), &HeaderMap::new())
+            .await
+            .unwrap(),
+    );
+    assert_ne!(first, denied, "role full: a change reaches the runtime");
+
+    // Read-only from now on, and every finished call logged at debug.
+    write_file_config(
+        &sockets,
+        &(listener(", role: read-only") + "logLevel: debug\n"),
+    );
+    kill(&criguard.0, "HUP");
+    assert!(eventually_async(|| async { reloads(&admin, "success").await == 1.0 }).await);
+    let answer = client
+        .call(remove, empty(), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(code(answer), denied, "the open connection is read-only now");
+    assert_eq!(list_codes(&mut client, 1).await, [0]);
+
+    // Nobody but uid 4242 (this test runs as another uid).
+    assert_ne!(unsafe { libc::geteuid() }, 4242);
+    write_file_config(
+        &sockets,
+        &(listener(", allowUids: [4242]") + "logLevel: debug\n"),
+    );
+    kill(&criguard.0, "HUP");
+    assert!(eventually_async(|| async { reloads(&admin, "success").await == 2.0 }).await);
+    assert_eq!(list_codes(&mut client, 1).await, [denied]);
+
+    kill(&criguard.0, "TERM");
+    wait_exit(&mut criguard.0, Duration::from_secs(10)).await;
+    let log = std::fs::read_to_string(&log).unwrap();
+    let debug_lines = log.lines().filter(|l| l.contains("call finished")).count();
+    assert!(debug_lines >= 1, "logLevel: debug took effect:\n{log}");
+    assert!(
+        log.lines()
+            .take_while(|l| !l.contains("configuration reloaded"))
+            .all(|l| !l.contains("call finished")),
+        "no debug lines before the reload:\n{log}"
     );
 }
 

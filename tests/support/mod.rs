@@ -27,6 +27,17 @@ use tokio_util::sync::CancellationToken;
 
 pub mod restart;
 
+/// A child process (criguard, Prometheus) killed when dropped, so that a failing test leaves
+/// nothing running.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[allow(unused_imports)]
 pub use criguard::client::{RawClient, grpc_frame};
 

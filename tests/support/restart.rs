@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criguard::cri::{ListContainersRequest, ListPodSandboxRequest, VersionRequest};
 
-use super::{RawClient, assert_serving};
+use super::{RawClient, Running, assert_serving};
 
 /// Kubelet-like clients, each on its own connection.
 const CALLERS: usize = 4;
@@ -67,14 +67,24 @@ impl RestartRun {
     }
 }
 
-/// Binds `socket`, runs `criguard serve ARGS` on it and restarts it `restarts` times while
-/// clients call Version, ListContainers and ListPodSandbox all the time. `args` must name
-/// `socket` as the listen path.
-pub async fn restart_under_load(socket: &Path, args: &[&str], restarts: usize) -> RestartRun {
+/// Binds `socket`, runs criguard on it in front of the runtime at `runtime` (a socket path) and
+/// restarts it `restarts` times while clients call Version, ListContainers and ListPodSandbox
+/// all the time.
+pub async fn restart_under_load(socket: &Path, runtime: &Path, restarts: usize) -> RestartRun {
+    let listen = socket.display().to_string();
+    let runtime = format!("unix://{}", runtime.display());
+    let args = &[
+        "--listen",
+        listen.as_str(),
+        "--runtime-endpoint",
+        runtime.as_str(),
+        "--admin-address",
+        "off",
+    ];
     // The holder: bound once, kept through every restart.
     let held = UnixListener::bind(socket).unwrap();
     let log = socket.with_extension("log");
-    let mut criguard = spawn_activated(&held, args, &log);
+    let mut criguard = Running(spawn_activated(&held, args, &log));
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = Vec::new();
@@ -93,10 +103,10 @@ pub async fn restart_under_load(socket: &Path, args: &[&str], restarts: usize) -
         tokio::time::sleep(Duration::from_millis(700)).await;
         // What systemd does on `systemctl restart criguard`: SIGTERM, wait for the exit, start.
         let restart = Instant::now();
-        kill(&criguard, "TERM");
-        let status = wait_exit(&mut criguard, Duration::from_secs(20)).await;
+        kill(&criguard.0, "TERM");
+        let status = wait_exit(&mut criguard.0, Duration::from_secs(20)).await;
         assert!(status.success(), "criguard exited with {status:?}");
-        criguard = spawn_activated(&held, args, &log);
+        criguard = Running(spawn_activated(&held, args, &log));
         let mut probe = RawClient::connect(socket).await.unwrap();
         assert_serving(&mut probe).await;
         run.longest_restart = run.longest_restart.max(restart.elapsed());
@@ -110,8 +120,8 @@ pub async fn restart_under_load(socket: &Path, args: &[&str], restarts: usize) -
         run.failed.extend(calls.failed);
         run.slowest = run.slowest.max(calls.slowest);
     }
-    kill(&criguard, "TERM");
-    wait_exit(&mut criguard, Duration::from_secs(20)).await;
+    kill(&criguard.0, "TERM");
+    wait_exit(&mut criguard.0, Duration::from_secs(20)).await;
     assert!(socket.exists(), "the held socket stays in place");
     run.log = std::fs::read_to_string(&log).unwrap();
     run
