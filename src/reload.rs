@@ -102,11 +102,13 @@ impl Reloader {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let pending = restart_only_changes(&running, &new);
         // The policies are the last thing that can fail: once they are in, the rest follows.
-        if let Some(store) = &self.handles.policies
-            && new.policies.as_deref() == Some(store.dir())
-        {
-            store.reload_with(&new.policy_exempt_namespaces)?;
-        }
+        let policies_reloaded = match &self.handles.policies {
+            Some(store) if new.policies.as_deref() == Some(store.dir()) => {
+                store.reload_with(&new.policy_exempt_namespaces)?;
+                true
+            }
+            _ => false,
+        };
         let mut changed = Vec::new();
         if running.limits != new.limits || running.in_flight_caps() != new.in_flight_caps() {
             self.handles
@@ -168,7 +170,7 @@ impl Reloader {
         }
         tracing::info!(
             changed = ?changed,
-            policies_reloaded = self.handles.policies.is_some(),
+            policies_reloaded,
             "configuration reloaded"
         );
         Ok(())

@@ -304,14 +304,19 @@ fn materialize(documents: &[(String, Value)], root: &Path) -> (PathBuf, PathBuf)
     (path, policy_dir)
 }
 
-/// One run of `criguard-install --once` on a node rooted at `host`: (success, systemctl calls).
+/// One run of `criguard-install --once` on a node rooted at `host`: (success, systemctl calls,
+/// log). systemctl fails `reload-or-restart` while the pod directory has a file `fail-reload`.
 fn install_once(pod: &Path, host: &Path) -> (bool, Vec<String>, String) {
     let calls = pod.join("systemctl.calls");
     let _ = std::fs::remove_file(&calls);
     let stub = pod.join("systemctl");
     std::fs::write(
         &stub,
-        format!("#!/bin/sh\necho \"$*\" >> {}\n", calls.display()),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\n[ -e {} ] && [ \"$1\" = reload-or-restart ] && exit 1\nexit 0\n",
+            calls.display(),
+            pod.join("fail-reload").display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -382,18 +387,31 @@ fn the_installer_puts_criguard_on_the_node_restarts_on_upgrade_and_reloads_on_ch
         ]
     );
 
-    // A policy added and one removed in the ConfigMap: the node follows, criguard reloads.
+    // A policy added and one removed in the ConfigMap: the node follows, criguard reloads; a
+    // reload that fails is done at the next sync.
     std::fs::remove_file(policy_dir.join("pss-baseline.yaml")).unwrap();
     std::fs::copy(
         "policies/restrict-exec.yaml",
         policy_dir.join("restrict-exec.yaml"),
     )
     .unwrap();
+    std::fs::write(pod.path().join("fail-reload"), "").unwrap();
+    let (ok, calls, log) = install_once(pod.path(), host.path());
+    assert!(!ok, "{log}");
+    assert_eq!(calls.last().unwrap(), "reload-or-restart criguard.service");
+    assert!(
+        log.contains("systemctl reload-or-restart criguard.service failed"),
+        "{log}"
+    );
+    assert!(!installed("etc/criguard/policies/pss-baseline.yaml").exists());
+    assert!(installed("etc/criguard/policies/restrict-exec.yaml").exists());
+    std::fs::remove_file(pod.path().join("fail-reload")).unwrap();
     let (ok, calls, log) = install_once(pod.path(), host.path());
     assert!(ok, "{log}");
     assert_eq!(calls.last().unwrap(), "reload-or-restart criguard.service");
-    assert!(!installed("etc/criguard/policies/pss-baseline.yaml").exists());
-    assert!(installed("etc/criguard/policies/restrict-exec.yaml").exists());
+    let (ok, calls, log) = install_once(pod.path(), host.path());
+    assert!(ok, "{log}");
+    assert_eq!(calls.last().unwrap(), "start criguard.service", "done once");
 
     // A broken configuration is not installed: the node keeps what it runs.
     let good = std::fs::read_to_string(installed("etc/criguard/criguard.yaml")).unwrap();
