@@ -226,6 +226,41 @@ async fn sighup_changes_who_may_call_and_the_log_level_on_open_connections() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_audit_rules() {
+    let sockets = Sockets::new();
+    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
+    let admin = sockets.dir.path().join("admin.sock");
+    let trail = sockets.dir.path().join("audit.log");
+    let audit = |rules: &str| format!("audit:\n  path: {}\n  rules:\n{rules}", trail.display());
+    write_config(&sockets, &audit("    - level: None\n"));
+    let (mut criguard, _) = serve_config(&sockets).await;
+    let mut client = RawClient::connect(sockets.criguard()).await.unwrap();
+    let listed = || {
+        std::fs::read_to_string(&trail)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"method\":\"ListContainers\""))
+            .count()
+    };
+    assert_eq!(list_codes(&mut client, 2).await, [0, 0]);
+
+    write_config(
+        &sockets,
+        &audit("    - level: Metadata\n      methods: [ListContainers]\n"),
+    );
+    kill(&criguard.0, "HUP");
+    assert!(eventually_async(|| async { reloads(&admin, "success").await == 1.0 }).await);
+    assert_eq!(list_codes(&mut client, 3).await, [0, 0, 0]);
+    assert!(
+        eventually(Duration::from_secs(5), || listed() == 3).await,
+        "the three calls after the reload are audited, the two before are not: {}",
+        listed()
+    );
+    kill(&criguard.0, "TERM");
+    wait_exit(&mut criguard.0, Duration::from_secs(10)).await;
+}
+
 /// Polls an async check for up to five seconds.
 async fn eventually_async<F, Fut>(mut check: F) -> bool
 where
