@@ -561,32 +561,31 @@ mod tests {
                 .unwrap()
                 .contains("network")
         );
-        pod.linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap()
-            .namespace_options = Some(NamespaceOption {
-            pid: NamespaceMode::Node as i32,
-            ..Default::default()
-        });
+        set_namespaces(
+            &mut pod,
+            NamespaceOption {
+                pid: NamespaceMode::Node as i32,
+                ..Default::default()
+            },
+        );
         assert!(
             check_sandbox(&Check::HostNamespaces, &pod)
                 .unwrap()
                 .contains("PID")
         );
-        pod.linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap()
-            .namespace_options = Some(NamespaceOption {
-            ipc: NamespaceMode::Container as i32,
-            ..Default::default()
-        });
+        set_namespaces(
+            &mut pod,
+            NamespaceOption {
+                ipc: NamespaceMode::Container as i32,
+                ..Default::default()
+            },
+        );
         assert_eq!(check_sandbox(&Check::HostNamespaces, &pod), None);
+    }
+
+    fn set_namespaces(pod: &mut PodView, namespaces: NamespaceOption) {
+        let linux = pod.linux.as_mut().unwrap();
+        linux.security_context.as_mut().unwrap().namespace_options = Some(namespaces);
     }
 
     #[test]
