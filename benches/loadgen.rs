@@ -72,7 +72,7 @@ struct Pair {
     proxy_process: Process,
     /// The same criguard with metrics off, for the cost of metrics.
     unmetered: PathBuf,
-    _unmetered_process: Process,
+    unmetered_process: Process,
     admin: PathBuf,
     /// socat between the client and the runtime, a baseline for any proxy.
     relay: Option<PathBuf>,
@@ -139,7 +139,7 @@ fn pair(dir: &Path, name: &str, containers: usize) -> Pair {
         relay: relay_process.as_ref().map(|_| relay),
         _relay_process: relay_process,
         unmetered,
-        _unmetered_process: unmetered_process,
+        unmetered_process,
         admin: dir.join(format!("{name}-admin.sock")),
         _runtime_process: runtime_process,
     }
@@ -277,33 +277,52 @@ async fn scrape_while(admin: PathBuf, stop: Arc<AtomicBool>) -> Duration {
 
 /// Throughput of `variant` against `base` for the c=64 scenarios, alternating rounds; with an
 /// admin socket, /metrics is scraped every 100 ms during the variant's runs.
+/// One side of a comparison: a name for the table, the socket, the criguard process.
+struct Side<'a> {
+    name: &'a str,
+    socket: &'a Path,
+    pid: u32,
+}
+
 fn compare(
     runtime: &tokio::runtime::Runtime,
-    (base_name, base): (&str, &Path),
-    (variant_name, variant): (&str, &Path),
+    base: Side<'_>,
+    variant: Side<'_>,
     scrape: Option<&Path>,
     per_round: Duration,
 ) {
+    let (base_name, variant_name) = (base.name, variant.name);
     println!();
     println!(
-        "| scenario (c=64) | {base_name} req/s | {variant_name} req/s | {variant_name} / {base_name} | slowest scrape during load |"
+        "| scenario (c=64) | {base_name} req/s | {variant_name} req/s | {variant_name} / {base_name} | CPU µs/call {base_name} / {variant_name} | slowest scrape during load |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for s in scenarios()
         .into_iter()
         .filter(|s| s.concurrency == 64 && !s.big)
     {
         let (mut off, mut on, mut slowest) = (0.0, 0.0, Duration::ZERO);
+        // criguard's CPU time and the calls it served, per side.
+        let (mut off_cpu, mut on_cpu) = ((0u64, 0u64), (0u64, 0u64));
         for _ in 0..ROUNDS {
-            off += runtime
-                .block_on(drive(base, s.path, s.body.clone(), 64, per_round))
-                .rate();
+            let before = cpu_micros(base.pid);
+            let run = runtime.block_on(drive(base.socket, s.path, s.body.clone(), 64, per_round));
+            off_cpu = (
+                off_cpu.0 + cpu_micros(base.pid) - before,
+                off_cpu.1 + run.calls,
+            );
+            off += run.rate();
             let stop = Arc::new(AtomicBool::new(false));
             let scraper =
                 scrape.map(|admin| runtime.spawn(scrape_while(admin.into(), stop.clone())));
-            on += runtime
-                .block_on(drive(variant, s.path, s.body.clone(), 64, per_round))
-                .rate();
+            let before = cpu_micros(variant.pid);
+            let run =
+                runtime.block_on(drive(variant.socket, s.path, s.body.clone(), 64, per_round));
+            on_cpu = (
+                on_cpu.0 + cpu_micros(variant.pid) - before,
+                on_cpu.1 + run.calls,
+            );
+            on += run.rate();
             stop.store(true, Ordering::Relaxed);
             if let Some(scraper) = scraper {
                 slowest = slowest.max(runtime.block_on(scraper).unwrap());
@@ -313,12 +332,15 @@ fn compare(
             Some(_) => format!("{:.1} ms", slowest.as_secs_f64() * 1e3),
             None => "n/a".into(),
         };
+        let per_call = |(cpu, calls): (u64, u64)| cpu as f64 / calls.max(1) as f64;
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {scraped} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} / {:.1} | {scraped} |",
             s.name,
             off / ROUNDS as f64,
             on / ROUNDS as f64,
             on / off,
+            per_call(off_cpu),
+            per_call(on_cpu),
         );
     }
 }
@@ -493,8 +515,16 @@ fn main() {
     if wanted("metrics") {
         compare(
             &runtime,
-            ("metrics off", &small.unmetered),
-            ("metrics on", &small.proxy),
+            Side {
+                name: "metrics off",
+                socket: &small.unmetered,
+                pid: small.unmetered_process.0.id(),
+            },
+            Side {
+                name: "metrics on",
+                socket: &small.proxy,
+                pid: small.proxy_process.0.id(),
+            },
             Some(&small.admin),
             per_round,
         );
@@ -512,7 +542,7 @@ fn main() {
             ),
         )
         .unwrap();
-        let _limited_process = spawn(
+        let limited_process = spawn(
             &[
                 "serve",
                 "--config",
@@ -526,8 +556,16 @@ fn main() {
         );
         compare(
             &runtime,
-            ("no limits", &small.proxy),
-            ("one limit + uid check", &limited),
+            Side {
+                name: "no limits",
+                socket: &small.proxy,
+                pid: small.proxy_process.0.id(),
+            },
+            Side {
+                name: "one limit + uid check",
+                socket: &limited,
+                pid: limited_process.0.id(),
+            },
             None,
             per_round,
         );
@@ -542,7 +580,7 @@ fn main() {
         )
         .unwrap();
         let guarded = dir.path().join("small-criguard-policies.sock");
-        let _guarded_process = spawn(
+        let guarded_process = spawn(
             &[
                 "serve",
                 "--policies",
@@ -561,8 +599,16 @@ fn main() {
         );
         compare(
             &runtime,
-            ("no policies", &small.proxy),
-            ("pss-restricted", &guarded),
+            Side {
+                name: "no policies",
+                socket: &small.proxy,
+                pid: small.proxy_process.0.id(),
+            },
+            Side {
+                name: "pss-restricted",
+                socket: &guarded,
+                pid: guarded_process.0.id(),
+            },
             None,
             per_round,
         );
@@ -580,7 +626,7 @@ fn main() {
         )
         .unwrap();
         let audited = dir.path().join("small-criguard-audit.sock");
-        let _audited_process = spawn(
+        let audited_process = spawn(
             &[
                 "serve",
                 "--config",
@@ -596,8 +642,16 @@ fn main() {
         );
         compare(
             &runtime,
-            ("audit off", &small.proxy),
-            ("audit Metadata", &audited),
+            Side {
+                name: "audit off",
+                socket: &small.proxy,
+                pid: small.proxy_process.0.id(),
+            },
+            Side {
+                name: "audit Metadata",
+                socket: &audited,
+                pid: audited_process.0.id(),
+            },
             None,
             per_round,
         );

@@ -1098,10 +1098,34 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         }),
         ..Default::default()
     });
-    // From a registry outside the allowlist: denied.
+    // As the kubelet creates containers: the image's id in `image`, the pod spec's name in
+    // `user_specified_image`; the name is what the registry rule judges.
+    let image_id = c
+        .img
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("busybox is pulled")
+        .id;
+    assert!(image_id.starts_with("sha256:"), "{image_id}");
+    container.image = Some(ImageSpec {
+        image: image_id.clone(),
+        user_specified_image: BUSYBOX.into(),
+        ..Default::default()
+    });
+    // From a registry outside the allowlist: denied, though the id is of an image the node has.
     let mut foreign = container.clone();
     foreign.image = Some(ImageSpec {
-        image: "registry.k8s.io/e2e-test-images/busybox:1.29-4".into(),
+        image: image_id,
+        user_specified_image: "registry.k8s.io/e2e-test-images/busybox:1.29-4".into(),
         ..Default::default()
     });
     let denied =

@@ -284,6 +284,7 @@ fn random_bytes_as_create_container_and_run_pod_sandbox_never_panic() {
                     bytes[at] = next() as u8;
                 }
             }
+            let bytes = bytes::Bytes::from(bytes);
             let _ = criguard::policy::cases::evaluate(&set, &rpc, &bytes, None, None);
         }
     }

@@ -78,7 +78,7 @@ pub fn rpc_of(method: &str) -> Rpc {
 }
 
 /// Encodes a request given in CRI JSON form as the protobuf bytes a client would send.
-pub fn encode_request(rpc: &Rpc, request: &serde_json::Value) -> Result<Vec<u8>, String> {
+pub fn encode_request(rpc: &Rpc, request: &serde_json::Value) -> Result<bytes::Bytes, String> {
     let descriptor = message_type(rpc, true).ok_or_else(|| {
         format!(
             "criguard's proto does not know the method {}",
@@ -93,14 +93,14 @@ pub fn encode_request(rpc: &Rpc, request: &serde_json::Value) -> Result<Vec<u8>,
     let message = DynamicMessage::deserialize(descriptor, request)
         .map_err(|e| format!("the request is not a {}: {e}", rpc.method_name()))?;
     debug_assert!(message.descriptor().name().ends_with("Request"));
-    Ok(message.encode_to_vec())
+    Ok(message.encode_to_vec().into())
 }
 
 /// Evaluates one request against `set`; `pod` is what the inventory knows of its ids.
 pub fn evaluate(
     set: &PolicySet,
     rpc: &Rpc,
-    bytes: &[u8],
+    bytes: &bytes::Bytes,
     client: Option<&CaseClient>,
     pod: Option<&PodRef>,
 ) -> Evaluation {

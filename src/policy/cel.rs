@@ -15,8 +15,8 @@ use serde_json::Value as Json;
 use super::Call;
 use super::checks::Target;
 use super::file::CelExpr;
+use super::view::{ContainerSecurityView, text as view_text};
 use crate::audit::event::message_type;
-use crate::cri::LinuxContainerSecurityContext;
 use crate::proxy::inspect::Subject;
 use crate::proxy::rpc::Rpc;
 
@@ -72,8 +72,7 @@ pub fn context<'r>(
     needs: Needs,
 ) -> cel::Context<'r> {
     let mut context = root.new_inner_scope();
-    let text = |s: &str| Value::String(Arc::new(s.to_string()));
-    let strings = |v: &[String]| Value::List(Arc::new(v.iter().map(|s| text(s)).collect()));
+    let text = |s: &[u8]| Value::String(Arc::new(view_text(s).into_owned()));
     let map = |m: &HashMap<String, String>| Value::from(m.clone());
     let record = |fields: Vec<(&str, Value)>| {
         Value::Map(cel::objects::Map {
@@ -93,12 +92,13 @@ pub fn context<'r>(
     let empty = HashMap::new();
     let labels = target.labels.map_or(&empty, |l| &l.labels);
     let annotations = target.labels.map_or(&empty, |l| &l.annotations);
-    let (namespace, name, uid) = match target.pod.and_then(|p| p.metadata.as_ref()) {
-        Some(m) => (m.namespace.as_str(), m.name.as_str(), m.uid.as_str()),
-        None => subject.pod.as_ref().map_or(("", "", ""), |p| {
-            (p.namespace.as_str(), p.name.as_str(), p.uid.as_str())
-        }),
-    };
+    let (namespace, name, uid): (&[u8], &[u8], &[u8]) =
+        match target.pod.and_then(|p| p.metadata.as_ref()) {
+            Some(m) => (&m.namespace, &m.name, &m.uid),
+            None => subject.pod.as_ref().map_or((b"", b"", b""), |p| {
+                (p.namespace.as_bytes(), p.name.as_bytes(), p.uid.as_bytes())
+            }),
+        };
     let pod = some(vec![
         ("namespace", true, &|| text(namespace)),
         ("name", true, &|| text(name)),
@@ -109,9 +109,9 @@ pub fn context<'r>(
     let container = match target.container {
         Some(config) => some(vec![
             ("name", true, &|| {
-                text(config.metadata.as_ref().map_or("", |m| m.name.as_str()))
+                text(config.metadata.as_ref().map_or(b"", |m| &m.name[..]))
             }),
-            ("image", true, &|| text(target.image.unwrap_or(""))),
+            ("image", true, &|| text(target.image.unwrap_or(b""))),
             ("command", needs.command, &|| strings(&config.command)),
             ("args", needs.args, &|| strings(&config.args)),
             ("security_context", needs.security_context, &|| {
@@ -125,10 +125,17 @@ pub fn context<'r>(
         ]),
         None => some(vec![
             ("name", true, &|| {
-                text(subject.container_name.as_deref().unwrap_or(""))
+                text(subject.container_name.as_deref().unwrap_or("").as_bytes())
             }),
             ("image", true, &|| {
-                text(subject.image.as_deref().or(target.image).unwrap_or(""))
+                text(
+                    subject
+                        .image
+                        .as_deref()
+                        .map(str::as_bytes)
+                        .or(target.image)
+                        .unwrap_or(b""),
+                )
             }),
             ("command", needs.command, &|| strings(&[])),
             ("args", needs.args, &|| strings(&[])),
@@ -142,13 +149,13 @@ pub fn context<'r>(
             ("uid", Value::Int(c.uid.into())),
             ("gid", Value::Int(c.gid.into())),
             ("pid", Value::Int(c.pid.unwrap_or(0).into())),
-            ("exe", text(c.exe.as_deref().unwrap_or(""))),
+            ("exe", text(c.exe.as_deref().unwrap_or("").as_bytes())),
         ]),
         None => record(vec![
             ("uid", Value::Int(-1)),
             ("gid", Value::Int(-1)),
             ("pid", Value::Int(0)),
-            ("exe", text("")),
+            ("exe", text(b"")),
         ]),
     };
     context.add_variable_from_value("pod", pod);
@@ -156,18 +163,27 @@ pub fn context<'r>(
     context.add_variable_from_value("client", client);
     context.add_variable_from_value("method", call.rpc.method_name().to_string());
     if needs.request {
-        let request = request_json(call.rpc, call.message.unwrap_or(&[]));
+        let request = request_json(call.rpc, call.message.map_or(&[][..], |m| &m[..]));
         context.add_variable_from_value("request", cel::to_value(request).unwrap_or(Value::Null));
     }
     context
 }
 
+/// A list of strings as a CEL value.
+fn strings(fields: &[bytes::Bytes]) -> Value {
+    Value::List(Arc::new(
+        fields
+            .iter()
+            .map(|f| Value::String(Arc::new(view_text(f).into_owned())))
+            .collect(),
+    ))
+}
+
 /// A container's security context with proto field names: the fields policies look at.
-fn security_context(security: Option<&LinuxContainerSecurityContext>) -> Value {
-    let default = LinuxContainerSecurityContext::default();
+fn security_context(security: Option<&ContainerSecurityView>) -> Value {
+    let default = ContainerSecurityView::default();
     let s = security.unwrap_or(&default);
-    let text = |v: &str| Value::String(Arc::new(v.to_string()));
-    let strings = |v: &[String]| Value::List(Arc::new(v.iter().map(|s| text(s)).collect()));
+    let text = |v: &[u8]| Value::String(Arc::new(view_text(v).into_owned()));
     let record = |fields: Vec<(&str, Value)>| {
         Value::Map(cel::objects::Map {
             map: Arc::new(fields.into_iter().map(|(k, v)| (Key::from(k), v)).collect()),
@@ -180,10 +196,11 @@ fn security_context(security: Option<&LinuxContainerSecurityContext>) -> Value {
                 "profile_type",
                 text(
                     crate::cri::security_profile::ProfileType::try_from(p.profile_type)
-                        .map_or("", |t| t.as_str_name()),
+                        .map_or("", |t| t.as_str_name())
+                        .as_bytes(),
                 ),
             ),
-            ("localhost_ref", text(&p.localhost_ref)),
+            ("localhost_ref", text(p.localhost_ref.as_bytes())),
         ]),
     };
     let capabilities = s.capabilities.clone().unwrap_or_default();

@@ -5,11 +5,10 @@
 
 use serde::Deserialize;
 
-use super::view::{ContainerView, PodLabels, PodView};
-use crate::cri::{
-    LinuxContainerSecurityContext, NamespaceMode, NamespaceOption, SecurityProfile,
-    security_profile::ProfileType,
+use super::view::{
+    ContainerSecurityView, ContainerView, PodLabels, PodView, SandboxSecurityView, text,
 };
+use crate::cri::{NamespaceMode, NamespaceOption, SecurityProfile, security_profile::ProfileType};
 
 /// The decoded request as the checks see it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -21,18 +20,18 @@ pub struct Target<'a> {
     pub labels: Option<&'a PodLabels>,
     /// CreateContainer's `config`.
     pub container: Option<&'a ContainerView>,
-    /// The image of CreateContainer or PullImage.
-    pub image: Option<&'a str>,
+    /// The image of CreateContainer (as the user named it, when the request says) or PullImage.
+    pub image: Option<&'a [u8]>,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
     pub creates_sandbox: bool,
 }
 
 impl<'a> Target<'a> {
-    fn container_security(&self) -> Option<&'a LinuxContainerSecurityContext> {
+    fn container_security(&self) -> Option<&'a ContainerSecurityView> {
         self.container?.linux.as_ref()?.security_context.as_ref()
     }
 
-    fn sandbox_security(&self) -> Option<&'a crate::cri::LinuxSandboxSecurityContext> {
+    fn sandbox_security(&self) -> Option<&'a SandboxSecurityView> {
         if !self.creates_sandbox {
             return None;
         }
@@ -193,22 +192,21 @@ impl Check {
                     .into_iter()
                     .flat_map(|c| c.add_capabilities.iter().chain(&c.add_ambient_capabilities));
                 for cap in added {
-                    let name = normalise_capability(cap);
                     let allowed = match level {
-                        Level::Baseline => BASELINE_CAPABILITIES.contains(&name.as_str()),
-                        Level::Restricted => name == "NET_BIND_SERVICE",
+                        Level::Baseline => {
+                            BASELINE_CAPABILITIES.iter().any(|c| is_capability(cap, c))
+                        }
+                        Level::Restricted => is_capability(cap, "NET_BIND_SERVICE"),
                     };
                     if !allowed {
                         return Some(format!(
-                            "adds capability {name} (capabilities.add_capabilities)"
+                            "adds capability {} (capabilities.add_capabilities)",
+                            normalise_capability(&text(cap))
                         ));
                     }
                 }
-                let drops_all = capabilities.is_some_and(|c| {
-                    c.drop_capabilities
-                        .iter()
-                        .any(|d| normalise_capability(d) == "ALL")
-                });
+                let drops_all = capabilities
+                    .is_some_and(|c| c.drop_capabilities.iter().any(|d| is_capability(d, "ALL")));
                 (*level == Level::Restricted && !drops_all).then(|| {
                     "does not drop ALL capabilities (capabilities.drop_capabilities)".into()
                 })
@@ -222,8 +220,8 @@ impl Check {
                 }
                 let container = target.container_security();
                 if target.container.is_some() {
-                    let (profile, path) = container.map_or((None, ""), |s| {
-                        (s.seccomp.as_ref(), s.seccomp_profile_path.as_str())
+                    let (profile, path) = container.map_or((None, &b""[..]), |s| {
+                        (s.seccomp.as_ref(), &s.seccomp_profile_path[..])
                     });
                     return seccomp_problem(profile, path);
                 }
@@ -288,11 +286,11 @@ impl Check {
                 match security.and_then(|s| s.run_as_user.as_ref()) {
                     Some(user) if user.value == 0 => Some("runs as uid 0 (run_as_user)".into()),
                     Some(_) => None,
-                    None => match security.map_or("", |s| s.run_as_username.as_str()) {
-                        "" => Some(
+                    None => match security.map_or(&b""[..], |s| &s.run_as_username[..]) {
+                        b"" => Some(
                             "does not set a non-root user (run_as_user / run_as_username)".into(),
                         ),
-                        "root" | "0" => Some("runs as user root (run_as_username)".into()),
+                        b"root" | b"0" => Some("runs as user root (run_as_username)".into()),
                         _ => None,
                     },
                 }
@@ -307,7 +305,8 @@ impl Check {
             Check::HostPaths(params) => {
                 let container = target.container?;
                 container.mounts.iter().find_map(|m| {
-                    let path = m.host_path.as_str();
+                    let path = text(&m.host_path);
+                    let path = path.as_ref();
                     let allowed = path.is_empty()
                         || KUBELET_POD_DIRS.iter().any(|d| path.starts_with(d))
                         || params.allowed_prefixes.iter().any(|p| under(path, p));
@@ -315,7 +314,13 @@ impl Check {
                 })
             }
             Check::Images(params) => {
-                let image = target.image?;
+                let image = text(target.image?);
+                let image = image.as_ref();
+                if (!params.allow.is_empty() || !params.deny.is_empty()) && is_image_id(image) {
+                    return Some(format!(
+                        "names its image only by id {image}, so its registry cannot be checked (image.user_specified_image is empty)"
+                    ));
+                }
                 let reference = ImageRef::parse(image);
                 let repository = reference.repository();
                 if params.deny.iter().any(|p| reference.matches(p)) {
@@ -348,7 +353,7 @@ fn host_namespace(options: &NamespaceOption) -> Option<String> {
     .map(|(_, name)| format!("uses the host's {name} namespace (namespace_options)"))
 }
 
-fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &str) -> Option<String> {
+fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &[u8]) -> Option<String> {
     match profile {
         Some(p) if p.profile_type == ProfileType::Unconfined as i32 => {
             Some("sets seccomp to Unconfined (seccomp.profile_type)".into())
@@ -356,10 +361,28 @@ fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &str) -> 
         Some(_) => None,
         // An absent message is not RuntimeDefault: runtimes run such a container unconfined.
         None => match deprecated_path {
-            "" | "unconfined" => Some("runs without a seccomp profile (seccomp is absent, which runtimes treat as unconfined)".into()),
+            b"" | b"unconfined" => Some("runs without a seccomp profile (seccomp is absent, which runtimes treat as unconfined)".into()),
             _ => None,
         },
     }
+}
+
+/// Whether `name` is the capability `wanted` (upper case, without `CAP_`), written in any case,
+/// with or without the `CAP_` prefix.
+fn is_capability(name: &[u8], wanted: &str) -> bool {
+    let name = name.trim_ascii();
+    let name = match name.get(..4) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(b"CAP_") => &name[4..],
+        _ => name,
+    };
+    name.eq_ignore_ascii_case(wanted.as_bytes())
+}
+
+/// Whether an image is named only by its id (`sha256:<64 hex>` or the bare hex), as the kubelet
+/// writes it in CreateContainer's `image` field.
+fn is_image_id(image: &str) -> bool {
+    let hex = image.strip_prefix("sha256:").unwrap_or(image);
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn normalise_capability(name: &str) -> String {
@@ -440,19 +463,23 @@ impl ImageRef {
 mod tests {
     use super::*;
     use crate::cri::*;
-    use crate::policy::view::{ContainerView, LinuxContainerView, LinuxPodView, PodView};
+    use crate::policy::view::{ContainerView, LinuxPodView, MountView, PodView};
+    use prost::Message;
 
+    /// The container as the policy layer sees it: encoded, then decoded into the view.
     fn container(security: LinuxContainerSecurityContext) -> ContainerView {
-        ContainerView {
+        let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: "app".into(),
                 attempt: 0,
             }),
-            linux: Some(LinuxContainerView {
+            linux: Some(LinuxContainerConfig {
                 security_context: Some(security),
+                ..Default::default()
             }),
             ..Default::default()
-        }
+        };
+        ContainerView::decode(bytes::Bytes::from(config.encode_to_vec())).unwrap()
     }
 
     /// A container that passes every restricted check.
@@ -482,14 +509,16 @@ mod tests {
         })
     }
 
+    /// The pod as the policy layer sees it: encoded, then decoded into the view.
     fn sandbox(security: LinuxSandboxSecurityContext) -> PodView {
-        PodView {
-            linux: Some(LinuxPodView {
+        let config = PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(security),
                 ..Default::default()
             }),
             ..Default::default()
-        }
+        };
+        PodView::decode(bytes::Bytes::from(config.encode_to_vec())).unwrap()
     }
 
     fn check_sandbox(check: &Check, pod: &PodView) -> Option<String> {
@@ -810,10 +839,9 @@ mod tests {
     #[test]
     fn host_paths_outside_the_pod_directories() {
         let mut config = container(restricted());
-        config.mounts = vec![Mount {
+        config.mounts = vec![MountView {
             host_path: "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~empty-dir/data".into(),
             container_path: "/data".into(),
-            ..Default::default()
         }];
         let check = Check::HostPaths(HostPathParams::default());
         fn target(c: &ContainerView) -> Target<'_> {
@@ -861,8 +889,8 @@ mod tests {
             require_digest: false,
         };
         let check = Check::Images(params);
-        let image = |i| Target {
-            image: Some(i),
+        let image = |i: &'static str| Target {
+            image: Some(i.as_bytes()),
             ..Target::default()
         };
         assert_eq!(check.violation(&image("busybox:1.36")), None);

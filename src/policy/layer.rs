@@ -79,7 +79,7 @@ where
         let call = Call {
             rpc,
             caller: extensions.get::<Arc<Caller>>().map(|c| &**c),
-            message: extensions.get::<RequestMessage>().map(|m| &m.0[..]),
+            message: extensions.get::<RequestMessage>().map(|m| &m.0),
         };
         let evaluation = set.evaluate(call, self.inventory.as_ref());
         metrics::histogram!(POLICY_EVALUATION_SECONDS).record(start.elapsed().as_secs_f64());

@@ -16,6 +16,7 @@ pub mod view;
 
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use prost::Message;
 
 use self::checks::{Check, Target};
@@ -146,8 +147,9 @@ impl Evaluation {
 pub struct Call<'a> {
     pub rpc: &'a Rpc,
     pub caller: Option<&'a Caller>,
-    /// The first request message; `None` for a call without one.
-    pub message: Option<&'a [u8]>,
+    /// The first request message; `None` for a call without one. A `Bytes`, so that the views
+    /// read its strings without copying them.
+    pub message: Option<&'a Bytes>,
 }
 
 /// The request decoded for the checks.
@@ -163,15 +165,15 @@ struct Decoded {
 impl Decoded {
     fn decode(
         method: Method,
-        bytes: &[u8],
+        bytes: &Bytes,
         with_labels: bool,
     ) -> Result<Decoded, prost::DecodeError> {
-        let mut decoded = Decoded::views(method, bytes)?;
+        let mut decoded = Decoded::views(method, bytes.clone())?;
         if with_labels {
             decoded.labels = match method {
-                Method::RunPodSandbox => RunPodSandboxLabels::decode(bytes)?.config,
+                Method::RunPodSandbox => RunPodSandboxLabels::decode(&bytes[..])?.config,
                 Method::CreateContainer | Method::PullImage => {
-                    SandboxConfigLabels::decode(bytes)?.sandbox_config
+                    SandboxConfigLabels::decode(&bytes[..])?.sandbox_config
                 }
                 _ => None,
             };
@@ -179,7 +181,7 @@ impl Decoded {
         Ok(decoded)
     }
 
-    fn views(method: Method, bytes: &[u8]) -> Result<Decoded, prost::DecodeError> {
+    fn views(method: Method, bytes: Bytes) -> Result<Decoded, prost::DecodeError> {
         Ok(match method {
             Method::RunPodSandbox => Decoded {
                 run: Some(RunPodSandboxView::decode(bytes)?),
@@ -210,7 +212,7 @@ impl Decoded {
         let image = container
             .and_then(|c| c.image.as_ref())
             .or_else(|| self.pull.as_ref().and_then(|p| p.image.as_ref()))
-            .map(|i| i.image.as_str());
+            .map(|i| &i.named()[..]);
         Target {
             pod: self.pod(),
             labels: self.labels.as_ref(),
@@ -260,7 +262,8 @@ impl PolicySet {
         if candidates.is_empty() {
             return evaluation;
         }
-        let bytes = call.message.unwrap_or(&[]);
+        let empty = Bytes::new();
+        let bytes = call.message.unwrap_or(&empty);
         let decoded = match Decoded::decode(call.rpc.method, bytes, self.needs_pod_labels) {
             Ok(decoded) => decoded,
             Err(err) => {
@@ -425,7 +428,7 @@ mod tests {
         let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
         let mut request = crate::fake::samples::create_container_request();
         let verdict = |request: &crate::cri::CreateContainerRequest| {
-            let bytes = request.encode_to_vec();
+            let bytes = Bytes::from(request.encode_to_vec());
             set.evaluate(
                 Call {
                     rpc: &rpc,

@@ -1,30 +1,75 @@
 //! What the policies read of a request: the fields the checks and CEL rules use, decoded with
 //! prost from the caller's bytes. Every other field (environment, devices, resources, container
 //! labels and annotations, DNS, credentials, ...) is skipped without being copied: decoding is
-//! most of the cost of a policy check. The pod's labels and annotations are decoded in a second
-//! pass, only when a policy selects on labels or a CEL rule reads `pod` ([`PodLabels`]). Field
-//! numbers are those of proto/v1.proto (a test checks them).
+//! most of the cost of a policy check. Strings are [`Bytes`] slices of the request itself, not
+//! copies (decode from a `Bytes` buffer): no allocation and no UTF-8 check per string, only for
+//! the few a check reads as text ([`text`]). The pod's labels and annotations are decoded in a
+//! second pass, only when a policy selects on labels or a CEL rule reads `pod` ([`PodLabels`]).
+//! Field numbers are those of proto/v1.proto (a test checks them against the generated types).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::cri::{
-    ContainerMetadata, ImageSpec, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
-    Mount, PodSandboxMetadata, PortMapping,
-};
+use bytes::Bytes;
+
+use crate::cri::{Int64Value, NamespaceOption, PortMapping, SeLinuxOption, SecurityProfile};
+
+/// A string field as text. Invalid UTF-8, which a runtime refuses anyway, shows as U+FFFD.
+pub fn text(field: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(field)
+}
+
+/// `ContainerMetadata`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerMetadataView {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+}
+
+/// `ImageSpec`: the image and the name the user gave it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImageView {
+    /// In CreateContainer the kubelet sends the image's id (`sha256:...`) here.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub image: Bytes,
+    /// The image as the pod spec names it (set by the kubelet since Kubernetes 1.28).
+    #[prost(bytes = "bytes", tag = "18")]
+    pub user_specified_image: Bytes,
+}
+
+impl ImageView {
+    /// The image as the user named it when the request says, else the `image` field.
+    pub fn named(&self) -> &Bytes {
+        if self.user_specified_image.is_empty() {
+            &self.image
+        } else {
+            &self.user_specified_image
+        }
+    }
+}
+
+/// `Mount`, the paths.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MountView {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub container_path: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub host_path: Bytes,
+}
 
 /// `ContainerConfig`, the fields policies read.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContainerView {
     #[prost(message, optional, tag = "1")]
-    pub metadata: Option<ContainerMetadata>,
+    pub metadata: Option<ContainerMetadataView>,
     #[prost(message, optional, tag = "2")]
-    pub image: Option<ImageSpec>,
-    #[prost(string, repeated, tag = "3")]
-    pub command: Vec<String>,
-    #[prost(string, repeated, tag = "4")]
-    pub args: Vec<String>,
+    pub image: Option<ImageView>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub command: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "4")]
+    pub args: Vec<Bytes>,
     #[prost(message, repeated, tag = "7")]
-    pub mounts: Vec<Mount>,
+    pub mounts: Vec<MountView>,
     #[prost(message, optional, tag = "15")]
     pub linux: Option<LinuxContainerView>,
 }
@@ -33,23 +78,98 @@ pub struct ContainerView {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LinuxContainerView {
     #[prost(message, optional, tag = "2")]
-    pub security_context: Option<LinuxContainerSecurityContext>,
+    pub security_context: Option<ContainerSecurityView>,
+}
+
+/// `Capability`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CapabilityView {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub add_capabilities: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub drop_capabilities: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub add_ambient_capabilities: Vec<Bytes>,
+}
+
+/// `LinuxContainerSecurityContext`, the fields policies read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerSecurityView {
+    #[prost(message, optional, tag = "1")]
+    pub capabilities: Option<CapabilityView>,
+    #[prost(bool, tag = "2")]
+    pub privileged: bool,
+    #[prost(message, optional, tag = "3")]
+    pub namespace_options: Option<NamespaceOption>,
+    #[prost(message, optional, tag = "4")]
+    pub selinux_options: Option<SeLinuxOption>,
+    #[prost(message, optional, tag = "5")]
+    pub run_as_user: Option<Int64Value>,
+    #[prost(bytes = "bytes", tag = "6")]
+    pub run_as_username: Bytes,
+    #[prost(bool, tag = "7")]
+    pub readonly_rootfs: bool,
+    /// Deprecated in CRI, still honoured by runtimes.
+    #[prost(bytes = "bytes", tag = "9")]
+    pub apparmor_profile: Bytes,
+    /// Deprecated in CRI, still honoured by runtimes.
+    #[prost(bytes = "bytes", tag = "10")]
+    pub seccomp_profile_path: Bytes,
+    #[prost(bool, tag = "11")]
+    pub no_new_privs: bool,
+    #[prost(bytes = "bytes", repeated, tag = "13")]
+    pub masked_paths: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "14")]
+    pub readonly_paths: Vec<Bytes>,
+    #[prost(message, optional, tag = "15")]
+    pub seccomp: Option<SecurityProfile>,
+    #[prost(message, optional, tag = "16")]
+    pub apparmor: Option<SecurityProfile>,
+}
+
+/// `LinuxSandboxSecurityContext`, the fields policies read.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SandboxSecurityView {
+    #[prost(message, optional, tag = "1")]
+    pub namespace_options: Option<NamespaceOption>,
+    #[prost(message, optional, tag = "2")]
+    pub selinux_options: Option<SeLinuxOption>,
+    #[prost(bool, tag = "6")]
+    pub privileged: bool,
+    /// Deprecated in CRI, still honoured by runtimes.
+    #[prost(bytes = "bytes", tag = "7")]
+    pub seccomp_profile_path: Bytes,
+    #[prost(message, optional, tag = "9")]
+    pub seccomp: Option<SecurityProfile>,
+    #[prost(message, optional, tag = "10")]
+    pub apparmor: Option<SecurityProfile>,
 }
 
 /// `LinuxPodSandboxConfig` without its cgroup, overhead and resources.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LinuxPodView {
     #[prost(message, optional, tag = "2")]
-    pub security_context: Option<LinuxSandboxSecurityContext>,
+    pub security_context: Option<SandboxSecurityView>,
     #[prost(map = "string, string", tag = "3")]
     pub sysctls: HashMap<String, String>,
+}
+
+/// `PodSandboxMetadata`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PodMetadataView {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub uid: Bytes,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub namespace: Bytes,
 }
 
 /// `PodSandboxConfig`, the fields policies read.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PodView {
     #[prost(message, optional, tag = "1")]
-    pub metadata: Option<PodSandboxMetadata>,
+    pub metadata: Option<PodMetadataView>,
     #[prost(message, repeated, tag = "5")]
     pub port_mappings: Vec<PortMapping>,
     #[prost(message, optional, tag = "8")]
@@ -82,8 +202,6 @@ pub struct SandboxConfigLabels {
 /// `CreateContainerRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CreateContainerView {
-    #[prost(string, tag = "1")]
-    pub pod_sandbox_id: String,
     #[prost(message, optional, tag = "2")]
     pub config: Option<ContainerView>,
     #[prost(message, optional, tag = "3")]
@@ -101,7 +219,7 @@ pub struct RunPodSandboxView {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PullImageView {
     #[prost(message, optional, tag = "1")]
-    pub image: Option<ImageSpec>,
+    pub image: Option<ImageView>,
     #[prost(message, optional, tag = "3")]
     pub sandbox_config: Option<PodView>,
 }
@@ -111,28 +229,82 @@ mod tests {
     use super::*;
     use prost::Message;
 
+    fn strings(fields: &[Bytes]) -> Vec<String> {
+        fields.iter().map(|f| text(f).into_owned()).collect()
+    }
+
     #[test]
     fn views_read_the_same_fields_as_the_generated_types() {
         let full = crate::fake::samples::create_container_request();
-        let bytes = full.encode_to_vec();
-        let view = CreateContainerView::decode(&bytes[..]).unwrap();
+        let bytes = Bytes::from(full.encode_to_vec());
+        let view = CreateContainerView::decode(bytes.clone()).unwrap();
         let config = full.config.unwrap();
         let seen = view.config.unwrap();
-        assert_eq!(seen.metadata, config.metadata);
-        assert_eq!(seen.image, config.image);
-        assert_eq!((seen.command, seen.args), (config.command, config.args));
-        assert_eq!(seen.mounts, config.mounts);
-        let linux = config.linux.unwrap();
-        assert_eq!(seen.linux.unwrap().security_context, linux.security_context);
+        assert_eq!(seen.metadata.unwrap().name, config.metadata.unwrap().name);
+        let (image, seen_image) = (config.image.unwrap(), seen.image.unwrap());
+        assert_eq!(seen_image.image, image.image);
+        assert_eq!(seen_image.user_specified_image, image.user_specified_image);
+        assert_eq!(seen_image.named(), &image.user_specified_image);
+        assert_eq!(strings(&seen.command), config.command);
+        assert_eq!(strings(&seen.args), config.args);
+        let mounts: Vec<_> = config
+            .mounts
+            .iter()
+            .map(|m| (m.container_path.clone(), m.host_path.clone()))
+            .collect();
+        let seen_mounts: Vec<_> = seen
+            .mounts
+            .iter()
+            .map(|m| {
+                (
+                    strings(&[m.container_path.clone()]).remove(0),
+                    strings(&[m.host_path.clone()]).remove(0),
+                )
+            })
+            .collect();
+        assert_eq!(seen_mounts, mounts);
+        let security = config.linux.unwrap().security_context.unwrap();
+        let seen_security = seen.linux.unwrap().security_context.unwrap();
+        let (caps, seen_caps) = (
+            security.capabilities.unwrap(),
+            seen_security.capabilities.unwrap(),
+        );
+        assert_eq!(strings(&seen_caps.add_capabilities), caps.add_capabilities);
+        assert_eq!(
+            strings(&seen_caps.drop_capabilities),
+            caps.drop_capabilities
+        );
+        assert_eq!(seen_security.namespace_options, security.namespace_options);
+        assert_eq!(seen_security.run_as_user, security.run_as_user);
+        assert_eq!(seen_security.no_new_privs, security.no_new_privs);
+        assert_eq!(strings(&seen_security.masked_paths), security.masked_paths);
+        assert_eq!(
+            strings(&seen_security.readonly_paths),
+            security.readonly_paths
+        );
+        assert_eq!(seen_security.seccomp, security.seccomp);
         let pod = full.sandbox_config.clone().unwrap();
         let seen = view.sandbox_config.unwrap();
-        assert_eq!(seen.metadata, pod.metadata);
+        let (metadata, seen_metadata) = (pod.metadata.unwrap(), seen.metadata.unwrap());
+        assert_eq!(
+            strings(&[
+                seen_metadata.name,
+                seen_metadata.uid,
+                seen_metadata.namespace
+            ]),
+            [metadata.name, metadata.uid, metadata.namespace]
+        );
         assert_eq!(seen.port_mappings, pod.port_mappings);
         let (linux, seen_linux) = (pod.linux.unwrap(), seen.linux.unwrap());
-        assert_eq!(seen_linux.security_context, linux.security_context);
+        let (security, seen_security) = (
+            linux.security_context.unwrap(),
+            seen_linux.security_context.unwrap(),
+        );
+        assert_eq!(seen_security.namespace_options, security.namespace_options);
+        assert_eq!(seen_security.seccomp, security.seccomp);
+        assert_eq!(seen_security.privileged, security.privileged);
         assert_eq!(seen_linux.sysctls, linux.sysctls);
-        assert_eq!(view.pod_sandbox_id, full.pod_sandbox_id);
-        let labels = SandboxConfigLabels::decode(&bytes[..])
+        let labels = SandboxConfigLabels::decode(bytes.clone())
             .unwrap()
             .sandbox_config
             .unwrap();
@@ -147,5 +319,59 @@ mod tests {
             .config
             .unwrap();
         assert_eq!(labels.labels, pod.labels);
+    }
+
+    #[test]
+    fn the_security_views_read_every_field_the_checks_use() {
+        use crate::cri::{Capability, LinuxContainerSecurityContext, LinuxSandboxSecurityContext};
+        #[allow(deprecated)]
+        let container = LinuxContainerSecurityContext {
+            capabilities: Some(Capability {
+                add_ambient_capabilities: vec!["NET_RAW".into()],
+                ..Default::default()
+            }),
+            privileged: true,
+            selinux_options: Some(SeLinuxOption {
+                r#type: "spc_t".into(),
+                ..Default::default()
+            }),
+            run_as_username: "root".into(),
+            readonly_rootfs: true,
+            apparmor_profile: "unconfined".into(),
+            seccomp_profile_path: "unconfined".into(),
+            apparmor: Some(SecurityProfile {
+                profile_type: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let view = ContainerSecurityView::decode(Bytes::from(container.encode_to_vec())).unwrap();
+        assert_eq!(
+            strings(&view.capabilities.unwrap().add_ambient_capabilities),
+            ["NET_RAW"]
+        );
+        assert!(view.privileged && view.readonly_rootfs);
+        assert_eq!(view.selinux_options, container.selinux_options);
+        assert_eq!(view.run_as_username, "root");
+        #[allow(deprecated)]
+        let deprecated = (container.apparmor_profile, container.seccomp_profile_path);
+        assert_eq!(
+            (view.apparmor_profile, view.seccomp_profile_path),
+            (Bytes::from(deprecated.0), Bytes::from(deprecated.1))
+        );
+        assert_eq!(view.apparmor, container.apparmor);
+        #[allow(deprecated)]
+        let sandbox = LinuxSandboxSecurityContext {
+            selinux_options: container.selinux_options.clone(),
+            privileged: true,
+            seccomp_profile_path: "unconfined".into(),
+            apparmor: container.apparmor,
+            ..Default::default()
+        };
+        let view = SandboxSecurityView::decode(Bytes::from(sandbox.encode_to_vec())).unwrap();
+        assert_eq!(view.selinux_options, sandbox.selinux_options);
+        assert!(view.privileged);
+        assert_eq!(view.seccomp_profile_path, "unconfined");
+        assert_eq!(view.apparmor, sandbox.apparmor);
     }
 }

@@ -61,12 +61,16 @@ impl Subject {
                 pod: pod_at(&[1, 1]),
                 ..Subject::default()
             },
-            // pod_sandbox_id = 1, config = 2 (metadata.name, image.image), sandbox_config = 3
+            // pod_sandbox_id = 1, config = 2 (metadata.name, image), sandbox_config = 3. The
+            // kubelet puts the image's id in image.image and the pod spec's name in
+            // image.user_specified_image (18): the name is what an operator recognises.
             CreateContainer => Subject {
                 pod: pod_at(&[3, 1]),
                 sandbox_id: text(&[1]),
                 container_name: text(&[2, 1, 1]),
-                image: text(&[2, 2, 1]),
+                image: text(&[2, 2, 18])
+                    .filter(|name| !name.is_empty())
+                    .or_else(|| text(&[2, 2, 1])),
                 ..Subject::default()
             },
             // image = 1 → image = 1; sandbox_config = 3 → metadata = 1
@@ -252,10 +256,21 @@ mod tests {
             subject.container_name.as_deref(),
             Some(&*config.metadata.as_ref().unwrap().name)
         );
-        assert_eq!(
-            subject.image.as_deref(),
-            Some(&*config.image.as_ref().unwrap().image)
-        );
+        // The kubelet's CreateContainer: the image's id in `image`, its name beside it.
+        let image = config.image.as_ref().unwrap();
+        assert!(image.image.starts_with("sha256:"));
+        assert_eq!(subject.image.as_deref(), Some(&*image.user_specified_image));
+        let mut by_id = create.clone();
+        by_id
+            .config
+            .as_mut()
+            .unwrap()
+            .image
+            .as_mut()
+            .unwrap()
+            .user_specified_image = String::new();
+        let subject = Subject::of_request(Method::CreateContainer, &by_id.encode_to_vec());
+        assert_eq!(subject.image.as_deref(), Some(&*image.image));
         let exec = ExecSyncRequest {
             container_id: "c-9".into(),
             cmd: vec!["true".into()],
