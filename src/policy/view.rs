@@ -257,8 +257,8 @@ mod tests {
             .iter()
             .map(|m| {
                 (
-                    strings(&[m.container_path.clone()]).remove(0),
-                    strings(&[m.host_path.clone()]).remove(0),
+                    text(&m.container_path).into_owned(),
+                    text(&m.host_path).into_owned(),
                 )
             })
             .collect();
