@@ -126,7 +126,8 @@ fn policies(c: &mut Criterion) {
         )
     };
     let evaluation = evaluate();
-    assert_eq!(evaluation.evaluated, ["cel", "pss-restricted"]);
+    let names: Vec<&str> = evaluation.evaluated.iter().map(|n| &**n).collect();
+    assert_eq!(names, ["cel", "pss-restricted"]);
     assert!(evaluation.refusal().is_none(), "{:?}", evaluation.findings);
     c.bench_function(
         "policies: pss-restricted + 2 CEL rules, 5 KB CreateContainer",

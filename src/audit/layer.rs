@@ -3,6 +3,7 @@
 //! answer to its end, and queues the event. With `onFailure: deny`, calls that would be recorded
 //! are refused while events cannot be written.
 
+use futures_util::future::{Either, MapOk, TryFutureExt};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -125,7 +126,11 @@ where
 {
     type Response = http::Response<StatusBody<ResponseBody<RB>, AuditRecord>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    /// Calls the rules do not select pass with nothing boxed or allocated.
+    type Future = Either<
+        MapOk<S::Future, fn(S::Response) -> Self::Response>,
+        Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -146,17 +151,13 @@ where
             extensions.get::<Rpc>().cloned(),
             highest > Level::None,
         ) else {
-            let future = inner.call(request);
-            return Box::pin(async move {
-                let response = future.await?;
-                Ok(StatusBody::wrap(response, AuditRecord(None)))
-            });
+            return Either::Left(inner.call(request).map_ok(unaudited::<RB>));
         };
         let caller = caller.cloned();
         let message = RequestMessageSlot::attach(&mut request);
         let decided = DecisionSlot::attach(&mut request);
         let trail = trail.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let time = SystemTime::now();
             let start = Instant::now();
             // Room in the queue first: a writer that cannot keep up slows calls down, it never
@@ -188,8 +189,17 @@ where
             }
             let response = inner.call(request).await?;
             Ok(StatusBody::wrap(response, AuditRecord(Some(record))))
-        })
+        }))
     }
+}
+
+fn unaudited<RB>(
+    response: http::Response<ResponseBody<RB>>,
+) -> http::Response<StatusBody<ResponseBody<RB>, AuditRecord>>
+where
+    ResponseBody<RB>: http_body::Body,
+{
+    StatusBody::wrap(response, AuditRecord(None))
 }
 
 /// The audit side of one call, until it ends. Dropped before its end (the caller went away

@@ -292,7 +292,7 @@ pub fn read_policy(path: &Path) -> Result<Policy, PolicyError> {
             MethodSet::parse(&["RunPodSandbox", "CreateContainer"]).expect("valid")
         });
     Ok(Policy {
-        name: file.metadata.name,
+        name: file.metadata.name.into(),
         file: path.to_path_buf(),
         mode: file.spec.mode,
         failure_policy: file.spec.failure_policy,

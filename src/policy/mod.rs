@@ -15,6 +15,7 @@ pub mod reload;
 pub mod view;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
@@ -34,7 +35,8 @@ use crate::proxy::rpc::{Method, MethodSet, Rpc};
 /// A compiled policy.
 #[derive(Clone, Debug)]
 pub struct Policy {
-    pub name: String,
+    /// Shared with every evaluation and metric label that names the policy.
+    pub name: Arc<str>,
     pub file: PathBuf,
     pub mode: Mode,
     pub failure_policy: FailurePolicy,
@@ -81,7 +83,7 @@ pub enum Outcome {
 /// One rule's finding on a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
-    pub policy: String,
+    pub policy: Arc<str>,
     pub rule: String,
     pub mode: Mode,
     pub failure_policy: FailurePolicy,
@@ -131,7 +133,7 @@ impl Finding {
 #[derive(Clone, Debug, Default)]
 pub struct Evaluation {
     /// The policies that matched the call (evaluated), by name.
-    pub evaluated: Vec<String>,
+    pub evaluated: Vec<Arc<str>>,
     pub findings: Vec<Finding>,
 }
 

@@ -63,7 +63,7 @@ impl PolicyStore {
     pub fn reload_with(&self, exempt_namespaces: &[String]) -> Result<(), PolicyError> {
         match load_dir(&self.dir, exempt_namespaces) {
             Ok(set) => {
-                let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
+                let names: Vec<Arc<str>> = set.policies.iter().map(|p| p.name.clone()).collect();
                 self.exempt_namespaces
                     .store(Arc::new(exempt_namespaces.to_vec()));
                 self.current.store(Arc::new(set));
