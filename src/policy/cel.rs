@@ -92,13 +92,12 @@ pub fn context<'r>(
     let empty = HashMap::new();
     let labels = target.labels.map_or(&empty, |l| &l.labels);
     let annotations = target.labels.map_or(&empty, |l| &l.annotations);
-    let (namespace, name, uid): (&[u8], &[u8], &[u8]) =
-        match target.pod.and_then(|p| p.metadata.as_ref()) {
-            Some(m) => (&m.namespace, &m.name, &m.uid),
-            None => subject.pod.as_ref().map_or((b"", b"", b""), |p| {
-                (p.namespace.as_bytes(), p.name.as_bytes(), p.uid.as_bytes())
-            }),
-        };
+    let (namespace, name, uid): (&[u8], &[u8], &[u8]) = match target.pod_metadata {
+        Some(m) => (&m.namespace, &m.name, &m.uid),
+        None => subject.pod.as_ref().map_or((b"", b"", b""), |p| {
+            (p.namespace.as_bytes(), p.name.as_bytes(), p.uid.as_bytes())
+        }),
+    };
     let pod = some(vec![
         ("namespace", true, &|| text(namespace)),
         ("name", true, &|| text(name)),

@@ -6,16 +6,19 @@
 use serde::Deserialize;
 
 use super::view::{
-    ContainerSecurityView, ContainerView, PodLabels, PodView, SandboxSecurityView, text,
+    ContainerSecurityView, ContainerView, PodLabels, PodMetadataView, PodView, SandboxSecurityView,
+    text,
 };
 use crate::cri::{NamespaceMode, NamespaceOption, SecurityProfile, security_profile::ProfileType};
 
 /// The decoded request as the checks see it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Target<'a> {
-    /// The pod's config: RunPodSandbox's `config`, CreateContainer's and PullImage's
-    /// `sandbox_config`.
+    /// The pod's config as RunPodSandbox makes it (`config`).
     pub pod: Option<&'a PodView>,
+    /// The pod's name, namespace and uid: RunPodSandbox's, or those CreateContainer and
+    /// PullImage repeat in their `sandbox_config`.
+    pub pod_metadata: Option<&'a PodMetadataView>,
     /// The pod's labels and annotations, decoded only when a policy needs them.
     pub labels: Option<&'a PodLabels>,
     /// CreateContainer's `config`.

@@ -23,8 +23,8 @@ use prost::Message;
 use self::checks::{Check, Target};
 use self::file::{CelExpr, FailurePolicy, MatchSpec, Mode};
 use self::view::{
-    CreateContainerView, PodLabels, PodView, PullImageView, RunPodSandboxLabels, RunPodSandboxView,
-    SandboxConfigLabels,
+    CreateContainerView, PodLabels, PodMetadataView, PodView, PullImageView, RunPodSandboxLabels,
+    RunPodSandboxView, SandboxConfigLabels,
 };
 use crate::audit::rules::glob_match;
 use crate::inventory::Inventory;
@@ -201,12 +201,20 @@ impl Decoded {
         })
     }
 
+    /// The pod being made (RunPodSandbox): its settings are judged there.
     fn pod(&self) -> Option<&PodView> {
-        self.run
-            .as_ref()
-            .and_then(|r| r.config.as_ref())
-            .or_else(|| self.create.as_ref().and_then(|c| c.sandbox_config.as_ref()))
-            .or_else(|| self.pull.as_ref().and_then(|p| p.sandbox_config.as_ref()))
+        self.run.as_ref().and_then(|r| r.config.as_ref())
+    }
+
+    fn pod_metadata(&self) -> Option<&PodMetadataView> {
+        let repeated = || {
+            let create = self.create.as_ref().and_then(|c| c.sandbox_config.as_ref());
+            create.or_else(|| self.pull.as_ref().and_then(|p| p.sandbox_config.as_ref()))
+        };
+        match self.pod() {
+            Some(pod) => pod.metadata.as_ref(),
+            None => repeated().and_then(|p| p.metadata.as_ref()),
+        }
     }
 
     fn target(&self) -> Target<'_> {
@@ -217,6 +225,7 @@ impl Decoded {
             .map(|i| &i.named()[..]);
         Target {
             pod: self.pod(),
+            pod_metadata: self.pod_metadata(),
             labels: self.labels.as_ref(),
             container,
             image,

@@ -180,6 +180,14 @@ pub struct PodView {
     pub linux: Option<LinuxPodView>,
 }
 
+/// `PodSandboxConfig`, only its metadata: what CreateContainer and PullImage repeat of the pod
+/// is judged by name (the pod's own settings were judged when its sandbox was made).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PodNameView {
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<PodMetadataView>,
+}
+
 /// `PodSandboxConfig`'s labels and annotations.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PodLabels {
@@ -209,7 +217,7 @@ pub struct CreateContainerView {
     #[prost(message, optional, tag = "2")]
     pub config: Option<ContainerView>,
     #[prost(message, optional, tag = "3")]
-    pub sandbox_config: Option<PodView>,
+    pub sandbox_config: Option<PodNameView>,
 }
 
 /// `RunPodSandboxRequest`.
@@ -225,7 +233,7 @@ pub struct PullImageView {
     #[prost(message, optional, tag = "1")]
     pub image: Option<ImageView>,
     #[prost(message, optional, tag = "3")]
-    pub sandbox_config: Option<PodView>,
+    pub sandbox_config: Option<PodNameView>,
 }
 
 #[cfg(test)]
@@ -288,18 +296,27 @@ mod tests {
         );
         assert_eq!(seen_security.seccomp, security.seccomp);
         let pod = full.sandbox_config.clone().unwrap();
-        let seen = view.sandbox_config.unwrap();
-        let (metadata, seen_metadata) = (pod.metadata.unwrap(), seen.metadata.unwrap());
+        let seen_metadata = view.sandbox_config.unwrap().metadata.unwrap();
+        let metadata = pod.metadata.clone().unwrap();
         assert_eq!(
             strings(&[
-                seen_metadata.name,
-                seen_metadata.uid,
-                seen_metadata.namespace
+                seen_metadata.name.clone(),
+                seen_metadata.uid.clone(),
+                seen_metadata.namespace.clone()
             ]),
             [metadata.name, metadata.uid, metadata.namespace]
         );
+        let run = crate::cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            ..Default::default()
+        };
+        let seen = RunPodSandboxView::decode(Bytes::from(run.encode_to_vec()))
+            .unwrap()
+            .config
+            .unwrap();
+        assert_eq!(seen.metadata.unwrap(), seen_metadata);
         assert_eq!(seen.port_mappings, pod.port_mappings);
-        let (linux, seen_linux) = (pod.linux.unwrap(), seen.linux.unwrap());
+        let (linux, seen_linux) = (pod.linux.clone().unwrap(), seen.linux.unwrap());
         let (security, seen_security) = (
             linux.security_context.unwrap(),
             seen_linux.security_context.unwrap(),
@@ -314,10 +331,6 @@ mod tests {
             .unwrap();
         assert_eq!(labels.labels, pod.labels);
         assert_eq!(labels.annotations, pod.annotations);
-        let run = crate::cri::RunPodSandboxRequest {
-            config: full.sandbox_config,
-            ..Default::default()
-        };
         let labels = RunPodSandboxLabels::decode(&run.encode_to_vec()[..])
             .unwrap()
             .config
