@@ -121,6 +121,7 @@ fn policies(c: &mut Criterion) {
                 rpc: &rpc,
                 caller: None,
                 message: Some(&bytes),
+                subject: None,
             },
             None,
         )
@@ -140,6 +141,7 @@ fn policies(c: &mut Criterion) {
         rpc: &rpc,
         caller: None,
         message: Some(&bytes),
+        subject: None,
     };
     assert!(set.evaluate(call, None).refusal().is_none());
     c.bench_function("policies: pss-restricted, 5 KB CreateContainer", |b| {

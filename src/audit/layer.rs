@@ -261,8 +261,8 @@ impl Record {
         let method = self.rpc.method;
         let mut subject = self
             .message
-            .get()
-            .map(|m| Subject::of_request(method, m))
+            .subject(|m| Subject::of_request(method, m))
+            .cloned()
             .unwrap_or_default();
         trail.inventory.complete(&mut subject);
         let answer = self.response.as_deref().and_then(first_message);

@@ -76,15 +76,17 @@ impl StatusObserver for Option<LearnRecord> {
         if outcome.code != tonic::Code::Ok {
             return;
         }
-        let Some(message) = record.message.get() else {
+        let Some(subject) = record
+            .message
+            .subject(|m| Subject::of_request(record.method, m))
+        else {
             return;
         };
-        let subject = Subject::of_request(record.method, message);
         // The answer is one gRPC message: a 5-byte prefix, then the message.
         let created = record
             .answer
             .get(5..)
             .and_then(|m| inspect::created_id(record.method, m));
-        record.inventory.learn(record.method, &subject, created);
+        record.inventory.learn(record.method, subject, created);
     }
 }

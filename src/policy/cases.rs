@@ -145,6 +145,7 @@ pub fn evaluate(
             rpc,
             caller: caller.as_ref(),
             message: Some(bytes),
+            subject: None,
         },
         Some(&inventory),
     )

@@ -11,9 +11,9 @@ use arc_swap::ArcSwap;
 use futures_util::future::Either;
 
 use super::file::Mode;
-use super::{Call, Evaluation, Outcome, PolicySet};
+use super::{Call, Evaluation, Outcome, PolicySet, read_subject};
 use crate::inventory::Inventory;
-use crate::proxy::body::RequestMessage;
+use crate::proxy::body::{RequestMessage, RequestMessageSlot};
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
@@ -76,10 +76,15 @@ where
             return Either::Left(self.inner.call(request));
         };
         let start = Instant::now();
+        // Read once for every layer when the layers above keep the message (audit, learning).
+        let subject = extensions.get::<RequestMessageSlot>().and_then(|slot| {
+            slot.subject(|m| read_subject(rpc.method, m, self.inventory.as_ref()))
+        });
         let call = Call {
             rpc,
             caller: extensions.get::<Arc<Caller>>().map(|c| &**c),
             message: extensions.get::<RequestMessage>().map(|m| &m.0),
+            subject,
         };
         let evaluation = set.evaluate(call, self.inventory.as_ref());
         metrics::histogram!(POLICY_EVALUATION_SECONDS).record(start.elapsed().as_secs_f64());

@@ -152,6 +152,17 @@ pub struct Call<'a> {
     /// The first request message; `None` for a call without one. A `Bytes`, so that the views
     /// read its strings without copying them.
     pub message: Option<&'a Bytes>,
+    /// What the call is about, when a layer above has read it already; else it is read here.
+    pub subject: Option<&'a Subject>,
+}
+
+/// What a `method` request is about, with what the inventory knows of the ids it names.
+pub fn read_subject(method: Method, message: &[u8], inventory: Option<&Inventory>) -> Subject {
+    let mut subject = Subject::of_request(method, message);
+    if let Some(inventory) = inventory {
+        inventory.complete(&mut subject);
+    }
+    subject
 }
 
 /// The request decoded for the checks.
@@ -296,17 +307,21 @@ impl PolicySet {
                 return evaluation;
             }
         };
-        let mut subject = Subject::of_request(call.rpc.method, bytes);
-        if let Some(inventory) = inventory {
-            inventory.complete(&mut subject);
-        }
+        let read;
+        let subject = match call.subject {
+            Some(subject) => subject,
+            None => {
+                read = read_subject(call.rpc.method, bytes, inventory);
+                &read
+            }
+        };
         let namespace = subject.pod.as_ref().map(|p| p.namespace.as_str());
         if namespace.is_some_and(|ns| self.exempt_namespaces.iter().any(|e| glob_match(e, ns))) {
             return evaluation;
         }
         let labels = decoded.labels.as_ref().map(|p| &p.labels);
         let target = decoded.target();
-        let who = || describe_subject(call.rpc.method, &subject);
+        let who = || describe_subject(call.rpc.method, subject);
         // CEL's built-in functions are registered once per thread; each call gets its variables
         // in a scope of its own.
         thread_local! {
@@ -332,7 +347,7 @@ impl PolicySet {
                         }),
                         RuleKind::Cel(expr) => {
                             let context = cel_context.get_or_insert_with(|| {
-                                self::cel::context(root, call, &target, &subject, self.cel_needs)
+                                self::cel::context(root, call, &target, subject, self.cel_needs)
                             });
                             match self::cel::holds(expr, context) {
                                 Ok(true) => None,
@@ -445,6 +460,7 @@ mod tests {
                     rpc: &rpc,
                     caller: None,
                     message: Some(&bytes),
+                    subject: None,
                 },
                 None,
             )

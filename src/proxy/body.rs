@@ -21,6 +21,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Code;
 
 use super::error::{BadRequest, Direction, MessageTooLarge, ProxyError, RuntimeError};
+use super::inspect::Subject;
 use super::status;
 
 /// Every gRPC message starts with a 5-byte prefix: a compression flag and a big-endian length.
@@ -96,9 +97,16 @@ impl FrameScanner {
 pub struct RequestMessage(pub Bytes);
 
 /// A place for the first request message, put in the request extensions by a layer above the
-/// one that reads it, so that it can still read the message when the call has failed.
+/// one that reads it, so that it can still read the message when the call has failed. It also
+/// keeps what the call is about ([`Subject`]), read from the message once for every layer.
 #[derive(Clone, Debug, Default)]
-pub struct RequestMessageSlot(std::sync::Arc<std::sync::OnceLock<Bytes>>);
+pub struct RequestMessageSlot(std::sync::Arc<Slot>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    message: std::sync::OnceLock<Bytes>,
+    subject: std::sync::OnceLock<Subject>,
+}
 
 impl RequestMessageSlot {
     /// The slot of `request`, put in its extensions if no layer above did: all layers that
@@ -111,11 +119,19 @@ impl RequestMessageSlot {
     }
 
     pub fn set(&self, message: &RequestMessage) {
-        let _ = self.0.set(message.0.clone());
+        let _ = self.0.message.set(message.0.clone());
     }
 
     pub fn get(&self) -> Option<&Bytes> {
-        self.0.get()
+        self.0.message.get()
+    }
+
+    /// The call's subject: `read` from the message by the first layer that asks (it may fill
+    /// in what criguard knows of the ids), the same for every later one. `None` without a
+    /// message.
+    pub fn subject(&self, read: impl FnOnce(&Bytes) -> Subject) -> Option<&Subject> {
+        let message = self.0.message.get()?;
+        Some(self.0.subject.get_or_init(|| read(message)))
     }
 }
 
