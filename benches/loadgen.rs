@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench --bench loadgen                     # every scenario, 3 s per side
 //! CRIGUARD_BENCH_SECONDS=1 cargo bench --bench loadgen -- Version
+//! CRIGUARD_BENCH_SECONDS=16 CRIGUARD_BENCH_ROUNDS=8 cargo bench --bench loadgen -- policies audit
 //! ```
 //!
 //! The fake runtime and criguard run as their own processes (the release binary), so
@@ -26,7 +27,15 @@ use http_body_util::BodyExt;
 use prost::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_criguard");
-const ROUNDS: u32 = 2;
+/// Alternating rounds per side and scenario (`CRIGUARD_BENCH_ROUNDS`): more rounds spread a
+/// shared machine's drift more evenly over both sides.
+fn rounds() -> u32 {
+    std::env::var("CRIGUARD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(2)
+}
 
 struct Process(Child);
 
@@ -304,7 +313,7 @@ fn compare(
         let (mut off, mut on, mut slowest) = (0.0, 0.0, Duration::ZERO);
         // criguard's CPU time and the calls it served, per side.
         let (mut off_cpu, mut on_cpu) = ((0u64, 0u64), (0u64, 0u64));
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds() {
             let before = cpu_micros(base.pid);
             let run = runtime.block_on(drive(base.socket, s.path, s.body.clone(), 64, per_round));
             off_cpu = (
@@ -336,8 +345,8 @@ fn compare(
         println!(
             "| {} | {:.0} | {:.0} | {:.2} | {:.1} / {:.1} | {scraped} |",
             s.name,
-            off / ROUNDS as f64,
-            on / ROUNDS as f64,
+            off / rounds() as f64,
+            on / rounds() as f64,
             on / off,
             per_call(off_cpu),
             per_call(on_cpu),
@@ -412,7 +421,8 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
-    let per_round = Duration::from_secs_f64(seconds / ROUNDS as f64);
+    let rounds = rounds();
+    let per_round = Duration::from_secs_f64(seconds / rounds as f64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -426,7 +436,7 @@ fn main() {
     let idle_rss = [&small, &big].map(|p| status_kib(p.proxy_process.0.id(), "VmRSS:"));
 
     println!(
-        "criguard load generator: {seconds} s per side per scenario, {ROUNDS} alternating rounds, one HTTP/2 connection"
+        "criguard load generator: {seconds} s per side per scenario, {rounds} alternating rounds, one HTTP/2 connection"
     );
     println!();
     println!(
@@ -449,7 +459,7 @@ fn main() {
         let mut proxied: Option<Run> = None;
         let mut relayed: Option<Run> = None;
         let mut cpu = 0u64;
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             let d = runtime.block_on(drive(
                 &p.runtime,
                 s.path,
