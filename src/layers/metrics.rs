@@ -3,9 +3,10 @@
 //! counts the statuses criguard makes itself as well as the runtime's.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use metrics::{Counter, Gauge, Histogram};
 use tonic::Code;
 
 use super::observe::{Observe, ObserveLayer};
@@ -46,9 +47,8 @@ impl Observe for CallMetrics {
     fn on_response<B>(record: &mut CallRecord, response: &http::Response<B>) {
         record.request_stats = response.extensions().get::<RequestStats>().cloned();
         let trailers_only = status::read_code(response.headers()).is_some();
-        if record.method.is_server_streaming() && !trailers_only {
-            metrics::gauge!(names::STREAMS_ACTIVE, "method" => record.method.as_str())
-                .increment(1.0);
+        if record.metrics.method.is_server_streaming() && !trailers_only {
+            record.metrics.streams.increment(1.0);
             record.streaming = true;
         }
     }
@@ -69,8 +69,7 @@ fn note_unknown_method(rpc: &Rpc) {
 /// away before the answer started), it counts as CANCELLED.
 #[derive(Debug)]
 pub struct CallRecord {
-    service: Service,
-    method: Method,
+    metrics: &'static MethodMetrics,
     start: Instant,
     streaming: bool,
     request_stats: Option<RequestStats>,
@@ -79,11 +78,10 @@ pub struct CallRecord {
 
 impl CallRecord {
     fn start(service: Service, method: Method) -> CallRecord {
-        metrics::gauge!(names::REQUESTS_IN_FLIGHT, "service" => service.as_str(), "method" => method.as_str())
-            .increment(1.0);
+        let metrics = MethodMetrics::of(service, method);
+        metrics.in_flight.increment(1.0);
         CallRecord {
-            service,
-            method,
+            metrics,
             start: Instant::now(),
             streaming: false,
             request_stats: None,
@@ -95,22 +93,67 @@ impl CallRecord {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        let (service, method) = (self.service.as_str(), self.method.as_str());
-        metrics::counter!(names::REQUESTS_TOTAL, "service" => service, "method" => method, "code" => code_name(code))
-            .increment(1);
-        metrics::histogram!(names::REQUEST_DURATION, "service" => service, "method" => method)
-            .record(self.start.elapsed().as_secs_f64());
+        let metrics = self.metrics;
+        metrics.finished(code).increment(1);
+        metrics.duration.record(self.start.elapsed().as_secs_f64());
         let request_bytes = self.request_stats.as_ref().map_or(0, RequestStats::bytes);
-        metrics::counter!(names::MESSAGE_BYTES_TOTAL, "method" => method, "direction" => "request")
-            .increment(request_bytes);
-        metrics::counter!(names::MESSAGE_BYTES_TOTAL, "method" => method, "direction" => "response")
-            .increment(response_bytes);
+        metrics.request_bytes.increment(request_bytes);
+        metrics.response_bytes.increment(response_bytes);
         // Last, so that a scrape never sees a call gone from in-flight but not yet counted.
-        metrics::gauge!(names::REQUESTS_IN_FLIGHT, "service" => service, "method" => method)
-            .decrement(1.0);
+        metrics.in_flight.decrement(1.0);
         if self.streaming {
-            metrics::gauge!(names::STREAMS_ACTIVE, "method" => method).decrement(1.0);
+            metrics.streams.decrement(1.0);
         }
+    }
+}
+
+/// The metrics of one service and method, registered with the recorder on first use: looking
+/// labelled metrics up in the registry on every call cost several µs per call.
+#[derive(Debug)]
+struct MethodMetrics {
+    service: Service,
+    method: Method,
+    in_flight: Gauge,
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+    streams: Gauge,
+    /// Finished calls, by gRPC code (0..=16).
+    by_code: [OnceLock<Counter>; 17],
+}
+
+impl MethodMetrics {
+    fn of(service: Service, method: Method) -> &'static MethodMetrics {
+        const SERVICES: usize = 3;
+        static TABLE: OnceLock<Box<[OnceLock<MethodMetrics>]>> = OnceLock::new();
+        let table = TABLE.get_or_init(|| {
+            (0..SERVICES * (Method::ALL.len() + 1))
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        let index = service as usize * (Method::ALL.len() + 1) + method as usize;
+        table[index].get_or_init(|| MethodMetrics::register(service, method))
+    }
+
+    fn register(service: Service, method: Method) -> MethodMetrics {
+        let (s, m) = (service.as_str(), method.as_str());
+        MethodMetrics {
+            service,
+            method,
+            in_flight: metrics::gauge!(names::REQUESTS_IN_FLIGHT, "service" => s, "method" => m),
+            duration: metrics::histogram!(names::REQUEST_DURATION, "service" => s, "method" => m),
+            request_bytes: metrics::counter!(names::MESSAGE_BYTES_TOTAL, "method" => m, "direction" => "request"),
+            response_bytes: metrics::counter!(names::MESSAGE_BYTES_TOTAL, "method" => m, "direction" => "response"),
+            streams: metrics::gauge!(names::STREAMS_ACTIVE, "method" => m),
+            by_code: Default::default(),
+        }
+    }
+
+    fn finished(&self, code: Code) -> &Counter {
+        let slot = &self.by_code[(code as usize).min(16)];
+        slot.get_or_init(|| {
+            metrics::counter!(names::REQUESTS_TOTAL, "service" => self.service.as_str(), "method" => self.method.as_str(), "code" => code_name(code))
+        })
     }
 }
 
