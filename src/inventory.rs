@@ -80,8 +80,8 @@ impl Inventory {
                     tables.add_container(
                         id,
                         sandbox,
-                        subject.container_name.clone().unwrap_or_default(),
-                        subject.image.clone().unwrap_or_default(),
+                        subject.container_name.as_deref().unwrap_or_default(),
+                        subject.image.as_deref().unwrap_or_default(),
                     );
                 }
             }
@@ -141,8 +141,8 @@ impl Inventory {
             tables.add_container(
                 &container.id,
                 &container.pod_sandbox_id,
-                container.metadata.clone().unwrap_or_default().name,
-                container.image.clone().unwrap_or_default().image,
+                container.metadata.as_ref().map_or("", |m| m.name.as_str()),
+                container.image.as_ref().map_or("", |i| i.image.as_str()),
             );
         }
         Ok((sandboxes.len(), containers.len()))
@@ -156,7 +156,8 @@ impl Tables {
         }
     }
 
-    fn add_container(&mut self, id: &str, sandbox_id: &str, name: String, image: String) {
+    /// Nothing is copied when the table is full.
+    fn add_container(&mut self, id: &str, sandbox_id: &str, name: &str, image: &str) {
         if self.containers.len() < MAX_ENTRIES {
             let sandbox_id = self
                 .sandboxes
@@ -166,8 +167,8 @@ impl Tables {
                 id.into(),
                 ContainerEntry {
                     sandbox_id,
-                    name,
-                    image,
+                    name: name.into(),
+                    image: image.into(),
                 },
             );
         }
