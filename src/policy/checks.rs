@@ -308,12 +308,14 @@ impl Check {
             Check::HostPaths(params) => {
                 let container = target.container?;
                 container.mounts.iter().find_map(|m| {
-                    let path = text(&m.host_path);
+                    let given = text(&m.host_path);
+                    // `/var/lib/kubelet/pods/../../../etc` is /etc: judge the path it names.
+                    let path = resolve_dots(&given);
                     let path = path.as_ref();
                     let allowed = path.is_empty()
                         || KUBELET_POD_DIRS.iter().any(|d| path.starts_with(d))
                         || params.allowed_prefixes.iter().any(|p| under(path, p));
-                    (!allowed).then(|| format!("mounts host path {path} (mounts.host_path)"))
+                    (!allowed).then(|| format!("mounts host path {given} (mounts.host_path)"))
                 })
             }
             Check::Images(params) => {
@@ -368,6 +370,34 @@ fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &[u8]) ->
             _ => None,
         },
     }
+}
+
+/// `path` with its `.` and `..` components resolved as the kernel resolves them (symbolic
+/// links aside, which only the node's filesystem knows); unchanged when it has none.
+fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
+    let dotted = path
+        .split('/')
+        .any(|part| part == "." || part == ".." || part.is_empty());
+    if !dotted || path.is_empty() || path == "/" {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    // A trailing slash is kept: the kubelet's directories are written with one.
+    let slash = if path.ends_with('/') && !parts.is_empty() {
+        "/"
+    } else {
+        ""
+    };
+    std::borrow::Cow::Owned(format!("/{}{slash}", parts.join("/")))
 }
 
 /// Whether `name` is the capability `wanted` (upper case, without `CAP_`), written in any case,
@@ -856,6 +886,16 @@ mod tests {
         assert_eq!(check.violation(&target(&config)), None);
         config.mounts[0].host_path = "/etc".into();
         assert!(check.violation(&target(&config)).unwrap().contains("/etc"));
+        // `..` cannot climb out of the pod directories, `.` and doubled slashes change nothing.
+        config.mounts[0].host_path = "/var/lib/kubelet/pods/uid/../../../../etc".into();
+        assert!(
+            check
+                .violation(&target(&config))
+                .unwrap()
+                .contains("/var/lib/kubelet/pods/uid/../../../../etc")
+        );
+        config.mounts[0].host_path = "/var/lib/kubelet/pods/../pods/uid/./volumes//x".into();
+        assert_eq!(check.violation(&target(&config)), None);
         config.mounts[0].host_path = "/var/log/app".into();
         let allowed = Check::HostPaths(HostPathParams {
             allowed_prefixes: vec!["/var/log".into()],
@@ -866,6 +906,8 @@ mod tests {
             allowed.violation(&target(&config)).is_some(),
             "a prefix is a directory, not a string"
         );
+        config.mounts[0].host_path = "/var/log/../../etc".into();
+        assert!(allowed.violation(&target(&config)).is_some());
     }
 
     #[test]
