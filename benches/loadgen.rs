@@ -293,6 +293,16 @@ struct Side<'a> {
     pid: u32,
 }
 
+impl<'a> Side<'a> {
+    fn new(name: &'a str, socket: &'a Path, process: &Process) -> Side<'a> {
+        Side {
+            name,
+            socket,
+            pid: process.0.id(),
+        }
+    }
+}
+
 fn compare(
     runtime: &tokio::runtime::Runtime,
     base: Side<'_>,
@@ -525,16 +535,8 @@ fn main() {
     if wanted("metrics") {
         compare(
             &runtime,
-            Side {
-                name: "metrics off",
-                socket: &small.unmetered,
-                pid: small.unmetered_process.0.id(),
-            },
-            Side {
-                name: "metrics on",
-                socket: &small.proxy,
-                pid: small.proxy_process.0.id(),
-            },
+            Side::new("metrics off", &small.unmetered, &small.unmetered_process),
+            Side::new("metrics on", &small.proxy, &small.proxy_process),
             Some(&small.admin),
             per_round,
         );
@@ -566,16 +568,8 @@ fn main() {
         );
         compare(
             &runtime,
-            Side {
-                name: "no limits",
-                socket: &small.proxy,
-                pid: small.proxy_process.0.id(),
-            },
-            Side {
-                name: "one limit + uid check",
-                socket: &limited,
-                pid: limited_process.0.id(),
-            },
+            Side::new("no limits", &small.proxy, &small.proxy_process),
+            Side::new("one limit + uid check", &limited, &limited_process),
             None,
             per_round,
         );
@@ -609,16 +603,8 @@ fn main() {
         );
         compare(
             &runtime,
-            Side {
-                name: "no policies",
-                socket: &small.proxy,
-                pid: small.proxy_process.0.id(),
-            },
-            Side {
-                name: "pss-restricted",
-                socket: &guarded,
-                pid: guarded_process.0.id(),
-            },
+            Side::new("no policies", &small.proxy, &small.proxy_process),
+            Side::new("pss-restricted", &guarded, &guarded_process),
             None,
             per_round,
         );
@@ -652,16 +638,8 @@ fn main() {
         );
         compare(
             &runtime,
-            Side {
-                name: "audit off",
-                socket: &small.proxy,
-                pid: small.proxy_process.0.id(),
-            },
-            Side {
-                name: "audit Metadata",
-                socket: &audited,
-                pid: audited_process.0.id(),
-            },
+            Side::new("audit off", &small.proxy, &small.proxy_process),
+            Side::new("audit Metadata", &audited, &audited_process),
             None,
             per_round,
         );

@@ -155,6 +155,21 @@ fn container_config() -> ContainerConfig {
     }
 }
 
+/// ImageStatus of busybox, through whichever socket `c` speaks to.
+async fn busybox_status(c: &mut Clients) -> ImageStatusResponse {
+    c.img
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: BUSYBOX.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Removes pods left by an earlier, interrupted run.
 async fn clean_up(c: &mut Clients, name: &str) {
     let filter = PodSandboxFilter {
@@ -428,18 +443,7 @@ async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
                 .any(|i| i.repo_tags.iter().any(|t| t == BUSYBOX))
         ),
     ));
-    let image = c
-        .img
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let image = busybox_status(c).await;
     let mut tags = image.image.map(|i| i.repo_tags).unwrap_or_default();
     tags.sort();
     t.push(("ImageStatus", format!("{tags:?}")));
@@ -1100,18 +1104,8 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     });
     // As the kubelet creates containers: the image's id in `image`, the pod spec's name in
     // `user_specified_image`; the name is what the registry rule judges.
-    let image_id = c
-        .img
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
+    let image_id = busybox_status(&mut c)
         .await
-        .unwrap()
-        .into_inner()
         .image
         .expect("busybox is pulled")
         .id;
