@@ -375,10 +375,9 @@ fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &[u8]) ->
 /// `path` with its `.` and `..` components resolved as the kernel resolves them (symbolic
 /// links aside, which only the node's filesystem knows); unchanged when it has none.
 fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
-    let dotted = path
-        .split('/')
-        .any(|part| part == "." || part == ".." || part.is_empty());
-    if !dotted || path.is_empty() || path == "/" {
+    // The common case, a plain absolute path, is judged as it is, without a copy.
+    let dotted = path.contains("//") || path.split('/').any(|part| part == "." || part == "..");
+    if !dotted {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut parts: Vec<&str> = Vec::new();
@@ -908,6 +907,25 @@ mod tests {
         );
         config.mounts[0].host_path = "/var/log/../../etc".into();
         assert!(allowed.violation(&target(&config)).is_some());
+    }
+
+    #[test]
+    fn host_paths_resolve_dots_and_double_slashes_only() {
+        use std::borrow::Cow;
+        for plain in ["/var/log/app", "/var/log/", "/", "", "/a.b/..c/.d"] {
+            assert!(matches!(resolve_dots(plain), Cow::Borrowed(p) if p == plain));
+        }
+        for (given, named) in [
+            ("/var/log/../../etc", "/etc"),
+            ("/var//log/./app", "/var/log/app"),
+            (
+                "/var/lib/kubelet/pods/../pods/uid/",
+                "/var/lib/kubelet/pods/uid/",
+            ),
+            ("/..", "/"),
+        ] {
+            assert_eq!(resolve_dots(given), named, "{given}");
+        }
     }
 
     #[test]

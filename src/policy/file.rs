@@ -298,6 +298,7 @@ pub fn read_policy(path: &Path) -> Result<Policy, PolicyError> {
         failure_policy: file.spec.failure_policy,
         methods,
         matching: file.spec.matching,
+        allowed: Default::default(),
         rules,
     })
 }

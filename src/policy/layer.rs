@@ -3,7 +3,7 @@
 //! (INVALID_ARGUMENT) before anything reaches the runtime, and records every decision.
 
 use std::future::{Ready, ready};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -87,8 +87,11 @@ where
             subject,
         };
         let evaluation = set.evaluate(call, self.inventory.as_ref());
-        metrics::histogram!(POLICY_EVALUATION_SECONDS).record(start.elapsed().as_secs_f64());
-        record(&evaluation, rpc, extensions.get::<DecisionSlot>());
+        static EVALUATION_SECONDS: OnceLock<metrics::Histogram> = OnceLock::new();
+        EVALUATION_SECONDS
+            .get_or_init(|| metrics::histogram!(POLICY_EVALUATION_SECONDS))
+            .record(start.elapsed().as_secs_f64());
+        record(&evaluation, &set, rpc, extensions.get::<DecisionSlot>());
         if let Some(refusal) = evaluation.refusal() {
             let message = refusal.describe();
             let err = if refusal.undecodable {
@@ -103,15 +106,18 @@ where
 }
 
 /// Metrics, warnings and the decision for the audit trail.
-fn record(evaluation: &Evaluation, rpc: &Rpc, slot: Option<&DecisionSlot>) {
+fn record(evaluation: &Evaluation, set: &PolicySet, rpc: &Rpc, slot: Option<&DecisionSlot>) {
     for policy in &evaluation.evaluated {
-        let findings: Vec<_> = evaluation
+        let mut findings = evaluation
             .findings
             .iter()
             .filter(|f| f.policy == *policy)
-            .collect();
-        if findings.is_empty() {
-            metrics::counter!(POLICY_DECISIONS_TOTAL, "policy" => policy.clone(), "rule" => "", "decision" => "allow", "mode" => "").increment(1);
+            .peekable();
+        if findings.peek().is_none() {
+            if let Some(allowing) = set.policies.iter().find(|p| Arc::ptr_eq(&p.name, policy)) {
+                allowing.count_allowed();
+            }
+            continue;
         }
         for finding in findings {
             let decision = match (&finding.outcome, finding.refuses()) {

@@ -15,7 +15,7 @@ pub mod reload;
 pub mod view;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use prost::Message;
@@ -31,6 +31,7 @@ use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
 use crate::proxy::rpc::{Method, MethodSet, Rpc};
+use crate::telemetry::metrics::POLICY_DECISIONS_TOTAL;
 
 /// A compiled policy.
 #[derive(Clone, Debug)]
@@ -43,6 +44,19 @@ pub struct Policy {
     pub methods: MethodSet,
     pub matching: MatchSpec,
     pub rules: Vec<Rule>,
+    /// Its count of allowed calls, registered on its first allowed call.
+    pub allowed: OnceLock<metrics::Counter>,
+}
+
+impl Policy {
+    /// Counts a call this policy allowed without a finding.
+    pub fn count_allowed(&self) {
+        self.allowed
+            .get_or_init(|| {
+                metrics::counter!(POLICY_DECISIONS_TOTAL, "policy" => self.name.clone(), "rule" => "", "decision" => "allow", "mode" => "")
+            })
+            .increment(1);
+    }
 }
 
 #[derive(Clone, Debug)]
