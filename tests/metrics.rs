@@ -269,3 +269,61 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     assert_eq!(admin_get(&admin, "DELETE", "/readyz").await.0, 405);
     assert_eq!(admin_get(&admin, "HEAD", "/healthz").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_decisions_are_counted_per_policy_rule_and_decision() {
+    use criguard::fake::samples;
+    use prost::Message;
+    let sockets = Sockets::new();
+    let admin = sockets.dir.path().join("admin.sock");
+    let policies = sockets.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("pss-baseline.yaml"),
+        include_str!("../policies/pss-baseline.yaml"),
+    )
+    .unwrap();
+    let _runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"")).await;
+    let mut command = serve_command(&sockets);
+    command
+        .arg("--admin-address")
+        .arg(&admin)
+        .arg("--policies")
+        .arg(&policies)
+        .stderr(Stdio::null());
+    let _criguard = Running(spawn_serving(command, &sockets, &admin).await);
+    let mut client = RawClient::connect(sockets.criguard()).await.unwrap();
+    let create = "/runtime.v1.RuntimeService/CreateContainer";
+    let compliant = samples::create_container_request();
+    let mut privileged = compliant.clone();
+    let security = privileged.config.as_mut().unwrap().linux.as_mut().unwrap();
+    security.security_context.as_mut().unwrap().privileged = true;
+    let none = HeaderMap::new();
+    let mut codes = Vec::new();
+    for request in [&compliant, &privileged, &compliant] {
+        let answer = client
+            .call(create, grpc_frame(&request.encode_to_vec()), &none)
+            .await
+            .unwrap();
+        codes.push(answer.grpc_status());
+    }
+    assert_eq!(codes, [Some(0), Some(7), Some(0)]);
+
+    let (_, text) = admin_get(&admin, "GET", "/metrics").await;
+    let s = samples(&text);
+    let decisions = |rule: &str, decision: &str, mode: &str| {
+        value(
+            &s,
+            &format!(
+                "criguard_policy_decisions_total{{policy=\"pss-baseline\",rule=\"{rule}\",decision=\"{decision}\",mode=\"{mode}\"}}"
+            ),
+        )
+    };
+    assert_eq!(decisions("", "allow", ""), 2.0, "{text}");
+    assert_eq!(decisions("privileged", "deny", "enforce"), 1.0, "{text}");
+    assert_eq!(
+        value(&s, "criguard_policy_evaluation_duration_seconds_count"),
+        3.0,
+        "{text}"
+    );
+}
