@@ -140,13 +140,8 @@ impl Proxy {
             .map(|dir| PolicyStore::load(dir, &config.policy_exempt_namespaces))
             .transpose()?;
         // The pods of calls that name only a container or sandbox id, for audit and policies.
-        let inventory = (config.audit.is_some() || policies.is_some()).then(|| {
-            let inventory = Inventory::new();
-            let runtime = config.runtime_endpoint.path.clone();
-            let loading = inventory.clone();
-            tokio::spawn(async move { loading.load_from(&runtime).await });
-            inventory
-        });
+        let inventory = (config.audit.is_some() || policies.is_some())
+            .then(|| Inventory::of_runtime(config.runtime_endpoint.path.clone()));
         let audit = match (&config.audit, &inventory) {
             (Some(settings), Some(inventory)) => {
                 Some(AuditTrail::start(settings, inventory.clone()).map_err(StartError::Audit)?)

@@ -2,38 +2,85 @@
 //! (ExecSync, StopContainer, RemovePodSandbox, ...) can be told which pod it is about.
 //!
 //! It learns from the answers to RunPodSandbox and CreateContainer that pass through, forgets on
-//! RemoveContainer and RemovePodSandbox, and at start-up reads what the runtime already runs
-//! (ListPodSandbox, ListContainers), so that a restart of criguard loses nothing.
+//! RemoveContainer and RemovePodSandbox, and reads what the runtime runs (ListPodSandbox,
+//! ListContainers): at start-up, so that a restart of criguard loses nothing (retried until the
+//! runtime answers), and again whenever the tables are full, which on a real node means they
+//! hold objects removed behind criguard's back (`crictl rm` on the runtime's own socket).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::proxy::inspect::{PodRef, Subject};
 use crate::proxy::rpc::Method;
 
-/// At most this many sandboxes and containers are remembered; a node runs far fewer.
-const MAX_ENTRIES: usize = 100_000;
+/// At most this many sandboxes, and as many containers, are remembered (about 2.5 MB): a node
+/// runs a few hundred. Reaching it makes criguard read the runtime's lists again.
+const MAX_ENTRIES: usize = 10_000;
+/// The runtime's lists are read again at most this often when the tables stay full.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Retries of the first read while the runtime does not answer: from 1 s, doubling, to 30 s.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+struct SandboxEntry {
+    pod: PodRef,
+    /// The refresh during which it was learned: an object learned while the runtime's lists
+    /// were being read is kept even if the lists do not show it yet.
+    generation: u64,
+}
 
 #[derive(Clone, Debug)]
 struct ContainerEntry {
     sandbox_id: Arc<str>,
     name: String,
     image: String,
+    generation: u64,
 }
 
 #[derive(Debug, Default)]
 struct Tables {
-    sandboxes: HashMap<Arc<str>, PodRef>,
+    sandboxes: HashMap<Arc<str>, SandboxEntry>,
     containers: HashMap<String, ContainerEntry>,
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    tables: RwLock<Tables>,
+    /// Told when an object could not be added because the tables are full.
+    full: Notify,
 }
 
 /// Sandboxes and containers by id. Cheap to clone; all clones share one table.
 #[derive(Clone, Debug, Default)]
-pub struct Inventory(Arc<RwLock<Tables>>);
+pub struct Inventory(Arc<Shared>);
 
 impl Inventory {
+    /// An inventory that learns only from the calls it is shown.
     pub fn new() -> Inventory {
         Inventory::default()
+    }
+
+    /// An inventory that also reads the runtime's sandboxes and containers: now (retried until
+    /// the runtime answers) and whenever its tables fill up.
+    pub fn of_runtime(runtime: PathBuf) -> Inventory {
+        let inventory = Inventory::new();
+        let keeper = inventory.clone();
+        tokio::spawn(async move { keeper.keep(&runtime).await });
+        inventory
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.0.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.0.tables.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Fills in the pod (and container name and image) of a subject that names only ids.
@@ -41,7 +88,7 @@ impl Inventory {
         if subject.pod.is_some() && subject.container_id.is_none() {
             return;
         }
-        let tables = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let tables = self.read();
         if let Some(id) = &subject.container_id
             && let Some(container) = tables.containers.get(id)
         {
@@ -56,22 +103,24 @@ impl Inventory {
         if subject.pod.is_none()
             && let Some(sandbox) = &subject.sandbox_id
         {
-            subject.pod = tables.sandboxes.get(sandbox.as_str()).cloned();
+            subject.pod = tables
+                .sandboxes
+                .get(sandbox.as_str())
+                .map(|s| s.pod.clone());
         }
     }
 
     /// Learns from a successful call: `subject` is what its request said, `created` the id its
     /// answer carried (RunPodSandbox, CreateContainer).
     pub fn learn(&self, method: Method, subject: &Subject, created: Option<&str>) {
-        let mut tables = self.0.write().unwrap_or_else(|e| e.into_inner());
-        match (method, created) {
-            (Method::RunPodSandbox, Some(id)) => {
-                if let Some(pod) = &subject.pod {
-                    tables.add_sandbox(id, pod.clone());
-                }
-            }
-            (Method::CreateContainer, Some(id)) => {
-                if let Some(sandbox) = &subject.sandbox_id {
+        let mut tables = self.write();
+        let added = match (method, created) {
+            (Method::RunPodSandbox, Some(id)) => match &subject.pod {
+                Some(pod) => tables.add_sandbox(id, pod.clone()),
+                None => true,
+            },
+            (Method::CreateContainer, Some(id)) => match &subject.sandbox_id {
+                Some(sandbox) => {
                     if let Some(pod) = &subject.pod
                         && !tables.sandboxes.contains_key(sandbox.as_str())
                     {
@@ -82,40 +131,79 @@ impl Inventory {
                         sandbox,
                         subject.container_name.as_deref().unwrap_or_default(),
                         subject.image.as_deref().unwrap_or_default(),
-                    );
+                    )
                 }
-            }
+                None => true,
+            },
             (Method::RemoveContainer, _) => {
                 if let Some(id) = &subject.container_id {
                     tables.containers.remove(id);
                 }
+                true
             }
             (Method::RemovePodSandbox, _) => {
                 if let Some(id) = &subject.sandbox_id {
                     tables.sandboxes.remove(id.as_str());
                     tables.containers.retain(|_, c| *c.sandbox_id != **id);
                 }
+                true
             }
-            _ => {}
+            _ => true,
+        };
+        if !added {
+            self.0.full.notify_one();
         }
     }
 
-    /// Reads the sandboxes and containers the runtime has now. Errors are logged: without them
-    /// the inventory still learns from the calls that pass.
-    pub async fn load_from(&self, runtime: &std::path::Path) {
-        match self.try_load(runtime).await {
-            Ok((sandboxes, containers)) => {
-                tracing::debug!(sandboxes, containers, "inventory read from the runtime")
+    /// Reads the runtime's lists until it answers once, then again each time the tables fill
+    /// up (at most every [`REFRESH_INTERVAL`]). Errors are logged: without the lists the
+    /// inventory still learns from the calls that pass.
+    async fn keep(&self, runtime: &Path) {
+        let mut retry = RETRY_MIN;
+        loop {
+            match self.refresh(runtime).await {
+                Ok((sandboxes, containers)) => {
+                    tracing::debug!(sandboxes, containers, "inventory read from the runtime");
+                    break;
+                }
+                Err(err) => {
+                    if retry == RETRY_MIN {
+                        tracing::info!(
+                            error = %err,
+                            "could not read the runtime's sandboxes and containers; audit events and policies know the pods of calls made from now on until it answers"
+                        );
+                    }
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
             }
-            Err(err) => tracing::info!(
-                error = %err,
-                "could not read the runtime's sandboxes and containers; audit events name the pods of calls made from now on"
-            ),
+        }
+        loop {
+            self.0.full.notified().await;
+            match self.refresh(runtime).await {
+                Ok((sandboxes, containers)) => tracing::info!(
+                    sandboxes,
+                    containers,
+                    bound = MAX_ENTRIES,
+                    "inventory full: read again from the runtime"
+                ),
+                Err(err) => {
+                    tracing::warn!(error = %err, "inventory full and the runtime's lists could not be read")
+                }
+            }
+            tokio::time::sleep(REFRESH_INTERVAL).await;
         }
     }
 
-    async fn try_load(&self, runtime: &std::path::Path) -> anyhow::Result<(usize, usize)> {
+    /// Replaces the tables by the runtime's lists, keeping what was learned while they were
+    /// read. Returns how many sandboxes and containers the runtime has.
+    async fn refresh(&self, runtime: &Path) -> anyhow::Result<(usize, usize)> {
         use crate::cri::{ListContainersRequest, ListPodSandboxRequest};
+        let started = {
+            let mut tables = self.write();
+            tables.generation += 1;
+            tables.generation
+        };
         let mut client = crate::client::runtime(crate::client::channel(runtime).await?);
         let sandboxes = client
             .list_pod_sandbox(ListPodSandboxRequest::default())
@@ -127,8 +215,22 @@ impl Inventory {
             .await?
             .into_inner()
             .containers;
-        let mut tables = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut tables = self.write();
+        let listed: std::collections::HashSet<&str> = sandboxes
+            .iter()
+            .map(|s| s.id.as_str())
+            .chain(containers.iter().map(|c| c.id.as_str()))
+            .collect();
+        tables
+            .sandboxes
+            .retain(|id, s| s.generation >= started || listed.contains(&**id));
+        tables
+            .containers
+            .retain(|id, c| c.generation >= started || listed.contains(id.as_str()));
         for sandbox in &sandboxes {
+            if tables.sandboxes.contains_key(sandbox.id.as_str()) {
+                continue;
+            }
             let metadata = sandbox.metadata.clone().unwrap_or_default();
             let pod = PodRef {
                 namespace: metadata.namespace,
@@ -138,6 +240,9 @@ impl Inventory {
             tables.add_sandbox(&sandbox.id, pod);
         }
         for container in &containers {
+            if tables.containers.contains_key(&container.id) {
+                continue;
+            }
             tables.add_container(
                 &container.id,
                 &container.pod_sandbox_id,
@@ -150,28 +255,37 @@ impl Inventory {
 }
 
 impl Tables {
-    fn add_sandbox(&mut self, id: &str, pod: PodRef) {
-        if self.sandboxes.len() < MAX_ENTRIES {
-            self.sandboxes.insert(id.into(), pod);
+    /// Whether it was added (or known); false when the table is full.
+    fn add_sandbox(&mut self, id: &str, pod: PodRef) -> bool {
+        if self.sandboxes.len() >= MAX_ENTRIES && !self.sandboxes.contains_key(id) {
+            return false;
         }
+        let generation = self.generation;
+        self.sandboxes
+            .insert(id.into(), SandboxEntry { pod, generation });
+        true
     }
 
-    /// Nothing is copied when the table is full.
-    fn add_container(&mut self, id: &str, sandbox_id: &str, name: &str, image: &str) {
-        if self.containers.len() < MAX_ENTRIES {
-            let sandbox_id = self
-                .sandboxes
-                .get_key_value(sandbox_id)
-                .map_or_else(|| sandbox_id.into(), |(k, _)| k.clone());
-            self.containers.insert(
-                id.into(),
-                ContainerEntry {
-                    sandbox_id,
-                    name: name.into(),
-                    image: image.into(),
-                },
-            );
+    /// Whether it was added (or known); false when the table is full. Nothing is copied then.
+    fn add_container(&mut self, id: &str, sandbox_id: &str, name: &str, image: &str) -> bool {
+        if self.containers.len() >= MAX_ENTRIES && !self.containers.contains_key(id) {
+            return false;
         }
+        let sandbox_id = self
+            .sandboxes
+            .get_key_value(sandbox_id)
+            .map_or_else(|| sandbox_id.into(), |(k, _)| k.clone());
+        let generation = self.generation;
+        self.containers.insert(
+            id.into(),
+            ContainerEntry {
+                sandbox_id,
+                name: name.into(),
+                image: image.into(),
+                generation,
+            },
+        );
+        true
     }
 }
 
@@ -225,5 +339,71 @@ mod tests {
         };
         inventory.complete(&mut exec);
         assert_eq!(exec.pod, None);
+    }
+
+    fn container(id: &str) -> Subject {
+        Subject {
+            container_id: Some(id.into()),
+            ..Subject::default()
+        }
+    }
+
+    fn knows(inventory: &Inventory, id: &str) -> bool {
+        let mut subject = container(id);
+        inventory.complete(&mut subject);
+        subject.sandbox_id.is_some()
+    }
+
+    async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_runtime_is_read_once_it_answers_and_again_when_the_tables_are_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("runtime.sock");
+        // criguard may start before the runtime: the first read is retried.
+        let inventory = Inventory::of_runtime(socket.clone());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let runtime = crate::fake::FakeRuntime::with_containers(3);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(runtime.serve_listener(listener, shutdown.clone()));
+        let channel = crate::client::channel(&socket).await.unwrap();
+        let listed: Vec<String> = crate::client::runtime(channel)
+            .list_containers(crate::cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(listed.len(), 3);
+        assert!(eventually(|| knows(&inventory, &listed[0])).await);
+
+        // Containers removed behind criguard's back fill the table ...
+        let create = Subject {
+            pod: Some(pod()),
+            sandbox_id: Some("s-gone".into()),
+            ..Subject::default()
+        };
+        for i in 0..MAX_ENTRIES {
+            inventory.learn(Method::CreateContainer, &create, Some(&format!("gone-{i}")));
+        }
+        assert!(knows(&inventory, "gone-0"));
+        // ... so the next one cannot be added, and the runtime's lists replace them.
+        inventory.learn(Method::CreateContainer, &create, Some("new-1"));
+        assert!(eventually(|| !knows(&inventory, "gone-0")).await);
+        assert!(listed.iter().all(|id| knows(&inventory, id)));
+        inventory.learn(Method::CreateContainer, &create, Some("new-2"));
+        assert!(knows(&inventory, "new-2"));
+        shutdown.cancel();
     }
 }
