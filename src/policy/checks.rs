@@ -376,7 +376,11 @@ fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &[u8]) ->
 /// links aside, which only the node's filesystem knows); unchanged when it has none.
 fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
     // The common case, a plain absolute path, is judged as it is, without a copy.
-    let dotted = path.contains("//") || path.split('/').any(|part| part == "." || part == "..");
+    let bytes = path.as_bytes();
+    let dotted = bytes.windows(2).any(|pair| pair == b"//")
+        || bytes
+            .split(|&b| b == b'/')
+            .any(|part| part == b"." || part == b"..");
     if !dotted {
         return std::borrow::Cow::Borrowed(path);
     }
