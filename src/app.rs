@@ -134,7 +134,7 @@ impl Proxy {
         config: Config,
         prometheus: Option<PrometheusHandle>,
     ) -> Result<Proxy, StartError> {
-        let policies = config
+        let mut policies = config
             .policies
             .as_deref()
             .map(|dir| PolicyStore::load(dir, &config.policy_exempt_namespaces))
@@ -142,6 +142,9 @@ impl Proxy {
         // The pods of calls that name only a container or sandbox id, for audit and policies.
         let inventory = (config.audit.is_some() || policies.is_some())
             .then(|| Inventory::of_runtime(config.runtime_endpoint.path.clone()));
+        if let (Some(store), Some(inventory)) = (&mut policies, &inventory) {
+            store.keep_inventory(inventory.clone(), config.audit.is_some());
+        }
         let audit = match (&config.audit, &inventory) {
             (Some(settings), Some(inventory)) => {
                 Some(AuditTrail::start(settings, inventory.clone()).map_err(StartError::Audit)?)

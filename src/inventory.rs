@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -52,8 +53,11 @@ struct Tables {
 #[derive(Debug, Default)]
 struct Shared {
     tables: RwLock<Tables>,
-    /// Told when an object could not be added because the tables are full.
-    full: Notify,
+    /// Told when the tables should be read from the runtime again: an object could not be
+    /// added because they are full, or learning resumes after a pause.
+    stale: Notify,
+    /// Whether anything reads the inventory now (see [`Inventory::set_needed`]).
+    needed: AtomicBool,
 }
 
 /// Sandboxes and containers by id. Cheap to clone; all clones share one table.
@@ -63,7 +67,25 @@ pub struct Inventory(Arc<Shared>);
 impl Inventory {
     /// An inventory that learns only from the calls it is shown.
     pub fn new() -> Inventory {
-        Inventory::default()
+        let inventory = Inventory::default();
+        inventory.0.needed.store(true, Ordering::Relaxed);
+        inventory
+    }
+
+    /// Whether the calls that pass should be learned: only while something reads the
+    /// inventory (the audit trail, or a policy on calls that name only an id, such as ExecSync).
+    /// Pod Security policies alone judge RunPodSandbox and CreateContainer, which name their pod
+    /// themselves, so their calls skip the learning. When it is needed again, the tables are
+    /// read again from the runtime: what was created meanwhile was not learned.
+    pub fn set_needed(&self, needed: bool) {
+        let was = self.0.needed.swap(needed, Ordering::Relaxed);
+        if needed && !was {
+            self.0.stale.notify_one();
+        }
+    }
+
+    pub fn needed(&self) -> bool {
+        self.0.needed.load(Ordering::Relaxed)
     }
 
     /// An inventory that also reads the runtime's sandboxes and containers: now (retried until
@@ -151,12 +173,12 @@ impl Inventory {
             _ => true,
         };
         if !added {
-            self.0.full.notify_one();
+            self.0.stale.notify_one();
         }
     }
 
     /// Reads the runtime's lists until it answers once, then again each time the tables fill
-    /// up (at most every [`REFRESH_INTERVAL`]). Errors are logged: without the lists the
+    /// up or learning resumes (at most every [`REFRESH_INTERVAL`]). Errors are logged: without the lists the
     /// inventory still learns from the calls that pass.
     async fn keep(&self, runtime: &Path) {
         let mut retry = RETRY_MIN;
@@ -179,16 +201,16 @@ impl Inventory {
             }
         }
         loop {
-            self.0.full.notified().await;
+            self.0.stale.notified().await;
             match self.refresh(runtime).await {
                 Ok((sandboxes, containers)) => tracing::info!(
                     sandboxes,
                     containers,
                     bound = MAX_ENTRIES,
-                    "inventory full: read again from the runtime"
+                    "inventory read again from the runtime"
                 ),
                 Err(err) => {
-                    tracing::warn!(error = %err, "inventory full and the runtime's lists could not be read")
+                    tracing::warn!(error = %err, "the runtime's lists could not be read again for the inventory")
                 }
             }
             tokio::time::sleep(REFRESH_INTERVAL).await;

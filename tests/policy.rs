@@ -289,3 +289,81 @@ fn random_bytes_as_create_container_and_run_pod_sandbox_never_panic() {
         }
     }
 }
+
+/// Pod Security policies alone need no inventory (their calls name their pod), so criguard
+/// learns nothing then; a policy on exec added later must still know the pods of containers
+/// created meanwhile: the inventory is read again from the runtime when it is needed again.
+#[tokio::test]
+async fn an_exec_policy_added_later_knows_the_containers_created_before_it() {
+    use criguard::client;
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    configmap_update(&dir, 1, &[("pss.yaml", BASELINE)]);
+    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
+    let config = format!("policies: {}\n", dir.display());
+    let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
+
+    let mut runtime = client::runtime(client::channel(&criguard.socket).await.unwrap());
+    let mut pod = samples::pod_config();
+    pod.metadata.as_mut().unwrap().namespace = "prod-payments".into();
+    let sandbox = runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut create = compliant_container();
+    create.pod_sandbox_id = sandbox;
+    create.sandbox_config = Some(pod);
+    let container = runtime
+        .create_container(create)
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    runtime
+        .start_container(StartContainerRequest {
+            container_id: container.clone(),
+        })
+        .await
+        .unwrap();
+    let exec = ExecSyncRequest {
+        container_id: container,
+        cmd: vec!["echo".into(), "in".into()],
+        timeout: 5,
+    };
+    assert!(runtime.exec_sync(exec.clone()).await.is_ok());
+
+    configmap_update(
+        &dir,
+        2,
+        &[
+            ("pss.yaml", BASELINE),
+            (
+                "restrict-exec.yaml",
+                include_str!("../policies/restrict-exec.yaml"),
+            ),
+        ],
+    );
+    let mut refused = None;
+    for _ in 0..50 {
+        match runtime.exec_sync(exec.clone()).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let status = refused.expect("the exec policy refuses the exec once it is in force");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(
+        status.message().contains("prod-payments/web-1"),
+        "{}",
+        status.message()
+    );
+}

@@ -40,6 +40,8 @@ struct State {
     next_id: AtomicU64,
     pods: Mutex<BTreeMap<String, PodSandbox>>,
     containers: Mutex<BTreeMap<String, ContainerStatus>>,
+    /// The sandbox of each container created by a call (the pre-made ones have none).
+    sandbox_of: Mutex<BTreeMap<String, String>>,
     events: Mutex<Option<broadcast::Sender<ContainerEventResponse>>>,
 }
 
@@ -327,6 +329,11 @@ impl RuntimeService for FakeRuntime {
             .lock()
             .unwrap()
             .insert(id.clone(), status);
+        self.state
+            .sandbox_of
+            .lock()
+            .unwrap()
+            .insert(id.clone(), request.pod_sandbox_id);
         self.emit(&id, ContainerEventType::ContainerCreatedEvent);
         Ok(Response::new(CreateContainerResponse { container_id: id }))
     }
@@ -356,6 +363,7 @@ impl RuntimeService for FakeRuntime {
         request: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
         let id = request.into_inner().container_id;
+        self.state.sandbox_of.lock().unwrap().remove(&id);
         if self.state.containers.lock().unwrap().remove(&id).is_some() {
             self.emit(&id, ContainerEventType::ContainerDeletedEvent);
         }
@@ -366,13 +374,17 @@ impl RuntimeService for FakeRuntime {
         &self,
         _: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
+        let sandbox_of = self.state.sandbox_of.lock().unwrap();
         let containers = self
             .state
             .containers
             .lock()
             .unwrap()
             .values()
-            .map(|c| container_of(c, "pod-of-the-container"))
+            .map(|c| {
+                let sandbox = sandbox_of.get(&c.id).map_or("pod-of-the-container", |s| s);
+                container_of(c, sandbox)
+            })
             .collect();
         Ok(Response::new(ListContainersResponse { containers }))
     }

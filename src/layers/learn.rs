@@ -28,7 +28,7 @@ impl Observe for Learn {
     type Record = Option<LearnRecord>;
 
     fn start<B>(&self, request: &mut http::Request<B>) -> Option<LearnRecord> {
-        let inventory = self.inventory.clone()?;
+        let inventory = self.inventory.as_ref().filter(|i| i.needed())?.clone();
         let method = request.extensions().get::<Rpc>()?.method;
         let learns = matches!(
             method,

@@ -283,6 +283,23 @@ impl PolicySet {
     }
 
     /// Whether any policy looks at this method (then the request is read ahead and decoded).
+    /// Whether a policy judges calls that name only an id (ExecSync, StopContainer, ...): their
+    /// pod is known only from the inventory.
+    pub fn needs_inventory(&self) -> bool {
+        Method::ALL
+            .iter()
+            .filter(|m| {
+                !matches!(
+                    m,
+                    Method::RunPodSandbox | Method::CreateContainer | Method::PullImage
+                )
+            })
+            .any(|m| {
+                let path = format!("/runtime.v1.{}/{}", m.service().as_str(), m.as_str());
+                self.inspects(&Rpc::from_path(&path))
+            })
+    }
+
     pub fn inspects(&self, rpc: &Rpc) -> bool {
         self.policies.iter().any(|p| p.methods.contains(rpc))
     }

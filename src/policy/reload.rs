@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::PolicySet;
 use super::file::{PolicyError, load_dir};
+use crate::inventory::Inventory;
 use crate::telemetry::metrics::POLICY_RELOAD_TOTAL;
 
 /// Changes in the directory closer together than this are one reload.
@@ -26,6 +27,9 @@ pub struct PolicyStore {
     /// Changed by a configuration reload, together with the set.
     exempt_namespaces: Arc<ArcSwap<Vec<String>>>,
     current: Arc<ArcSwap<PolicySet>>,
+    /// The inventory, told whether the policies in force need it, and whether something else
+    /// (the audit trail) always does.
+    inventory: Option<(Inventory, bool)>,
 }
 
 impl PolicyStore {
@@ -41,7 +45,20 @@ impl PolicyStore {
             dir: dir.to_path_buf(),
             exempt_namespaces: Arc::new(ArcSwap::from_pointee(exempt_namespaces.to_vec())),
             current: Arc::new(ArcSwap::from_pointee(set)),
+            inventory: None,
         })
+    }
+
+    /// Keeps `inventory` learning only while it is needed: `always`, or by a policy in force.
+    pub fn keep_inventory(&mut self, inventory: Inventory, always: bool) {
+        self.inventory = Some((inventory, always));
+        self.tell_inventory();
+    }
+
+    fn tell_inventory(&self) {
+        if let Some((inventory, always)) = &self.inventory {
+            inventory.set_needed(*always || self.current.load().needs_inventory());
+        }
     }
 
     /// What the policy layer reads.
@@ -67,6 +84,7 @@ impl PolicyStore {
                 self.exempt_namespaces
                     .store(Arc::new(exempt_namespaces.to_vec()));
                 self.current.store(Arc::new(set));
+                self.tell_inventory();
                 metrics::counter!(POLICY_RELOAD_TOTAL, "result" => "success").increment(1);
                 tracing::info!(dir = %self.dir.display(), policies = ?names, "policies reloaded");
                 Ok(())
@@ -105,5 +123,32 @@ impl PolicyStore {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_policies_on_calls_that_name_an_id_need_the_inventory() {
+        for (file, needs) in [
+            ("pss-baseline.yaml", false),
+            ("pss-restricted.yaml", false),
+            ("image-registries.yaml", false),
+            ("restrict-exec.yaml", true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::copy(Path::new("policies").join(file), dir.path().join(file)).unwrap();
+            let mut store = PolicyStore::load(dir.path(), &[]).unwrap();
+            let inventory = Inventory::new();
+            store.keep_inventory(inventory.clone(), false);
+            assert_eq!(inventory.needed(), needs, "{file}");
+            store.keep_inventory(inventory.clone(), true);
+            assert!(
+                inventory.needed(),
+                "{file}: the audit trail always needs it"
+            );
+        }
     }
 }
