@@ -376,12 +376,7 @@ fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &[u8]) ->
 /// links aside, which only the node's filesystem knows); unchanged when it has none.
 fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
     // The common case, a plain absolute path, is judged as it is, without a copy.
-    let bytes = path.as_bytes();
-    let dotted = bytes.windows(2).any(|pair| pair == b"//")
-        || bytes
-            .split(|&b| b == b'/')
-            .any(|part| part == b"." || part == b"..");
-    if !dotted {
+    if !has_dot_segments(path.as_bytes()) {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut parts: Vec<&str> = Vec::new();
@@ -401,6 +396,23 @@ fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
         ""
     };
     std::borrow::Cow::Owned(format!("/{}{slash}", parts.join("/")))
+}
+
+/// Whether a path has an empty, `.` or `..` component (a path with none is what it names).
+/// One pass over the bytes: host paths are long, and every mount's is checked on every call.
+fn has_dot_segments(path: &[u8]) -> bool {
+    // At the start of each component: the path's start, and after each `/`.
+    let component = |at: usize| match &path[at..] {
+        [] => false,
+        [b'/', ..] => at > 0,
+        [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..] => true,
+        _ => false,
+    };
+    component(0)
+        || path
+            .iter()
+            .enumerate()
+            .any(|(at, &b)| b == b'/' && component(at + 1))
 }
 
 /// Whether `name` is the capability `wanted` (upper case, without `CAP_`), written in any case,
@@ -916,7 +928,15 @@ mod tests {
     #[test]
     fn host_paths_resolve_dots_and_double_slashes_only() {
         use std::borrow::Cow;
-        for plain in ["/var/log/app", "/var/log/", "/", "", "/a.b/..c/.d"] {
+        for plain in [
+            "/var/log/app",
+            "/var/log/",
+            "/",
+            "",
+            "/a.b/..c/.d",
+            "/a/...",
+            "a/b",
+        ] {
             assert!(matches!(resolve_dots(plain), Cow::Borrowed(p) if p == plain));
         }
         for (given, named) in [
@@ -927,6 +947,11 @@ mod tests {
                 "/var/lib/kubelet/pods/uid/",
             ),
             ("/..", "/"),
+            ("/a/.", "/a"),
+            ("/a/..", "/"),
+            ("//etc", "/etc"),
+            ("./etc", "/etc"),
+            ("../etc", "/etc"),
         ] {
             assert_eq!(resolve_dots(given), named, "{given}");
         }
