@@ -89,7 +89,7 @@ impl Inventory {
     }
 
     /// An inventory that also reads the runtime's sandboxes and containers: now (retried until
-    /// the runtime answers) and whenever its tables fill up.
+    /// the runtime answers), whenever its tables fill up, and when learning resumes.
     pub fn of_runtime(runtime: PathBuf) -> Inventory {
         let inventory = Inventory::new();
         let keeper = inventory.clone();
@@ -178,8 +178,8 @@ impl Inventory {
     }
 
     /// Reads the runtime's lists until it answers once, then again each time the tables fill
-    /// up or learning resumes (at most every [`REFRESH_INTERVAL`]). Errors are logged: without the lists the
-    /// inventory still learns from the calls that pass.
+    /// up or learning resumes (at most every [`REFRESH_INTERVAL`]). Errors are logged: without
+    /// the lists the inventory still learns from the calls that pass.
     async fn keep(&self, runtime: &Path) {
         let mut retry = RETRY_MIN;
         loop {

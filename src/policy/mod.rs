@@ -282,7 +282,6 @@ impl PolicySet {
         self.policies.is_empty()
     }
 
-    /// Whether any policy looks at this method (then the request is read ahead and decoded).
     /// Whether a policy judges calls that name only an id (ExecSync, StopContainer, ...): their
     /// pod is known only from the inventory.
     pub fn needs_inventory(&self) -> bool {
@@ -300,6 +299,7 @@ impl PolicySet {
             })
     }
 
+    /// Whether any policy looks at this method (then the request is read ahead and decoded).
     pub fn inspects(&self, rpc: &Rpc) -> bool {
         self.policies.iter().any(|p| p.methods.contains(rpc))
     }
