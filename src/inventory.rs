@@ -61,15 +61,22 @@ struct Shared {
 }
 
 /// Sandboxes and containers by id. Cheap to clone; all clones share one table.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Inventory(Arc<Shared>);
+
+impl Default for Inventory {
+    fn default() -> Inventory {
+        Inventory::new()
+    }
+}
 
 impl Inventory {
     /// An inventory that learns only from the calls it is shown.
     pub fn new() -> Inventory {
-        let inventory = Inventory::default();
-        inventory.0.needed.store(true, Ordering::Relaxed);
-        inventory
+        Inventory(Arc::new(Shared {
+            needed: AtomicBool::new(true),
+            ..Shared::default()
+        }))
     }
 
     /// Whether the calls that pass should be learned: only while something reads the

@@ -43,35 +43,12 @@ async fn drive_pod_lifecycle(socket: &Path) -> (String, String) {
     let channel = client::channel(socket).await.unwrap();
     let mut runtime = client::runtime(channel.clone());
     let mut images = client::image(channel);
-    let pod_config = samples::pod_config();
-    let sandbox = runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
     let mut create = samples::create_container_request();
-    create.pod_sandbox_id = sandbox.clone();
-    create.sandbox_config = Some(pod_config);
     create.config.as_mut().unwrap().envs.push(KeyValue {
         key: "DB_PASSWORD".into(),
         value: "s3cret-env-value".into(),
     });
-    let container = runtime
-        .create_container(create)
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    runtime
-        .start_container(StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-        .unwrap();
+    let (sandbox, container) = start_pod(&mut runtime, samples::pod_config(), create).await;
     let exec = runtime
         .exec_sync(ExecSyncRequest {
             container_id: container.clone(),

@@ -307,30 +307,7 @@ async fn an_exec_policy_added_later_knows_the_containers_created_before_it() {
     let mut runtime = client::runtime(client::channel(&criguard.socket).await.unwrap());
     let mut pod = samples::pod_config();
     pod.metadata.as_mut().unwrap().namespace = "prod-payments".into();
-    let sandbox = runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let mut create = compliant_container();
-    create.pod_sandbox_id = sandbox;
-    create.sandbox_config = Some(pod);
-    let container = runtime
-        .create_container(create)
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    runtime
-        .start_container(StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-        .unwrap();
+    let (_, container) = start_pod(&mut runtime, pod, compliant_container()).await;
     let exec = ExecSyncRequest {
         container_id: container,
         cmd: vec!["echo".into(), "in".into()],

@@ -458,3 +458,38 @@ pub fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
         .get(series)
         .unwrap_or_else(|| panic!("no series {series}"))
 }
+
+/// Runs a pod of `pod` and creates and starts the container of `create` in it, as the kubelet
+/// does. Returns the sandbox and container ids.
+pub async fn start_pod(
+    runtime: &mut criguard::cri::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
+    pod: criguard::cri::PodSandboxConfig,
+    mut create: criguard::cri::CreateContainerRequest,
+) -> (String, String) {
+    let sandbox = runtime
+        .run_pod_sandbox(criguard::cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    create.pod_sandbox_id = sandbox.clone();
+    create.sandbox_config = Some(pod);
+    let container = runtime
+        .create_container(create)
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    runtime
+        .start_container(criguard::cri::StartContainerRequest {
+            container_id: container.clone(),
+        })
+        .await
+        .unwrap();
+    (sandbox, container)
+}
