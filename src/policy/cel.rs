@@ -93,7 +93,7 @@ pub fn context<'r>(
     let labels = target.labels.map_or(&empty, |l| &l.labels);
     let annotations = target.labels.map_or(&empty, |l| &l.annotations);
     let (namespace, name, uid): (&[u8], &[u8], &[u8]) = match target.pod_metadata {
-        Some(m) => (&m.namespace, &m.name, &m.uid),
+        Some(m) => (m.namespace, m.name, m.uid),
         None => subject.pod.as_ref().map_or((b"", b"", b""), |p| {
             (p.namespace.as_bytes(), p.name.as_bytes(), p.uid.as_bytes())
         }),
@@ -108,7 +108,7 @@ pub fn context<'r>(
     let container = match target.container {
         Some(config) => some(vec![
             ("name", true, &|| {
-                text(config.metadata.as_ref().map_or(b"", |m| &m.name[..]))
+                text(config.metadata.as_ref().map_or(b"", |m| m.name))
             }),
             ("image", true, &|| text(target.image.unwrap_or(b""))),
             ("command", needs.command, &|| strings(&config.command)),
@@ -169,7 +169,7 @@ pub fn context<'r>(
 }
 
 /// A list of strings as a CEL value.
-fn strings(fields: &[bytes::Bytes]) -> Value {
+fn strings(fields: &[&[u8]]) -> Value {
     Value::List(Arc::new(
         fields
             .iter()
@@ -211,7 +211,7 @@ fn security_context(security: Option<&ContainerSecurityView>) -> Value {
                 .as_ref()
                 .map_or(Value::Null, |u| Value::Int(u.value)),
         ),
-        ("run_as_username", text(&s.run_as_username)),
+        ("run_as_username", text(s.run_as_username)),
         ("no_new_privs", Value::Bool(s.no_new_privs)),
         ("readonly_rootfs", Value::Bool(s.readonly_rootfs)),
         (

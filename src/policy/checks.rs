@@ -15,14 +15,14 @@ use crate::cri::{NamespaceMode, NamespaceOption, SecurityProfile, security_profi
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Target<'a> {
     /// The pod's config as RunPodSandbox makes it (`config`).
-    pub pod: Option<&'a PodView>,
+    pub pod: Option<&'a PodView<'a>>,
     /// The pod's name, namespace and uid: RunPodSandbox's, or those CreateContainer and
     /// PullImage repeat in their `sandbox_config`.
-    pub pod_metadata: Option<&'a PodMetadataView>,
+    pub pod_metadata: Option<&'a PodMetadataView<'a>>,
     /// The pod's labels and annotations, decoded only when a policy needs them.
     pub labels: Option<&'a PodLabels>,
     /// CreateContainer's `config`.
-    pub container: Option<&'a ContainerView>,
+    pub container: Option<&'a ContainerView<'a>>,
     /// The image of CreateContainer (as the user named it, when the request says) or PullImage.
     pub image: Option<&'a [u8]>,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
@@ -30,11 +30,11 @@ pub struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    fn container_security(&self) -> Option<&'a ContainerSecurityView> {
+    fn container_security(&self) -> Option<&'a ContainerSecurityView<'a>> {
         self.container?.linux.as_ref()?.security_context.as_ref()
     }
 
-    fn sandbox_security(&self) -> Option<&'a SandboxSecurityView> {
+    fn sandbox_security(&self) -> Option<&'a SandboxSecurityView<'a>> {
         if !self.creates_sandbox {
             return None;
         }
@@ -217,14 +217,14 @@ impl Check {
             Check::Seccomp => {
                 if let Some(sandbox) = target.sandbox_security()
                     && let Some(problem) =
-                        seccomp_problem(sandbox.seccomp.as_ref(), &sandbox.seccomp_profile_path)
+                        seccomp_problem(sandbox.seccomp.as_ref(), sandbox.seccomp_profile_path)
                 {
                     return Some(format!("{problem} for the pod"));
                 }
                 let container = target.container_security();
                 if target.container.is_some() {
                     let (profile, path) = container.map_or((None, &b""[..]), |s| {
-                        (s.seccomp.as_ref(), &s.seccomp_profile_path[..])
+                        (s.seccomp.as_ref(), s.seccomp_profile_path)
                     });
                     return seccomp_problem(profile, path);
                 }
@@ -238,7 +238,7 @@ impl Check {
                 };
                 if unconfined(pod)
                     || unconfined(container.and_then(|s| s.apparmor.as_ref()))
-                    || container.is_some_and(|s| s.apparmor_profile == "unconfined")
+                    || container.is_some_and(|s| s.apparmor_profile == b"unconfined")
                 {
                     return Some("sets AppArmor to Unconfined (apparmor.profile_type)".into());
                 }
@@ -289,7 +289,7 @@ impl Check {
                 match security.and_then(|s| s.run_as_user.as_ref()) {
                     Some(user) if user.value == 0 => Some("runs as uid 0 (run_as_user)".into()),
                     Some(_) => None,
-                    None => match security.map_or(&b""[..], |s| &s.run_as_username[..]) {
+                    None => match security.map_or(&b""[..], |s| s.run_as_username) {
                         b"" => Some(
                             "does not set a non-root user (run_as_user / run_as_username)".into(),
                         ),
@@ -308,7 +308,7 @@ impl Check {
             Check::HostPaths(params) => {
                 let container = target.container?;
                 container.mounts.iter().find_map(|m| {
-                    let given = text(&m.host_path);
+                    let given = text(m.host_path);
                     // `/var/lib/kubelet/pods/../../../etc` is /etc: judge the path it names.
                     let path = resolve_dots(&given);
                     let path = path.as_ref();
@@ -376,7 +376,7 @@ fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &[u8]) ->
 /// links aside, which only the node's filesystem knows); unchanged when it has none.
 fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
     // The common case, a plain absolute path, is judged as it is, without a copy.
-    if !has_dot_segments(path.as_bytes()) {
+    if !has_dot_segments(path) {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut parts: Vec<&str> = Vec::new();
@@ -398,21 +398,11 @@ fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("/{}{slash}", parts.join("/")))
 }
 
-/// Whether a path has an empty, `.` or `..` component (a path with none is what it names).
-/// One pass over the bytes: host paths are long, and every mount's is checked on every call.
-fn has_dot_segments(path: &[u8]) -> bool {
-    // At the start of each component: the path's start, and after each `/`.
-    let component = |at: usize| match &path[at..] {
-        [] => false,
-        [b'/', ..] => at > 0,
-        [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..] => true,
-        _ => false,
-    };
-    component(0)
-        || path
-            .iter()
-            .enumerate()
-            .any(|(at, &b)| b == b'/' && component(at + 1))
+/// Whether a path may have an empty, `.` or `..` component: a path with none is what it names.
+/// A quick test for the common case (every mount's path is checked on every call), which may
+/// also hold for a name such as `/.hidden`; those are resolved, and come out unchanged.
+fn has_dot_segments(path: &str) -> bool {
+    path.starts_with('.') || path.contains("/.") || path.contains("//")
 }
 
 /// Whether `name` is the capability `wanted` (upper case, without `CAP_`), written in any case,
@@ -511,11 +501,11 @@ impl ImageRef {
 mod tests {
     use super::*;
     use crate::cri::*;
-    use crate::policy::view::{ContainerView, LinuxPodView, MountView, PodView};
+    use crate::policy::view::{ContainerView, LinuxPodView, MountView, PodView, View};
     use prost::Message;
 
     /// The container as the policy layer sees it: encoded, then decoded into the view.
-    fn container(security: LinuxContainerSecurityContext) -> ContainerView {
+    fn container(security: LinuxContainerSecurityContext) -> ContainerView<'static> {
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: "app".into(),
@@ -527,7 +517,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        ContainerView::decode(bytes::Bytes::from(config.encode_to_vec())).unwrap()
+        // Leaked: the view borrows the bytes, as it borrows the request's in the layer.
+        ContainerView::decode(config.encode_to_vec().leak()).unwrap()
     }
 
     /// A container that passes every restricted check.
@@ -558,7 +549,7 @@ mod tests {
     }
 
     /// The pod as the policy layer sees it: encoded, then decoded into the view.
-    fn sandbox(security: LinuxSandboxSecurityContext) -> PodView {
+    fn sandbox(security: LinuxSandboxSecurityContext) -> PodView<'static> {
         let config = PodSandboxConfig {
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(security),
@@ -566,7 +557,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        PodView::decode(bytes::Bytes::from(config.encode_to_vec())).unwrap()
+        PodView::decode(config.encode_to_vec().leak()).unwrap()
     }
 
     fn check_sandbox(check: &Check, pod: &PodView) -> Option<String> {
@@ -888,56 +879,52 @@ mod tests {
     fn host_paths_outside_the_pod_directories() {
         let mut config = container(restricted());
         config.mounts = vec![MountView {
-            host_path: "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~empty-dir/data".into(),
-            container_path: "/data".into(),
+            host_path: b"/var/lib/kubelet/pods/uid/volumes/kubernetes.io~empty-dir/data",
+            container_path: b"/data",
         }];
         let check = Check::HostPaths(HostPathParams::default());
-        fn target(c: &ContainerView) -> Target<'_> {
+        fn target<'a>(c: &'a ContainerView<'a>) -> Target<'a> {
             Target {
                 container: Some(c),
                 ..Target::default()
             }
         }
         assert_eq!(check.violation(&target(&config)), None);
-        config.mounts[0].host_path = "/etc".into();
+        config.mounts[0].host_path = b"/etc";
         assert!(check.violation(&target(&config)).unwrap().contains("/etc"));
         // `..` cannot climb out of the pod directories, `.` and doubled slashes change nothing.
-        config.mounts[0].host_path = "/var/lib/kubelet/pods/uid/../../../../etc".into();
+        config.mounts[0].host_path = b"/var/lib/kubelet/pods/uid/../../../../etc";
         assert!(
             check
                 .violation(&target(&config))
                 .unwrap()
                 .contains("/var/lib/kubelet/pods/uid/../../../../etc")
         );
-        config.mounts[0].host_path = "/var/lib/kubelet/pods/../pods/uid/./volumes//x".into();
+        config.mounts[0].host_path = b"/var/lib/kubelet/pods/../pods/uid/./volumes//x";
         assert_eq!(check.violation(&target(&config)), None);
-        config.mounts[0].host_path = "/var/log/app".into();
+        config.mounts[0].host_path = b"/var/log/app";
         let allowed = Check::HostPaths(HostPathParams {
             allowed_prefixes: vec!["/var/log".into()],
         });
         assert_eq!(allowed.violation(&target(&config)), None);
-        config.mounts[0].host_path = "/var/logs".into();
+        config.mounts[0].host_path = b"/var/logs";
         assert!(
             allowed.violation(&target(&config)).is_some(),
             "a prefix is a directory, not a string"
         );
-        config.mounts[0].host_path = "/var/log/../../etc".into();
+        config.mounts[0].host_path = b"/var/log/../../etc";
         assert!(allowed.violation(&target(&config)).is_some());
     }
 
     #[test]
     fn host_paths_resolve_dots_and_double_slashes_only() {
         use std::borrow::Cow;
-        for plain in [
-            "/var/log/app",
-            "/var/log/",
-            "/",
-            "",
-            "/a.b/..c/.d",
-            "/a/...",
-            "a/b",
-        ] {
+        for plain in ["/var/log/app", "/var/log/", "/", "", "a/b"] {
             assert!(matches!(resolve_dots(plain), Cow::Borrowed(p) if p == plain));
+        }
+        // Dots that are part of a name are kept.
+        for named in ["/a.b/..c/.d", "/a/...", "/.hidden/x", "/a/.../"] {
+            assert_eq!(resolve_dots(named), named);
         }
         for (given, named) in [
             ("/var/log/../../etc", "/etc"),

@@ -76,10 +76,17 @@ where
             return Either::Left(self.inner.call(request));
         };
         let start = Instant::now();
-        // Read once for every layer when the layers above keep the message (audit, learning).
-        let subject = extensions.get::<RequestMessageSlot>().and_then(|slot| {
-            slot.subject(|m| read_subject(rpc.method, m, self.inventory.as_ref()))
-        });
+        // A call that names only ids is about what the inventory knows of them: read once for
+        // every layer (audit, learning read it too). The others carry their pod and container,
+        // which the policies read from their own views of the request.
+        let slot = extensions.get::<RequestMessageSlot>();
+        let subject = if PolicySet::reads_views(rpc.method) {
+            slot.and_then(RequestMessageSlot::read_subject)
+        } else {
+            slot.and_then(|slot| {
+                slot.subject(|m| read_subject(rpc.method, m, self.inventory.as_ref()))
+            })
+        };
         let call = Call {
             rpc,
             caller: extensions.get::<Arc<Caller>>().map(|c| &**c),

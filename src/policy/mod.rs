@@ -14,6 +14,8 @@ pub mod layer;
 pub mod reload;
 pub mod view;
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -23,14 +25,15 @@ use prost::Message;
 use self::checks::{Check, Target};
 use self::file::{CelExpr, FailurePolicy, MatchSpec, Mode};
 use self::view::{
-    CreateContainerView, PodLabels, PodMetadataView, PodView, PullImageView, RunPodSandboxLabels,
-    RunPodSandboxView, SandboxConfigLabels,
+    CreateContainerView, ImageView, PodLabels, PodMetadataView, PodView, PullImageView,
+    RunPodSandboxLabels, RunPodSandboxView, SandboxConfigLabels, View,
 };
 use crate::audit::rules::glob_match;
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
 use crate::proxy::rpc::{Method, MethodSet, Rpc};
+use crate::proxy::wire::DecodeError;
 use crate::telemetry::metrics::POLICY_DECISIONS_TOTAL;
 
 /// A compiled policy.
@@ -179,37 +182,19 @@ pub fn read_subject(method: Method, message: &[u8], inventory: Option<&Inventory
     subject
 }
 
-/// The request decoded for the checks.
+/// The request decoded for the checks: views over the request's bytes.
 #[derive(Debug, Default)]
-struct Decoded {
-    run: Option<RunPodSandboxView>,
-    create: Option<CreateContainerView>,
-    pull: Option<PullImageView>,
+struct Decoded<'a> {
+    run: Option<RunPodSandboxView<'a>>,
+    create: Option<CreateContainerView<'a>>,
+    pull: Option<PullImageView<'a>>,
     /// The pod's labels and annotations, when a policy needs them.
     labels: Option<PodLabels>,
 }
 
-impl Decoded {
-    fn decode(
-        method: Method,
-        bytes: &Bytes,
-        with_labels: bool,
-    ) -> Result<Decoded, prost::DecodeError> {
-        let mut decoded = Decoded::views(method, bytes.clone())?;
-        if with_labels {
-            decoded.labels = match method {
-                Method::RunPodSandbox => RunPodSandboxLabels::decode(&bytes[..])?.config,
-                Method::CreateContainer | Method::PullImage => {
-                    SandboxConfigLabels::decode(&bytes[..])?.sandbox_config
-                }
-                _ => None,
-            };
-        }
-        Ok(decoded)
-    }
-
-    fn views(method: Method, bytes: Bytes) -> Result<Decoded, prost::DecodeError> {
-        Ok(match method {
+impl<'a> Decoded<'a> {
+    fn decode(method: Method, bytes: &'a [u8], with_labels: bool) -> Result<Self, DecodeError> {
+        let mut decoded = match method {
             Method::RunPodSandbox => Decoded {
                 run: Some(RunPodSandboxView::decode(bytes)?),
                 ..Decoded::default()
@@ -223,15 +208,26 @@ impl Decoded {
                 ..Decoded::default()
             },
             _ => Decoded::default(),
-        })
+        };
+        if with_labels {
+            let labels = match method {
+                Method::RunPodSandbox => RunPodSandboxLabels::decode(bytes).map(|r| r.config),
+                Method::CreateContainer | Method::PullImage => {
+                    SandboxConfigLabels::decode(bytes).map(|r| r.sandbox_config)
+                }
+                _ => Ok(None),
+            };
+            decoded.labels = labels.map_err(|_| DecodeError::invalid_message(0))?;
+        }
+        Ok(decoded)
     }
 
     /// The pod being made (RunPodSandbox): its settings are judged there.
-    fn pod(&self) -> Option<&PodView> {
+    fn pod(&self) -> Option<&PodView<'a>> {
         self.run.as_ref().and_then(|r| r.config.as_ref())
     }
 
-    fn pod_metadata(&self) -> Option<&PodMetadataView> {
+    fn pod_metadata(&self) -> Option<&PodMetadataView<'a>> {
         let repeated = || {
             let create = self.create.as_ref().and_then(|c| c.sandbox_config.as_ref());
             create.or_else(|| self.pull.as_ref().and_then(|p| p.sandbox_config.as_ref()))
@@ -247,7 +243,7 @@ impl Decoded {
         let image = container
             .and_then(|c| c.image.as_ref())
             .or_else(|| self.pull.as_ref().and_then(|p| p.image.as_ref()))
-            .map(|i| &i.named()[..]);
+            .map(ImageView::named);
         Target {
             pod: self.pod(),
             pod_metadata: self.pod_metadata(),
@@ -287,16 +283,20 @@ impl PolicySet {
     pub fn needs_inventory(&self) -> bool {
         Method::ALL
             .iter()
-            .filter(|m| {
-                !matches!(
-                    m,
-                    Method::RunPodSandbox | Method::CreateContainer | Method::PullImage
-                )
-            })
+            .filter(|m| !PolicySet::reads_views(**m))
             .any(|m| {
                 let path = format!("/runtime.v1.{}/{}", m.service().as_str(), m.as_str());
                 self.inspects(&Rpc::from_path(&path))
             })
+    }
+
+    /// Whether the policies read `method`'s request through views (the calls that carry a pod
+    /// or an image); the others name only ids.
+    pub fn reads_views(method: Method) -> bool {
+        matches!(
+            method,
+            Method::RunPodSandbox | Method::CreateContainer | Method::PullImage
+        )
     }
 
     /// Whether any policy looks at this method (then the request is read ahead and decoded).
@@ -317,7 +317,7 @@ impl PolicySet {
         }
         let empty = Bytes::new();
         let bytes = call.message.unwrap_or(&empty);
-        let decoded = match Decoded::decode(call.rpc.method, bytes, self.needs_pod_labels) {
+        let decoded = match Decoded::decode(call.rpc.method, &bytes[..], self.needs_pod_labels) {
             Ok(decoded) => decoded,
             Err(err) => {
                 for policy in candidates {
@@ -338,21 +338,28 @@ impl PolicySet {
                 return evaluation;
             }
         };
-        let read;
-        let subject = match call.subject {
-            Some(subject) => subject,
-            None => {
-                read = read_subject(call.rpc.method, bytes, inventory);
-                &read
-            }
+        // The subject (who and what the call is about, in words) is read only when a finding
+        // or a CEL rule needs it: the views name the pod of the calls that carry one.
+        let read = OnceCell::new();
+        let subject = || {
+            call.subject.unwrap_or_else(|| {
+                read.get_or_init(|| read_subject(call.rpc.method, bytes, inventory))
+            })
         };
-        let namespace = subject.pod.as_ref().map(|p| p.namespace.as_str());
+        let namespace = match decoded.pod_metadata() {
+            Some(metadata) => Some(view::text(metadata.namespace)),
+            None => subject()
+                .pod
+                .as_ref()
+                .map(|p| Cow::Borrowed(p.namespace.as_str())),
+        };
+        let namespace = namespace.as_deref();
         if namespace.is_some_and(|ns| self.exempt_namespaces.iter().any(|e| glob_match(e, ns))) {
             return evaluation;
         }
         let labels = decoded.labels.as_ref().map(|p| &p.labels);
         let target = decoded.target();
-        let who = || describe_subject(call.rpc.method, subject);
+        let who = || describe_subject(call.rpc.method, subject());
         // CEL's built-in functions are registered once per thread; each call gets its variables
         // in a scope of its own.
         thread_local! {
@@ -378,7 +385,7 @@ impl PolicySet {
                         }),
                         RuleKind::Cel(expr) => {
                             let context = cel_context.get_or_insert_with(|| {
-                                self::cel::context(root, call, &target, subject, self.cel_needs)
+                                self::cel::context(root, call, &target, subject(), self.cel_needs)
                             });
                             match self::cel::holds(expr, context) {
                                 Ok(true) => None,

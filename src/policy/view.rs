@@ -1,18 +1,22 @@
-//! What the policies read of a request: the fields the checks and CEL rules use, decoded with
-//! prost from the caller's bytes. Every other field (environment, devices, resources, container
-//! labels and annotations, DNS, credentials, ...) is skipped without being copied: decoding is
-//! most of the cost of a policy check. Strings are [`Bytes`] slices of the request itself, not
-//! copies (decode from a `Bytes` buffer): no allocation and no UTF-8 check per string, only for
-//! the few a check reads as text ([`text`]). The pod's labels and annotations are decoded in a
-//! second pass, only when a policy selects on labels or a CEL rule reads `pod` ([`PodLabels`]).
-//! Field numbers are those of proto/v1.proto (a test checks them against the generated types).
+//! What the policies read of a request: the fields the checks and CEL rules use, read in place
+//! from the caller's bytes with the wire reader ([`crate::proxy::wire`]). Every other field
+//! (environment, devices, resources, container labels and annotations, DNS, credentials, ...) is
+//! skipped without being copied: decoding is most of the cost of a policy check. Strings are
+//! slices of the request itself: no allocation and no UTF-8 check per string, only for the few
+//! a check reads as text ([`text`]). The pod's labels and annotations are decoded (with prost)
+//! in a second pass, only when a policy selects on labels or a CEL rule reads `pod`
+//! ([`PodLabels`]).
+//!
+//! The views read a message as the runtime does: a later value of a field replaces an earlier
+//! one, and an embedded message that appears twice is the two merged, so a request cannot show
+//! the policies one setting and the runtime another. Field numbers are those of proto/v1.proto
+//! (a test checks them against the generated types).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use bytes::Bytes;
-
 use crate::cri::{Int64Value, NamespaceOption, PortMapping, SeLinuxOption, SecurityProfile};
+use crate::proxy::wire::{DecodeError, Fields, Value};
 
 /// A string field as text. Invalid UTF-8, which a runtime refuses anyway, shows as U+FFFD.
 pub fn text(field: &[u8]) -> Cow<'_, str> {
@@ -23,172 +27,362 @@ pub fn text(field: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// A message read into a view: each field it knows is kept, the others are skipped.
+pub trait View<'a>: Default {
+    /// Takes one field of the message.
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError>;
+
+    /// Reads `message` into the view, as a later part of the same message.
+    fn merge(&mut self, message: &'a [u8]) -> Result<(), DecodeError> {
+        for field in Fields::new(message) {
+            let (field, value) = field?;
+            self.field(field, value)?;
+        }
+        Ok(())
+    }
+
+    fn decode(message: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut view = Self::default();
+        view.merge(message)?;
+        Ok(view)
+    }
+}
+
+/// A string or bytes field: the last value wins.
+fn string<'a>(slot: &mut &'a [u8], field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+    *slot = value.bytes(field)?;
+    Ok(())
+}
+
+fn flag(slot: &mut bool, field: u32, value: Value<'_>) -> Result<(), DecodeError> {
+    *slot = value.varint(field)? != 0;
+    Ok(())
+}
+
+/// An embedded message: a second occurrence merges into the first.
+fn message<'a, V: View<'a>>(
+    slot: &mut Option<V>,
+    field: u32,
+    value: Value<'a>,
+) -> Result<(), DecodeError> {
+    slot.get_or_insert_default().merge(value.bytes(field)?)
+}
+
+/// An embedded message of a generated type (small, rarely set), decoded with prost.
+fn generated<M: prost::Message + Default>(
+    slot: &mut Option<M>,
+    field: u32,
+    value: Value<'_>,
+) -> Result<(), DecodeError> {
+    let bytes = value.bytes(field)?;
+    slot.get_or_insert_default()
+        .merge(bytes)
+        .map_err(|_| DecodeError::invalid_message(field))
+}
+
+fn strings<'a>(list: &mut Vec<&'a [u8]>, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+    list.push(value.bytes(field)?);
+    Ok(())
+}
+
+fn messages<'a, V: View<'a>>(
+    list: &mut Vec<V>,
+    field: u32,
+    value: Value<'a>,
+) -> Result<(), DecodeError> {
+    list.push(V::decode(value.bytes(field)?)?);
+    Ok(())
+}
+
 /// `ContainerMetadata`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerMetadataView {
-    #[prost(bytes = "bytes", tag = "1")]
-    pub name: Bytes,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerMetadataView<'a> {
+    pub name: &'a [u8],
+}
+
+impl<'a> View<'a> for ContainerMetadataView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => string(&mut self.name, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `ImageSpec`: the image and the name the user gave it.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ImageView {
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageView<'a> {
     /// In CreateContainer the kubelet sends the image's id (`sha256:...`) here.
-    #[prost(bytes = "bytes", tag = "1")]
-    pub image: Bytes,
+    pub image: &'a [u8],
     /// The image as the pod spec names it (set by the kubelet since Kubernetes 1.28).
-    #[prost(bytes = "bytes", tag = "18")]
-    pub user_specified_image: Bytes,
+    pub user_specified_image: &'a [u8],
 }
 
-impl ImageView {
+impl<'a> View<'a> for ImageView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => string(&mut self.image, field, value),
+            18 => string(&mut self.user_specified_image, field, value),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<'a> ImageView<'a> {
     /// The image as the user named it when the request says, else the `image` field.
-    pub fn named(&self) -> &Bytes {
+    pub fn named(&self) -> &'a [u8] {
         if self.user_specified_image.is_empty() {
-            &self.image
+            self.image
         } else {
-            &self.user_specified_image
+            self.user_specified_image
         }
     }
 }
 
 /// `Mount`, the paths.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct MountView {
-    #[prost(bytes = "bytes", tag = "1")]
-    pub container_path: Bytes,
-    #[prost(bytes = "bytes", tag = "2")]
-    pub host_path: Bytes,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountView<'a> {
+    pub container_path: &'a [u8],
+    pub host_path: &'a [u8],
+}
+
+impl<'a> View<'a> for MountView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => string(&mut self.container_path, field, value),
+            2 => string(&mut self.host_path, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `ContainerConfig`, the fields policies read.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerView {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<ContainerMetadataView>,
-    #[prost(message, optional, tag = "2")]
-    pub image: Option<ImageView>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub command: Vec<Bytes>,
-    #[prost(bytes = "bytes", repeated, tag = "4")]
-    pub args: Vec<Bytes>,
-    #[prost(message, repeated, tag = "7")]
-    pub mounts: Vec<MountView>,
-    #[prost(message, optional, tag = "15")]
-    pub linux: Option<LinuxContainerView>,
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerView<'a> {
+    pub metadata: Option<ContainerMetadataView<'a>>,
+    pub image: Option<ImageView<'a>>,
+    pub command: Vec<&'a [u8]>,
+    pub args: Vec<&'a [u8]>,
+    pub mounts: Vec<MountView<'a>>,
+    pub linux: Option<LinuxContainerView<'a>>,
+}
+
+impl<'a> View<'a> for ContainerView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => message(&mut self.metadata, field, value),
+            2 => message(&mut self.image, field, value),
+            3 => strings(&mut self.command, field, value),
+            4 => strings(&mut self.args, field, value),
+            7 => messages(&mut self.mounts, field, value),
+            15 => message(&mut self.linux, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `LinuxContainerConfig` without its resources.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LinuxContainerView {
-    #[prost(message, optional, tag = "2")]
-    pub security_context: Option<ContainerSecurityView>,
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinuxContainerView<'a> {
+    pub security_context: Option<ContainerSecurityView<'a>>,
+}
+
+impl<'a> View<'a> for LinuxContainerView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            2 => message(&mut self.security_context, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `Capability`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CapabilityView {
-    #[prost(bytes = "bytes", repeated, tag = "1")]
-    pub add_capabilities: Vec<Bytes>,
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    pub drop_capabilities: Vec<Bytes>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub add_ambient_capabilities: Vec<Bytes>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CapabilityView<'a> {
+    pub add_capabilities: Vec<&'a [u8]>,
+    pub drop_capabilities: Vec<&'a [u8]>,
+    pub add_ambient_capabilities: Vec<&'a [u8]>,
+}
+
+impl<'a> View<'a> for CapabilityView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => strings(&mut self.add_capabilities, field, value),
+            2 => strings(&mut self.drop_capabilities, field, value),
+            3 => strings(&mut self.add_ambient_capabilities, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `LinuxContainerSecurityContext`, the fields policies read.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerSecurityView {
-    #[prost(message, optional, tag = "1")]
-    pub capabilities: Option<CapabilityView>,
-    #[prost(bool, tag = "2")]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerSecurityView<'a> {
+    pub capabilities: Option<CapabilityView<'a>>,
     pub privileged: bool,
-    #[prost(message, optional, tag = "3")]
     pub namespace_options: Option<NamespaceOption>,
-    #[prost(message, optional, tag = "4")]
     pub selinux_options: Option<SeLinuxOption>,
-    #[prost(message, optional, tag = "5")]
     pub run_as_user: Option<Int64Value>,
-    #[prost(bytes = "bytes", tag = "6")]
-    pub run_as_username: Bytes,
-    #[prost(bool, tag = "7")]
+    pub run_as_username: &'a [u8],
     pub readonly_rootfs: bool,
     /// Deprecated in CRI, still honoured by runtimes.
-    #[prost(bytes = "bytes", tag = "9")]
-    pub apparmor_profile: Bytes,
+    pub apparmor_profile: &'a [u8],
     /// Deprecated in CRI, still honoured by runtimes.
-    #[prost(bytes = "bytes", tag = "10")]
-    pub seccomp_profile_path: Bytes,
-    #[prost(bool, tag = "11")]
+    pub seccomp_profile_path: &'a [u8],
     pub no_new_privs: bool,
-    #[prost(bytes = "bytes", repeated, tag = "13")]
-    pub masked_paths: Vec<Bytes>,
-    #[prost(bytes = "bytes", repeated, tag = "14")]
-    pub readonly_paths: Vec<Bytes>,
-    #[prost(message, optional, tag = "15")]
+    pub masked_paths: Vec<&'a [u8]>,
+    pub readonly_paths: Vec<&'a [u8]>,
     pub seccomp: Option<SecurityProfile>,
-    #[prost(message, optional, tag = "16")]
     pub apparmor: Option<SecurityProfile>,
+}
+
+impl<'a> View<'a> for ContainerSecurityView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => message(&mut self.capabilities, field, value),
+            2 => flag(&mut self.privileged, field, value),
+            3 => generated(&mut self.namespace_options, field, value),
+            4 => generated(&mut self.selinux_options, field, value),
+            5 => generated(&mut self.run_as_user, field, value),
+            6 => string(&mut self.run_as_username, field, value),
+            7 => flag(&mut self.readonly_rootfs, field, value),
+            9 => string(&mut self.apparmor_profile, field, value),
+            10 => string(&mut self.seccomp_profile_path, field, value),
+            11 => flag(&mut self.no_new_privs, field, value),
+            13 => strings(&mut self.masked_paths, field, value),
+            14 => strings(&mut self.readonly_paths, field, value),
+            15 => generated(&mut self.seccomp, field, value),
+            16 => generated(&mut self.apparmor, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `LinuxSandboxSecurityContext`, the fields policies read.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SandboxSecurityView {
-    #[prost(message, optional, tag = "1")]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SandboxSecurityView<'a> {
     pub namespace_options: Option<NamespaceOption>,
-    #[prost(message, optional, tag = "2")]
     pub selinux_options: Option<SeLinuxOption>,
-    #[prost(bool, tag = "6")]
     pub privileged: bool,
     /// Deprecated in CRI, still honoured by runtimes.
-    #[prost(bytes = "bytes", tag = "7")]
-    pub seccomp_profile_path: Bytes,
-    #[prost(message, optional, tag = "9")]
+    pub seccomp_profile_path: &'a [u8],
     pub seccomp: Option<SecurityProfile>,
-    #[prost(message, optional, tag = "10")]
     pub apparmor: Option<SecurityProfile>,
 }
 
+impl<'a> View<'a> for SandboxSecurityView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => generated(&mut self.namespace_options, field, value),
+            2 => generated(&mut self.selinux_options, field, value),
+            6 => flag(&mut self.privileged, field, value),
+            7 => string(&mut self.seccomp_profile_path, field, value),
+            9 => generated(&mut self.seccomp, field, value),
+            10 => generated(&mut self.apparmor, field, value),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `LinuxPodSandboxConfig` without its cgroup, overhead and resources.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct LinuxPodView {
-    #[prost(message, optional, tag = "2")]
-    pub security_context: Option<SandboxSecurityView>,
-    #[prost(map = "string, string", tag = "3")]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinuxPodView<'a> {
+    pub security_context: Option<SandboxSecurityView<'a>>,
     pub sysctls: HashMap<String, String>,
 }
 
+/// An entry of a `map<string, string>`.
+#[derive(Default)]
+struct MapEntry<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+}
+
+impl<'a> View<'a> for MapEntry<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => string(&mut self.key, field, value),
+            2 => string(&mut self.value, field, value),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<'a> View<'a> for LinuxPodView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            2 => message(&mut self.security_context, field, value),
+            3 => {
+                let entry = MapEntry::decode(value.bytes(field)?)?;
+                self.sysctls
+                    .insert(text(entry.key).into_owned(), text(entry.value).into_owned());
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `PodSandboxMetadata`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PodMetadataView {
-    #[prost(bytes = "bytes", tag = "1")]
-    pub name: Bytes,
-    #[prost(bytes = "bytes", tag = "2")]
-    pub uid: Bytes,
-    #[prost(bytes = "bytes", tag = "3")]
-    pub namespace: Bytes,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodMetadataView<'a> {
+    pub name: &'a [u8],
+    pub uid: &'a [u8],
+    pub namespace: &'a [u8],
+}
+
+impl<'a> View<'a> for PodMetadataView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => string(&mut self.name, field, value),
+            2 => string(&mut self.uid, field, value),
+            3 => string(&mut self.namespace, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `PodSandboxConfig`, the fields policies read.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PodView {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<PodMetadataView>,
-    #[prost(message, repeated, tag = "5")]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodView<'a> {
+    pub metadata: Option<PodMetadataView<'a>>,
     pub port_mappings: Vec<PortMapping>,
-    #[prost(message, optional, tag = "8")]
-    pub linux: Option<LinuxPodView>,
+    pub linux: Option<LinuxPodView<'a>>,
+}
+
+impl<'a> View<'a> for PodView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => message(&mut self.metadata, field, value),
+            5 => {
+                let mut mapping = None;
+                generated(&mut mapping, field, value)?;
+                self.port_mappings.extend(mapping);
+                Ok(())
+            }
+            8 => message(&mut self.linux, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `PodSandboxConfig`, only its metadata: what CreateContainer and PullImage repeat of the pod
 /// is judged by name (the pod's own settings were judged when its sandbox was made).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PodNameView {
-    #[prost(message, optional, tag = "1")]
-    pub metadata: Option<PodMetadataView>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodNameView<'a> {
+    pub metadata: Option<PodMetadataView<'a>>,
 }
 
-/// `PodSandboxConfig`'s labels and annotations.
+impl<'a> View<'a> for PodNameView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => message(&mut self.metadata, field, value),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `PodSandboxConfig`'s labels and annotations (owned: policies select on them by key).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PodLabels {
     #[prost(map = "string, string", tag = "6")]
@@ -212,28 +406,52 @@ pub struct SandboxConfigLabels {
 }
 
 /// `CreateContainerRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CreateContainerView {
-    #[prost(message, optional, tag = "2")]
-    pub config: Option<ContainerView>,
-    #[prost(message, optional, tag = "3")]
-    pub sandbox_config: Option<PodNameView>,
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CreateContainerView<'a> {
+    pub config: Option<ContainerView<'a>>,
+    pub sandbox_config: Option<PodNameView<'a>>,
+}
+
+impl<'a> View<'a> for CreateContainerView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            2 => message(&mut self.config, field, value),
+            3 => message(&mut self.sandbox_config, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `RunPodSandboxRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RunPodSandboxView {
-    #[prost(message, optional, tag = "1")]
-    pub config: Option<PodView>,
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunPodSandboxView<'a> {
+    pub config: Option<PodView<'a>>,
+}
+
+impl<'a> View<'a> for RunPodSandboxView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => message(&mut self.config, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `PullImageRequest`, without the credentials.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PullImageView {
-    #[prost(message, optional, tag = "1")]
-    pub image: Option<ImageView>,
-    #[prost(message, optional, tag = "3")]
-    pub sandbox_config: Option<PodNameView>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PullImageView<'a> {
+    pub image: Option<ImageView<'a>>,
+    pub sandbox_config: Option<PodNameView<'a>>,
+}
+
+impl<'a> View<'a> for PullImageView<'a> {
+    fn field(&mut self, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
+        match field {
+            1 => message(&mut self.image, field, value),
+            3 => message(&mut self.sandbox_config, field, value),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -241,22 +459,28 @@ mod tests {
     use super::*;
     use prost::Message;
 
-    fn strings(fields: &[Bytes]) -> Vec<String> {
+    fn strings(fields: &[&[u8]]) -> Vec<String> {
         fields.iter().map(|f| text(f).into_owned()).collect()
     }
 
     #[test]
     fn views_read_the_same_fields_as_the_generated_types() {
         let full = crate::fake::samples::create_container_request();
-        let bytes = Bytes::from(full.encode_to_vec());
-        let view = CreateContainerView::decode(bytes.clone()).unwrap();
+        let bytes = full.encode_to_vec();
+        let view = CreateContainerView::decode(&bytes).unwrap();
         let config = full.config.unwrap();
         let seen = view.config.unwrap();
-        assert_eq!(seen.metadata.unwrap().name, config.metadata.unwrap().name);
+        assert_eq!(
+            seen.metadata.unwrap().name,
+            config.metadata.unwrap().name.as_bytes()
+        );
         let (image, seen_image) = (config.image.unwrap(), seen.image.unwrap());
-        assert_eq!(seen_image.image, image.image);
-        assert_eq!(seen_image.user_specified_image, image.user_specified_image);
-        assert_eq!(seen_image.named(), &image.user_specified_image);
+        assert_eq!(seen_image.image, image.image.as_bytes());
+        assert_eq!(
+            seen_image.user_specified_image,
+            image.user_specified_image.as_bytes()
+        );
+        assert_eq!(seen_image.named(), image.user_specified_image.as_bytes());
         assert_eq!(strings(&seen.command), config.command);
         assert_eq!(strings(&seen.args), config.args);
         let mounts: Vec<_> = config
@@ -269,8 +493,8 @@ mod tests {
             .iter()
             .map(|m| {
                 (
-                    text(&m.container_path).into_owned(),
-                    text(&m.host_path).into_owned(),
+                    text(m.container_path).into_owned(),
+                    text(m.host_path).into_owned(),
                 )
             })
             .collect();
@@ -300,9 +524,9 @@ mod tests {
         let metadata = pod.metadata.clone().unwrap();
         assert_eq!(
             strings(&[
-                seen_metadata.name.clone(),
-                seen_metadata.uid.clone(),
-                seen_metadata.namespace.clone()
+                seen_metadata.name,
+                seen_metadata.uid,
+                seen_metadata.namespace
             ]),
             [metadata.name, metadata.uid, metadata.namespace]
         );
@@ -310,7 +534,8 @@ mod tests {
             config: Some(pod.clone()),
             ..Default::default()
         };
-        let seen = RunPodSandboxView::decode(Bytes::from(run.encode_to_vec()))
+        let run_bytes = run.encode_to_vec();
+        let seen = RunPodSandboxView::decode(&run_bytes)
             .unwrap()
             .config
             .unwrap();
@@ -325,7 +550,7 @@ mod tests {
         assert_eq!(seen_security.seccomp, security.seccomp);
         assert_eq!(seen_security.privileged, security.privileged);
         assert_eq!(seen_linux.sysctls, linux.sysctls);
-        let labels = SandboxConfigLabels::decode(bytes.clone())
+        let labels = SandboxConfigLabels::decode(&bytes[..])
             .unwrap()
             .sandbox_config
             .unwrap();
@@ -362,19 +587,20 @@ mod tests {
             }),
             ..Default::default()
         };
-        let view = ContainerSecurityView::decode(Bytes::from(container.encode_to_vec())).unwrap();
+        let container_bytes = container.encode_to_vec();
+        let view = ContainerSecurityView::decode(&container_bytes).unwrap();
         assert_eq!(
             strings(&view.capabilities.unwrap().add_ambient_capabilities),
             ["NET_RAW"]
         );
         assert!(view.privileged && view.readonly_rootfs);
         assert_eq!(view.selinux_options, container.selinux_options);
-        assert_eq!(view.run_as_username, "root");
+        assert_eq!(view.run_as_username, b"root");
         #[allow(deprecated)]
         let deprecated = (container.apparmor_profile, container.seccomp_profile_path);
         assert_eq!(
             (view.apparmor_profile, view.seccomp_profile_path),
-            (Bytes::from(deprecated.0), Bytes::from(deprecated.1))
+            (deprecated.0.as_bytes(), deprecated.1.as_bytes())
         );
         assert_eq!(view.apparmor, container.apparmor);
         #[allow(deprecated)]
@@ -385,10 +611,88 @@ mod tests {
             apparmor: container.apparmor,
             ..Default::default()
         };
-        let view = SandboxSecurityView::decode(Bytes::from(sandbox.encode_to_vec())).unwrap();
+        let sandbox_bytes = sandbox.encode_to_vec();
+        let view = SandboxSecurityView::decode(&sandbox_bytes).unwrap();
         assert_eq!(view.selinux_options, sandbox.selinux_options);
         assert!(view.privileged);
-        assert_eq!(view.seccomp_profile_path, "unconfined");
+        assert_eq!(view.seccomp_profile_path, b"unconfined");
         assert_eq!(view.apparmor, sandbox.apparmor);
+    }
+
+    #[test]
+    fn a_message_in_parts_reads_as_the_runtime_reads_it() {
+        use crate::cri::{
+            ContainerConfig, CreateContainerRequest, LinuxContainerConfig,
+            LinuxContainerSecurityContext, PodSandboxConfig, PodSandboxMetadata,
+        };
+        let part = |privileged: bool, namespace: &str| CreateContainerRequest {
+            config: Some(ContainerConfig {
+                linux: Some(LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        privileged,
+                        no_new_privs: !privileged,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    namespace: namespace.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Privileged in the first part, a harmless-looking second part: the runtime merges them
+        // (a bool set in the first stays set when the second leaves it out).
+        let mut bytes = part(true, "kube-system").encode_to_vec();
+        bytes.extend(part(false, "team-a").encode_to_vec());
+        let runtime = CreateContainerRequest::decode(&bytes[..]).unwrap();
+        let view = CreateContainerView::decode(&bytes).unwrap();
+        let security = view
+            .config
+            .unwrap()
+            .linux
+            .unwrap()
+            .security_context
+            .unwrap();
+        let runtime_security = runtime
+            .config
+            .unwrap()
+            .linux
+            .unwrap()
+            .security_context
+            .unwrap();
+        assert!(security.privileged && runtime_security.privileged);
+        assert!(security.no_new_privs && runtime_security.no_new_privs);
+        let namespace = view.sandbox_config.unwrap().metadata.unwrap().namespace;
+        assert_eq!(namespace, b"team-a");
+        assert_eq!(
+            runtime.sandbox_config.unwrap().metadata.unwrap().namespace,
+            "team-a"
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_the_message_are_errors() {
+        // config (2) as a varint, a string cut short, a mount that is not a message.
+        for broken in [
+            &b"\x10\x01"[..],
+            b"\x12\x05\x0a\x01",
+            b"\x12\x03\x3a\x01\xff",
+        ] {
+            assert!(CreateContainerView::decode(broken).is_err(), "{broken:?}");
+        }
+        // Unknown fields are skipped.
+        let unknown = b"\xf8\x01\x01\xfa\x01\x00\x12\x00";
+        assert!(
+            CreateContainerView::decode(unknown)
+                .unwrap()
+                .config
+                .is_some()
+        );
     }
 }

@@ -126,6 +126,11 @@ impl RequestMessageSlot {
         self.0.message.get()
     }
 
+    /// The call's subject if a layer has read it already.
+    pub fn read_subject(&self) -> Option<&Subject> {
+        self.0.subject.get()
+    }
+
     /// The call's subject: `read` from the message by the first layer that asks (it may fill
     /// in what criguard knows of the ids), the same for every later one. `None` without a
     /// message.

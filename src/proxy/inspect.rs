@@ -2,6 +2,7 @@
 //! protobuf bytes, without decoding the whole message: cheap enough for every call.
 
 use super::rpc::Method;
+use super::wire::{Fields, Value};
 
 /// The id of the object `method` acts on, read from its request message: a container id, a
 /// sandbox id, an image reference, `namespace/name` for RunPodSandbox, or `""` when the call has
@@ -153,41 +154,13 @@ fn string_at<'a>(mut message: &'a [u8], path: &[u32]) -> Option<&'a str> {
 }
 
 /// The bytes of the first length-delimited field `wanted` in `message`.
-fn length_delimited_field(mut message: &[u8], wanted: u32) -> Option<&[u8]> {
-    while !message.is_empty() {
-        let key = varint(&mut message)?;
-        let (field, wire_type) = ((key >> 3) as u32, key & 7);
-        match wire_type {
-            0 => {
-                varint(&mut message)?;
-            }
-            1 => message = message.get(8..)?,
-            2 => {
-                let len = usize::try_from(varint(&mut message)?).ok()?;
-                let value = message.get(..len)?;
-                message = &message[len..];
-                if field == wanted {
-                    return Some(value);
-                }
-            }
-            5 => message = message.get(4..)?,
-            _ => return None,
-        }
-    }
-    None
-}
-
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = buf.split_first()?;
-        *buf = rest;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
+fn length_delimited_field(message: &[u8], wanted: u32) -> Option<&[u8]> {
+    Fields::new(message)
+        .map_while(Result::ok)
+        .find_map(|(field, value)| match value {
+            Value::Bytes(bytes) if field == wanted => Some(bytes),
+            _ => None,
+        })
 }
 
 #[cfg(test)]

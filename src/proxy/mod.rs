@@ -12,3 +12,4 @@ pub mod rpc;
 pub mod runtime;
 pub mod server;
 pub mod status;
+pub mod wire;

@@ -1,0 +1,197 @@
+//! The protobuf wire format, read in place: the fields of a message as borrowed slices of the
+//! caller's bytes, without copying or allocating. What criguard inspects (the call's object, the
+//! views the policies judge) is read with it; what reaches the runtime is never re-encoded.
+
+use std::fmt;
+
+/// A field's value as the wire carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    /// Length-delimited: a string, bytes, an embedded message or a packed list.
+    Bytes(&'a [u8]),
+    Fixed32(u32),
+}
+
+/// Why bytes are not a protobuf message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    reason: &'static str,
+    field: u32,
+}
+
+impl DecodeError {
+    fn new(reason: &'static str, field: u32) -> DecodeError {
+        DecodeError { reason, field }
+    }
+
+    /// Field `field` holds bytes that are not the message it should be.
+    pub fn invalid_message(field: u32) -> DecodeError {
+        DecodeError::new("not a valid message", field)
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.field {
+            0 => f.write_str(self.reason),
+            field => write!(f, "field {field}: {}", self.reason),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl<'a> Value<'a> {
+    /// The value of a string, bytes or message field.
+    pub fn bytes(self, field: u32) -> Result<&'a [u8], DecodeError> {
+        match self {
+            Value::Bytes(bytes) => Ok(bytes),
+            _ => Err(DecodeError::new("not length-delimited", field)),
+        }
+    }
+
+    /// The value of an integer, enum or bool field.
+    pub fn varint(self, field: u32) -> Result<u64, DecodeError> {
+        match self {
+            Value::Varint(value) => Ok(value),
+            _ => Err(DecodeError::new("not a varint", field)),
+        }
+    }
+}
+
+/// The fields of a message in the order the bytes carry them; an error ends the walk.
+#[derive(Clone, Debug)]
+pub struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(message: &'a [u8]) -> Fields<'a> {
+        Fields { rest: message }
+    }
+
+    #[inline]
+    fn next_field(&mut self) -> Result<(u32, Value<'a>), DecodeError> {
+        let key = varint(&mut self.rest).ok_or(DecodeError::new("truncated field key", 0))?;
+        let field = u32::try_from(key >> 3)
+            .ok()
+            .filter(|&f| f != 0 && f < 1 << 29)
+            .ok_or(DecodeError::new("invalid field number", 0))?;
+        let truncated = DecodeError::new("truncated value", field);
+        let value = match key & 7 {
+            0 => Value::Varint(varint(&mut self.rest).ok_or(truncated)?),
+            1 => {
+                let (value, rest) = self.rest.split_first_chunk::<8>().ok_or(truncated)?;
+                self.rest = rest;
+                Value::Fixed64(u64::from_le_bytes(*value))
+            }
+            2 => {
+                let len = varint(&mut self.rest)
+                    .and_then(|len| usize::try_from(len).ok())
+                    .filter(|&len| len <= self.rest.len())
+                    .ok_or(truncated)?;
+                let (value, rest) = self.rest.split_at(len);
+                self.rest = rest;
+                Value::Bytes(value)
+            }
+            5 => {
+                let (value, rest) = self.rest.split_first_chunk::<4>().ok_or(truncated)?;
+                self.rest = rest;
+                Value::Fixed32(u32::from_le_bytes(*value))
+            }
+            // Groups (3, 4) are proto2's and unused by CRI; 6 and 7 do not exist.
+            _ => return Err(DecodeError::new("unsupported wire type", field)),
+        };
+        Ok((field, value))
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<(u32, Value<'a>), DecodeError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let field = self.next_field();
+        if field.is_err() {
+            self.rest = &[];
+        }
+        Some(field)
+    }
+}
+
+/// Reads a base-128 varint from the front of `buf`; `None` when truncated or over 10 bytes.
+#[inline]
+pub fn varint(buf: &mut &[u8]) -> Option<u64> {
+    // Field keys and the lengths of short strings: one byte.
+    if let Some((&byte, rest)) = buf.split_first()
+        && byte < 0x80
+    {
+        *buf = rest;
+        return Some(u64::from(byte));
+    }
+    long_varint(buf)
+}
+
+fn long_varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (index, &byte) in buf.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            *buf = &buf[index + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_wire_type_in_order() {
+        let message = [
+            0x08, 0x96, 0x01, // 1: varint 150
+            0x11, 1, 0, 0, 0, 0, 0, 0, 0, // 2: fixed64 1
+            0x1a, 0x02, b'h', b'i', // 3: "hi"
+            0x25, 2, 0, 0, 0, // 4: fixed32 2
+        ];
+        let fields: Vec<_> = Fields::new(&message).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            fields,
+            [
+                (1, Value::Varint(150)),
+                (2, Value::Fixed64(1)),
+                (3, Value::Bytes(b"hi")),
+                (4, Value::Fixed32(2)),
+            ]
+        );
+        assert_eq!(fields[2].1.bytes(3), Ok(&b"hi"[..]));
+        assert!(fields[2].1.varint(3).is_err());
+    }
+
+    #[test]
+    fn broken_messages_are_errors_never_panics() {
+        for broken in [
+            &b"\x0a\x05hi"[..],                                  // longer than the message
+            b"\x08",                                             // value missing
+            b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", // varint over 10 bytes
+            b"\x0b\x0c",                                         // a group
+            b"\x0f",                                             // wire type 7
+            b"\x00\x01",                                         // field 0
+            b"\x09\x01\x02",                                     // fixed64 cut short
+        ] {
+            let results: Vec<_> = Fields::new(broken).collect();
+            assert!(
+                results.last().is_some_and(Result::is_err),
+                "{broken:?}: {results:?}"
+            );
+        }
+        assert_eq!(Fields::new(b"").count(), 0);
+    }
+}
