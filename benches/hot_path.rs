@@ -114,7 +114,6 @@ fn policies(c: &mut Criterion) {
     let set = criguard::policy::file::load_dir(dir.path(), &[]).unwrap();
     let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
     let bytes = criguard::fake::samples::create_container_request().encode_to_vec();
-    let bytes = bytes::Bytes::from(bytes);
     let evaluate = || {
         set.evaluate(
             criguard::policy::Call {

@@ -144,7 +144,7 @@ pub fn evaluate(
         Call {
             rpc,
             caller: caller.as_ref(),
-            message: Some(bytes),
+            message: Some(&bytes[..]),
             subject: None,
         },
         Some(&inventory),

@@ -162,7 +162,7 @@ pub fn context<'r>(
     context.add_variable_from_value("client", client);
     context.add_variable_from_value("method", call.rpc.method_name().to_string());
     if needs.request {
-        let request = request_json(call.rpc, call.message.map_or(&[][..], |m| &m[..]));
+        let request = request_json(call.rpc, call.message.unwrap_or_default());
         context.add_variable_from_value("request", cel::to_value(request).unwrap_or(Value::Null));
     }
     context

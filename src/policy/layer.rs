@@ -90,7 +90,7 @@ where
         let call = Call {
             rpc,
             caller: extensions.get::<Arc<Caller>>().map(|c| &**c),
-            message: extensions.get::<RequestMessage>().map(|m| &m.0),
+            message: extensions.get::<RequestMessage>().map(|m| &m.0[..]),
             subject,
         };
         let evaluation = set.evaluate(call, self.inventory.as_ref());

@@ -19,7 +19,6 @@ use std::cell::OnceCell;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use bytes::Bytes;
 use prost::Message;
 
 use self::checks::{Check, Target};
@@ -166,9 +165,8 @@ impl Evaluation {
 pub struct Call<'a> {
     pub rpc: &'a Rpc,
     pub caller: Option<&'a Caller>,
-    /// The first request message; `None` for a call without one. A `Bytes`, so that the views
-    /// read its strings without copying them.
-    pub message: Option<&'a Bytes>,
+    /// The first request message; `None` for a call without one. The views borrow from it.
+    pub message: Option<&'a [u8]>,
     /// What the call is about, when a layer above has read it already; else it is read here.
     pub subject: Option<&'a Subject>,
 }
@@ -315,9 +313,8 @@ impl PolicySet {
         if candidates.is_empty() {
             return evaluation;
         }
-        let empty = Bytes::new();
-        let bytes = call.message.unwrap_or(&empty);
-        let decoded = match Decoded::decode(call.rpc.method, &bytes[..], self.needs_pod_labels) {
+        let bytes = call.message.unwrap_or_default();
+        let decoded = match Decoded::decode(call.rpc.method, bytes, self.needs_pod_labels) {
             Ok(decoded) => decoded,
             Err(err) => {
                 for policy in candidates {
@@ -492,7 +489,7 @@ mod tests {
         let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
         let mut request = crate::fake::samples::create_container_request();
         let verdict = |request: &crate::cri::CreateContainerRequest| {
-            let bytes = Bytes::from(request.encode_to_vec());
+            let bytes = request.encode_to_vec();
             set.evaluate(
                 Call {
                     rpc: &rpc,
