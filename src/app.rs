@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ use crate::policy::PolicySet;
 use crate::policy::file::PolicyError;
 use crate::policy::layer::PolicyLayer;
 use crate::policy::reload::PolicyStore;
+use crate::proxy::h2io::RecvBody;
 use crate::proxy::head::ReadHeadLayer;
 use crate::proxy::listener::{self, BoundListener, ListenError};
 use crate::proxy::rpc::Rpc;
@@ -41,7 +41,7 @@ pub fn build_stack(
     parts: StackParts,
     forwarder: Forwarder,
 ) -> impl tower::Service<
-    http::Request<Incoming>,
+    http::Request<RecvBody>,
     Response = http::Response<
         impl http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
     >,

@@ -11,18 +11,17 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http_body::Body as _;
-use hyper::body::Incoming;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{RequestBody, ResponseBody};
 use super::error::{ProxyError, RuntimeError};
+use super::h2io::{RecvBody, send_body};
 use super::rpc::{Rpc, Service};
 use crate::telemetry::metrics as names;
 
@@ -190,8 +189,8 @@ impl RuntimeConnection {
     /// request body is piped by a task of its own, with HTTP/2 flow control.
     async fn send(
         &self,
-        request: http::Request<RequestBody<Incoming>>,
-    ) -> Result<http::Response<RuntimeBody>, ProxyError> {
+        request: http::Request<RequestBody<RecvBody>>,
+    ) -> Result<http::Response<RecvBody>, ProxyError> {
         let sender = self.sender().await?;
         let mut send = sender.send.ready().await.map_err(|e| {
             sender.closed.store(true, Ordering::Release);
@@ -205,7 +204,7 @@ impl RuntimeConnection {
         match body.take_complete() {
             Some(whole) => stream.send_data(whole, true).map_err(|e| self.lost(&e))?,
             None => {
-                tokio::spawn(pipe(body, stream));
+                tokio::spawn(send_body(body, stream));
             }
         }
         let response = response.await.map_err(|e| match stats.failure() {
@@ -216,7 +215,7 @@ impl RuntimeConnection {
         })?;
         let (mut parts, recv) = response.into_parts();
         parts.extensions.insert(stats);
-        Ok(http::Response::from_parts(parts, RuntimeBody::new(recv)))
+        Ok(http::Response::from_parts(parts, RecvBody::new(recv)))
     }
 
     fn lost(&self, err: &h2::Error) -> ProxyError {
@@ -225,93 +224,6 @@ impl RuntimeConnection {
             reason: describe(err),
         }
         .into()
-    }
-}
-
-/// Pipes a request body that is still arriving to the runtime, frame by frame, waiting for
-/// flow-control capacity. A body error resets the stream.
-async fn pipe(body: RequestBody<Incoming>, mut stream: h2::SendStream<Bytes>) {
-    let mut body = std::pin::pin!(body);
-    loop {
-        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
-        let frame = match frame {
-            None => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(_)) => {
-                stream.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => frame,
-        };
-        let frame = match frame.into_data() {
-            Ok(mut data) => {
-                while !data.is_empty() {
-                    stream.reserve_capacity(data.len());
-                    let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
-                        Some(Ok(n)) => n,
-                        _ => return,
-                    };
-                    let chunk = data.split_to(granted.min(data.len()));
-                    if stream.send_data(chunk, false).is_err() {
-                        return;
-                    }
-                }
-                continue;
-            }
-            Err(frame) => frame,
-        };
-        if let Ok(trailers) = frame.into_trailers() {
-            let _ = stream.send_trailers(trailers);
-            return;
-        }
-    }
-}
-
-/// The runtime's answer body, straight from the HTTP/2 stream. Flow-control capacity is given
-/// back as each piece is passed on, so the runtime keeps sending at the caller's pace.
-pub struct RuntimeBody {
-    recv: h2::RecvStream,
-    data_done: bool,
-}
-
-impl RuntimeBody {
-    fn new(recv: h2::RecvStream) -> Self {
-        RuntimeBody {
-            recv,
-            data_done: false,
-        }
-    }
-}
-
-impl http_body::Body for RuntimeBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
-                }
-                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
-                None => self.data_done = true,
-            }
-        }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(err) => Poll::Ready(Some(Err(err))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
     }
 }
 
@@ -352,8 +264,8 @@ impl Forwarder {
     }
 }
 
-impl tower::Service<http::Request<RequestBody<Incoming>>> for Forwarder {
-    type Response = http::Response<ResponseBody<RuntimeBody>>;
+impl tower::Service<http::Request<RequestBody<RecvBody>>> for Forwarder {
+    type Response = http::Response<ResponseBody<RecvBody>>;
     type Error = ProxyError;
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send + 'static>>;
@@ -362,7 +274,7 @@ impl tower::Service<http::Request<RequestBody<Incoming>>> for Forwarder {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<RequestBody<Incoming>>) -> Self::Future {
+    fn call(&mut self, request: http::Request<RequestBody<RecvBody>>) -> Self::Future {
         let rpc = request.extensions().get::<Rpc>();
         let streaming = rpc.is_some_and(|rpc| rpc.method.is_server_streaming());
         let connection = match (&self.image, rpc.map(|rpc| rpc.service)) {

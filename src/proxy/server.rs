@@ -1,25 +1,25 @@
-//! Accepts callers on the listening sockets and serves each connection with HTTP/2, passing every
-//! call to the stack with who is calling and through which listener. A connection that does not speak HTTP/2 (garbage, broken frames) is
-//! closed on its own; every other connection goes on. At shutdown: stop accepting, tell every
-//! connection to finish (GOAWAY), wait for in-flight calls up to the grace period.
+//! Accepts callers on the listening sockets and serves each connection with HTTP/2 (the `h2`
+//! crate, as on the runtime side), passing every call to the stack with who is calling and
+//! through which listener. A connection that does not speak HTTP/2 (garbage, broken frames) is
+//! closed on its own; every other connection goes on. A caller that resets a stream cancels
+//! its call. At shutdown: stop accepting, tell every connection to finish (GOAWAY), wait for
+//! in-flight calls up to the grace period.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::h2io::{RecvBody, send_body};
 use super::identity::Caller;
 use crate::layers::access::Listener;
 
@@ -28,6 +28,10 @@ const MAX_CONCURRENT_STREAMS: u32 = 1000;
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 4 << 20;
 const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// Answer bytes buffered per stream towards a caller that reads slowly.
+const MAX_SEND_BUFFER: usize = 128 << 10;
+/// Request headers and metadata of one call, at most.
+const MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
 /// How long to pause accepting after an accept error such as "too many open files".
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -38,25 +42,14 @@ pub async fn serve<S, B>(
     shutdown: CancellationToken,
     grace: Duration,
 ) where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+    S: tower::Service<http::Request<RecvBody>, Response = http::Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
-    let open = Arc::new(AtomicUsize::new(0));
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        // Transparent: answer with the runtime's headers only (grpc-go sends no `date`).
-        .auto_date_header(false)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
-        .max_send_buf_size(128 << 10);
+    let connections = TaskTracker::new();
     let mut accepting = tokio_stream::StreamMap::new();
     let mut configured = Vec::new();
     for (index, (listener, access)) in listeners.into_iter().enumerate() {
@@ -76,41 +69,132 @@ pub async fn serve<S, B>(
                 None => break,
             },
         };
-        // Who calls is read once per connection; each of its requests carries it, and the
-        // listener's settings in force when the request arrives (a reload may change them).
-        let caller = Caller::of(&stream);
-        let access = configured[index].clone();
-        let service = tower::ServiceExt::map_request(
-            stack.clone(),
-            move |mut request: http::Request<Incoming>| {
-                let extensions = request.extensions_mut();
-                if let Some(caller) = &caller {
-                    extensions.insert(caller.clone());
-                }
-                extensions.insert(access.load_full());
-                request
-            },
-        );
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
-        let open = open.clone();
-        open.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "caller connection closed with an error");
-            }
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
+        let connection = Connection {
+            // Who calls is read once per connection; each of its requests carries it.
+            caller: Caller::of(&stream),
+            access: configured[index].clone(),
+            stack: stack.clone(),
+        };
+        connections.spawn(connection.serve(stream, shutdown.clone()));
     }
     drop(accepting);
-    let connections = open.load(Ordering::Relaxed);
-    tracing::info!(connections, grace = ?grace, "stopped accepting; draining");
+    connections.close();
+    tracing::info!(connections = connections.len(), grace = ?grace, "stopped accepting; draining");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all calls finished"),
+        _ = connections.wait() => tracing::info!("all calls finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!(
-            connections = open.load(Ordering::Relaxed),
+            connections = connections.len(),
             "grace period over; cutting the remaining calls"
         ),
+    }
+}
+
+/// One caller's connection: who it is, the listener it came through, and the stack its calls
+/// go to.
+struct Connection<S> {
+    caller: Option<Arc<Caller>>,
+    access: Arc<ArcSwap<Listener>>,
+    stack: S,
+}
+
+impl<S, B> Connection<S>
+where
+    S: tower::Service<http::Request<RecvBody>, Response = http::Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    async fn serve(mut self, stream: UnixStream, shutdown: CancellationToken) {
+        let handshake = h2::server::Builder::new()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .handshake::<_, Bytes>(stream);
+        let mut connection = tokio::select! {
+            handshake = handshake => match handshake {
+                Ok(connection) => connection,
+                Err(err) => {
+                    tracing::debug!(error = %err, "caller connection closed before HTTP/2 started");
+                    return;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let mut draining = false;
+        loop {
+            // Polling for the next stream also drives the connection's I/O for the calls in
+            // flight; after GOAWAY it ends once they have all finished.
+            let accepted = if draining {
+                connection.accept().await
+            } else {
+                tokio::select! {
+                    accepted = connection.accept() => accepted,
+                    _ = shutdown.cancelled() => {
+                        connection.graceful_shutdown();
+                        draining = true;
+                        continue;
+                    }
+                }
+            };
+            match accepted {
+                Some(Ok((request, respond))) => {
+                    let call = self.call(request.map(RecvBody::new)).await;
+                    tokio::spawn(answer(call, respond));
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "caller connection closed with an error");
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// Hands one request to the stack, with the caller and the listener's settings in force
+    /// when it arrives (a reload may change them).
+    async fn call(&mut self, mut request: http::Request<RecvBody>) -> S::Future {
+        let extensions = request.extensions_mut();
+        if let Some(caller) = &self.caller {
+            extensions.insert(caller.clone());
+        }
+        extensions.insert(self.access.load_full());
+        // The stack is always ready: its layers wait inside their futures, never here.
+        match std::future::poll_fn(|cx| self.stack.poll_ready(cx)).await {
+            Ok(()) => self.stack.call(request),
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Runs one call and sends its answer: the headers, then the body as the caller's window
+/// allows. A caller that resets the stream first cancels the call (dropping it cancels the
+/// runtime's stream too).
+async fn answer<F, B>(call: F, mut respond: h2::server::SendResponse<Bytes>)
+where
+    F: Future<Output = Result<http::Response<B>, Infallible>>,
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut call = std::pin::pin!(call);
+    let response = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        respond.poll_reset(cx).map(|_| None)
+    })
+    .await;
+    let Some(Ok(response)) = response else {
+        return;
+    };
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    match respond.send_response(http::Response::from_parts(parts, ()), end) {
+        Ok(stream) if !end => send_body(body, stream).await,
+        Ok(_) => {}
+        Err(err) => {
+            tracing::debug!(error = %err, "answer headers not sent");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
     }
 }
