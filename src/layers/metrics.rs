@@ -56,7 +56,7 @@ impl Observe for CallMetrics {
 
 /// Logs each unknown method name once (up to a bound), since metrics only say `unknown`.
 fn note_unknown_method(rpc: &Rpc) {
-    static SEEN: Mutex<Option<HashSet<Box<str>>>> = Mutex::new(None);
+    static SEEN: Mutex<Option<HashSet<std::sync::Arc<str>>>> = Mutex::new(None);
     const MAX_NAMES: usize = 256;
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     let seen = seen.get_or_insert_with(HashSet::new);

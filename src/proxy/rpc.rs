@@ -230,7 +230,8 @@ pub struct Rpc {
     pub service: Service,
     pub method: Method,
     /// The path exactly as the caller sent it, e.g. `/runtime.v1.RuntimeService/Version`.
-    pub path: Box<str>,
+    /// Shared, not copied, by the layers that keep it (log, audit).
+    pub path: std::sync::Arc<str>,
 }
 
 const RUNTIME_PREFIX: &str = "runtime.v1.RuntimeService";

@@ -239,9 +239,12 @@ fn describe(err: &h2::Error) -> String {
 }
 
 /// The innermost service of the stack: forwards each call to the runtime endpoint that serves
-/// its service (ImageService calls to the image endpoint when one is configured).
+/// its service (ImageService calls to the image endpoint when one is configured). Cloned for
+/// every call by the layers that read the request first, so it is one shared pointer.
 #[derive(Clone)]
-pub struct Forwarder {
+pub struct Forwarder(Arc<Targets>);
+
+struct Targets {
     runtime: Arc<RuntimeConnection>,
     image: Option<Arc<RuntimeConnection>>,
     max_message_size: usize,
@@ -255,12 +258,12 @@ impl Forwarder {
         max_message_size: usize,
         shutdown: CancellationToken,
     ) -> Self {
-        Forwarder {
+        Forwarder(Arc::new(Targets {
             runtime,
             image,
             max_message_size,
             shutdown,
-        }
+        }))
     }
 }
 
@@ -277,12 +280,13 @@ impl tower::Service<http::Request<RequestBody<RecvBody>>> for Forwarder {
     fn call(&mut self, request: http::Request<RequestBody<RecvBody>>) -> Self::Future {
         let rpc = request.extensions().get::<Rpc>();
         let streaming = rpc.is_some_and(|rpc| rpc.method.is_server_streaming());
-        let connection = match (&self.image, rpc.map(|rpc| rpc.service)) {
+        let targets = &*self.0;
+        let connection = match (&targets.image, rpc.map(|rpc| rpc.service)) {
             (Some(image), Some(Service::Image)) => image.clone(),
-            _ => self.runtime.clone(),
+            _ => targets.runtime.clone(),
         };
-        let limit = self.max_message_size;
-        let shutdown = streaming.then(|| self.shutdown.clone().cancelled_owned());
+        let limit = targets.max_message_size;
+        let shutdown = streaming.then(|| targets.shutdown.clone().cancelled_owned());
         Box::pin(async move {
             let response = connection.send(request).await?;
             let endpoint = connection.name().clone();

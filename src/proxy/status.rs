@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use pin_project_lite::pin_project;
 use tonic::Code;
@@ -130,23 +130,27 @@ where
 /// gRPC's percent-encoding for `grpc-message`: everything outside printable ASCII, and `%`.
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
+/// Header names read on every call, made once rather than parsed from text per lookup.
+const GRPC_STATUS_HEADER: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE_HEADER: HeaderName = HeaderName::from_static("grpc-message");
+
 fn insert_status(headers: &mut HeaderMap, code: Code, message: &str) {
-    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    headers.insert(GRPC_STATUS_HEADER, HeaderValue::from(code as i32));
     let encoded = utf8_percent_encode(message, GRPC_MESSAGE).to_string();
     if let Ok(value) = HeaderValue::from_str(&encoded) {
-        headers.insert("grpc-message", value);
+        headers.insert(GRPC_MESSAGE_HEADER, value);
     }
 }
 
 /// Reads `grpc-status` from headers or trailers; `None` when absent or malformed.
 pub fn read_code(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    let value = headers.get(&GRPC_STATUS_HEADER)?.to_str().ok()?;
     value.parse::<i32>().ok().map(Code::from_i32)
 }
 
 /// Reads and decodes `grpc-message`.
 pub fn read_message(headers: &HeaderMap) -> Option<String> {
-    let raw = headers.get("grpc-message")?.as_bytes();
+    let raw = headers.get(&GRPC_MESSAGE_HEADER)?.as_bytes();
     Some(
         percent_encoding::percent_decode(raw)
             .decode_utf8_lossy()
