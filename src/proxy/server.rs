@@ -116,6 +116,7 @@ where
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .handshake::<_, Bytes>(stream);
+        let mut stop = std::pin::pin!(shutdown.cancelled());
         let mut connection = tokio::select! {
             handshake = handshake => match handshake {
                 Ok(connection) => connection,
@@ -124,24 +125,19 @@ where
                     return;
                 }
             },
-            _ = shutdown.cancelled() => return,
+            _ = &mut stop => return,
         };
-        let mut stop = std::pin::pin!(shutdown.cancelled());
         let mut draining = false;
         let mut accepted = 0usize;
         loop {
             // Polling for the next stream also drives the connection's I/O for the calls in
             // flight; after GOAWAY it ends once they have all finished.
-            let next = if draining {
-                connection.accept().await
-            } else {
-                tokio::select! {
-                    next = connection.accept() => next,
-                    _ = &mut stop => {
-                        connection.graceful_shutdown();
-                        draining = true;
-                        continue;
-                    }
+            let next = tokio::select! {
+                next = connection.accept() => next,
+                _ = &mut stop, if !draining => {
+                    connection.graceful_shutdown();
+                    draining = true;
+                    continue;
                 }
             };
             match next {
