@@ -6,6 +6,7 @@ use clap::Parser;
 use criguard::cli::{Cli, Command, PolicyCommand};
 use criguard::config::{Config, LogFormat};
 use criguard::reload::ConfigSource;
+use criguard::telemetry::admin::AdminAddress;
 use criguard::telemetry::logging::{self, LevelHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -202,7 +203,9 @@ async fn serve(config: Config, source: ConfigSource, log: Option<LevelHandle>) -
         tracing::error!(error = %err, "cannot watch signals");
         return ExitCode::from(EXIT_RUNTIME);
     }
-    let prometheus = if config.metrics {
+    // Without the admin server nobody can read the metrics: recording them would be wasted.
+    let scraped = !matches!(config.admin_address, AdminAddress::Off);
+    let prometheus = if config.metrics && scraped {
         match criguard::telemetry::metrics::install() {
             Ok(handle) => Some(handle),
             Err(err) => {
