@@ -344,3 +344,82 @@ async fn an_exec_policy_added_later_knows_the_containers_created_before_it() {
         status.message()
     );
 }
+
+/// A container id given twice: the runtime execs into the last one (protobuf's rule for a field
+/// that appears twice), so the policy must judge that one, not the first.
+#[tokio::test]
+async fn an_exec_naming_two_containers_is_judged_on_the_one_the_runtime_uses() {
+    use criguard::client::{self, RawClient, grpc_frame};
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("restrict-exec.yaml"),
+        include_str!("../policies/restrict-exec.yaml"),
+    )
+    .unwrap();
+    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
+    let config = format!("policies: {}\n", dir.display());
+    let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
+
+    let mut runtime = client::runtime(client::channel(&criguard.socket).await.unwrap());
+    let pod_in = |namespace: &str, name: &str| {
+        let mut pod = samples::pod_config();
+        let metadata = pod.metadata.as_mut().unwrap();
+        metadata.namespace = namespace.into();
+        metadata.name = name.into();
+        metadata.uid = format!("uid-{name}");
+        pod
+    };
+    let (_, open) = start_pod(&mut runtime, pod_in("dev", "tools"), compliant_container()).await;
+    let (_, protected) = start_pod(
+        &mut runtime,
+        pod_in("prod-payments", "web-1"),
+        compliant_container(),
+    )
+    .await;
+    let exec = |container: &str| ExecSyncRequest {
+        container_id: container.into(),
+        cmd: vec!["id".into()],
+        timeout: 5,
+    };
+
+    let mut raw = RawClient::connect(&criguard.socket).await.unwrap();
+    let path = "/runtime.v1.RuntimeService/ExecSync";
+    let allowed = raw
+        .call(
+            path,
+            grpc_frame(&exec(&open).encode_to_vec()),
+            &HeaderMap::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.grpc_status(),
+        Some(0),
+        "{:?}",
+        allowed.grpc_message()
+    );
+
+    let mut twice = exec(&open).encode_to_vec();
+    twice.extend(exec(&protected).encode_to_vec());
+    assert_eq!(
+        ExecSyncRequest::decode(twice.as_slice())
+            .unwrap()
+            .container_id,
+        protected,
+        "a runtime reads the last container id"
+    );
+    let refused = raw
+        .call(path, grpc_frame(&twice), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.grpc_status(),
+        Some(tonic::Code::PermissionDenied as i32),
+        "{:?}",
+        refused.grpc_message()
+    );
+    let message = refused.grpc_message().unwrap_or_default();
+    assert!(message.contains("prod-payments/web-1"), "{message}");
+}

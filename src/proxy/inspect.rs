@@ -48,12 +48,14 @@ impl Subject {
     pub fn of_request(method: Method, message: &[u8]) -> Subject {
         use Method::*;
         let text = |path: &[u32]| string_at(message, path).map(str::to_string);
-        let pod_at = |path: &[u32]| {
-            let metadata = message_at(message, path)?;
+        // Each field of the metadata on its own: the message may come in parts.
+        let pod_at = |path: &[u32; 2]| {
+            bytes_at(message, path)?;
+            let field = |number: u32| string_at(message, &[path[0], path[1], number]).unwrap_or("");
             Some(PodRef {
-                name: string_at(metadata, &[1]).unwrap_or("").into(),
-                uid: string_at(metadata, &[2]).unwrap_or("").into(),
-                namespace: string_at(metadata, &[3]).unwrap_or("").into(),
+                name: field(1).into(),
+                uid: field(2).into(),
+                namespace: field(3).into(),
             })
         };
         match method {
@@ -133,34 +135,32 @@ pub fn created_id(method: Method, response: &[u8]) -> Option<&str> {
     }
 }
 
-/// The embedded message at a path of field numbers.
-fn message_at<'a>(mut message: &'a [u8], path: &[u32]) -> Option<&'a [u8]> {
-    for &wanted in path {
-        message = length_delimited_field(message, wanted)?;
-    }
-    Some(message)
+/// The string at a path of field numbers through nested messages, as the runtime reads it.
+fn string_at<'a>(message: &'a [u8], path: &[u32]) -> Option<&'a str> {
+    bytes_at(message, path).and_then(|bytes| std::str::from_utf8(bytes).ok())
 }
 
-/// The string at a path of field numbers through nested messages (first occurrence).
-fn string_at<'a>(mut message: &'a [u8], path: &[u32]) -> Option<&'a str> {
-    for (depth, &wanted) in path.iter().enumerate() {
-        let bytes = length_delimited_field(message, wanted)?;
-        if depth + 1 == path.len() {
-            return std::str::from_utf8(bytes).ok();
+/// The bytes at a path of field numbers through nested messages, read as protobuf reads a
+/// message: when a field appears twice the last value wins, and an embedded message that
+/// appears twice is the two merged (so a later one that leaves the field out keeps the earlier
+/// value). Reading the first value instead would let a request show criguard one container and
+/// the runtime another.
+fn bytes_at<'a>(message: &'a [u8], path: &[u32]) -> Option<&'a [u8]> {
+    let (&wanted, inner) = path.split_first()?;
+    let mut found = None;
+    for (field, value) in Fields::new(message).map_while(Result::ok) {
+        match value {
+            Value::Bytes(bytes) if field == wanted => {
+                if inner.is_empty() {
+                    found = Some(bytes);
+                } else if let Some(value) = bytes_at(bytes, inner) {
+                    found = Some(value);
+                }
+            }
+            _ => {}
         }
-        message = bytes;
     }
-    None
-}
-
-/// The bytes of the first length-delimited field `wanted` in `message`.
-fn length_delimited_field(message: &[u8], wanted: u32) -> Option<&[u8]> {
-    Fields::new(message)
-        .map_while(Result::ok)
-        .find_map(|(field, value)| match value {
-            Value::Bytes(bytes) if field == wanted => Some(bytes),
-            _ => None,
-        })
+    found
 }
 
 #[cfg(test)]
@@ -259,6 +259,59 @@ mod tests {
         .encode_to_vec();
         assert_eq!(created_id(Method::CreateContainer, &answer), Some("c-10"));
         assert_eq!(created_id(Method::StartContainer, &answer), None);
+    }
+
+    #[test]
+    fn a_field_given_twice_reads_as_the_runtime_reads_it() {
+        // The last container id wins.
+        let mut exec = ExecSyncRequest {
+            container_id: "c-first".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        exec.extend(
+            ExecSyncRequest {
+                container_id: "c-last".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let subject = Subject::of_request(Method::ExecSync, &exec);
+        assert_eq!(subject.container_id.as_deref(), Some("c-last"));
+        assert_eq!(object_id(Method::ExecSync, &exec), "c-last");
+
+        // Pod metadata in two parts: merged, field by field, as prost (and Go) merge it.
+        let part = |metadata: PodSandboxMetadata| {
+            RunPodSandboxRequest {
+                config: Some(PodSandboxConfig {
+                    metadata: Some(metadata),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let mut run = part(PodSandboxMetadata {
+            name: "web-1".into(),
+            namespace: "dev".into(),
+            ..Default::default()
+        });
+        run.extend(part(PodSandboxMetadata {
+            namespace: "prod-payments".into(),
+            ..Default::default()
+        }));
+        let merged = RunPodSandboxRequest::decode(run.as_slice()).unwrap();
+        let metadata = merged.config.unwrap().metadata.unwrap();
+        let subject = Subject::of_request(Method::RunPodSandbox, &run);
+        assert_eq!(
+            subject.pod,
+            Some(PodRef {
+                namespace: metadata.namespace,
+                name: metadata.name,
+                uid: metadata.uid,
+            })
+        );
+        assert_eq!(subject.pod.unwrap().namespace, "prod-payments");
     }
 
     #[test]
