@@ -121,6 +121,7 @@ fn policies(c: &mut Criterion) {
                 caller: None,
                 message: Some(&bytes),
                 subject: None,
+                compressed: false,
             },
             None,
         )
@@ -141,6 +142,7 @@ fn policies(c: &mut Criterion) {
         caller: None,
         message: Some(&bytes),
         subject: None,
+        compressed: false,
     };
     assert!(set.evaluate(call, None).refusal().is_none());
     c.bench_function("policies: pss-restricted, 5 KB CreateContainer", |b| {

@@ -423,3 +423,53 @@ async fn an_exec_naming_two_containers_is_judged_on_the_one_the_runtime_uses() {
     let message = refused.grpc_message().unwrap_or_default();
     assert!(message.contains("prod-payments/web-1"), "{message}");
 }
+
+/// criguard reads only uncompressed messages: a compressed call that a policy must judge is
+/// refused (a runtime that accepts gzip would otherwise run an exec nobody looked at), and one
+/// no policy looks at passes unchanged.
+#[tokio::test]
+async fn a_compressed_request_that_must_be_inspected_is_refused_not_forwarded() {
+    const EXEC: &str = "/runtime.v1.RuntimeService/ExecSync";
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("restrict-exec.yaml"),
+        include_str!("../policies/restrict-exec.yaml"),
+    )
+    .unwrap();
+    let (runtime, criguard) = start(&sockets, &dir, "").await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let compressed = |payload: &[u8]| {
+        let mut frame = grpc_frame(payload).to_vec();
+        frame[0] = 1;
+        bytes::Bytes::from(frame)
+    };
+    let mut gzip = HeaderMap::new();
+    gzip.insert("grpc-encoding", "gzip".parse().unwrap());
+    // A gzip stream's first bytes: not a protobuf message criguard could read.
+    let exec =
+        compressed(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\x01\x0a\x00\xf5\xffsome-container");
+
+    let answer = client.call(EXEC, exec, &gzip).await.unwrap();
+    assert_eq!(
+        answer.grpc_status(),
+        Some(tonic::Code::InvalidArgument as i32)
+    );
+    let message = answer.grpc_message().unwrap();
+    assert!(
+        message.contains("policy \"restrict-exec\"") && message.contains("compressed ExecSync"),
+        "{message}"
+    );
+    assert!(!runtime.requests().iter().any(|r| r.path == EXEC));
+
+    let list = compressed(b"\x1f\x8b\x08\x00 any bytes");
+    let answer = client.call(LIST, list.clone(), &gzip).await.unwrap();
+    assert_eq!(answer.grpc_status(), Some(0));
+    assert!(
+        runtime
+            .requests()
+            .iter()
+            .any(|r| r.path == LIST && r.body == list)
+    );
+}

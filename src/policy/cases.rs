@@ -146,6 +146,7 @@ pub fn evaluate(
             caller: caller.as_ref(),
             message: Some(&bytes[..]),
             subject: None,
+            compressed: false,
         },
         Some(&inventory),
     )

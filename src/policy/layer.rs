@@ -87,10 +87,12 @@ where
                 slot.subject(|m| read_subject(rpc.method, m, self.inventory.as_ref()))
             })
         };
+        let message = extensions.get::<RequestMessage>();
         let call = Call {
             rpc,
             caller: extensions.get::<Arc<Caller>>().map(|c| &**c),
-            message: extensions.get::<RequestMessage>().map(|m| &m.0[..]),
+            message: message.map(|m| &m.bytes[..]),
+            compressed: message.is_some_and(|m| m.compressed),
             subject,
         };
         let evaluation = set.evaluate(call, self.inventory.as_ref());

@@ -167,6 +167,8 @@ pub struct Call<'a> {
     pub caller: Option<&'a Caller>,
     /// The first request message; `None` for a call without one. The views borrow from it.
     pub message: Option<&'a [u8]>,
+    /// The message is compressed: it cannot be read, and every policy on the call refuses it.
+    pub compressed: bool,
     /// What the call is about, when a layer above has read it already; else it is read here.
     pub subject: Option<&'a Subject>,
 }
@@ -314,9 +316,23 @@ impl PolicySet {
             return evaluation;
         }
         let bytes = call.message.unwrap_or_default();
-        let decoded = match Decoded::decode(call.rpc.method, bytes, self.needs_pod_labels) {
+        let decoded = if call.compressed {
+            Err(format!(
+                "a compressed {} request (grpc-encoding): criguard reads only uncompressed messages",
+                call.rpc.method
+            ))
+        } else {
+            Decoded::decode(call.rpc.method, bytes, self.needs_pod_labels).map_err(|err| {
+                format!(
+                    "{} bytes that are not a {} request: {err}",
+                    bytes.len(),
+                    call.rpc.method
+                )
+            })
+        };
+        let decoded = match decoded {
             Ok(decoded) => decoded,
-            Err(err) => {
+            Err(why) => {
                 for policy in candidates {
                     evaluation.evaluated.push(policy.name.clone());
                     evaluation.findings.push(Finding {
@@ -324,11 +340,7 @@ impl PolicySet {
                         rule: String::new(),
                         mode: policy.mode,
                         failure_policy: policy.failure_policy,
-                        outcome: Outcome::Error(format!(
-                            "{} bytes that are not a {} request: {err}",
-                            bytes.len(),
-                            call.rpc.method
-                        )),
+                        outcome: Outcome::Error(why.clone()),
                         undecodable: true,
                     });
                 }
@@ -496,6 +508,7 @@ mod tests {
                     caller: None,
                     message: Some(&bytes),
                     subject: None,
+                    compressed: false,
                 },
                 None,
             )

@@ -94,7 +94,12 @@ impl FrameScanner {
 /// The first gRPC message of a request, as the caller sent it (without the 5-byte prefix).
 /// Put in the request extensions by [`read_request_head`] for layers that decode it.
 #[derive(Clone, Debug)]
-pub struct RequestMessage(pub Bytes);
+pub struct RequestMessage {
+    pub bytes: Bytes,
+    /// Set by the caller's prefix (with `grpc-encoding`): criguard cannot read the bytes, so a
+    /// layer that must inspect the call refuses it rather than pass it unread.
+    pub compressed: bool,
+}
 
 /// A place for the first request message, put in the request extensions by a layer above the
 /// one that reads it, so that it can still read the message when the call has failed. It also
@@ -119,7 +124,9 @@ impl RequestMessageSlot {
     }
 
     pub fn set(&self, message: &RequestMessage) {
-        let _ = self.0.message.set(message.0.clone());
+        if !message.compressed {
+            let _ = self.0.message.set(message.bytes.clone());
+        }
     }
 
     pub fn get(&self) -> Option<&Bytes> {
@@ -322,7 +329,10 @@ where
                         }
                     };
                     if let Some(range) = first_message(&all) {
-                        let message = RequestMessage(all.slice(range));
+                        let message = RequestMessage {
+                            compressed: all[0] != 0,
+                            bytes: all.slice(range),
+                        };
                         let rest_done = body.is_end_stream();
                         let forwarded = RequestBody {
                             head: Some(all),
@@ -702,7 +712,9 @@ mod tests {
             Frame::data(Bytes::copy_from_slice(&wire[split..])),
         ]);
         let (message, forwarded) = read_request_head(body, 1024).await.unwrap();
-        assert_eq!(&message.unwrap().0[..], &wire[5..]);
+        let message = message.unwrap();
+        assert_eq!(&message.bytes[..], &wire[5..]);
+        assert!(!message.compressed);
         let sent = forwarded.collect().await.unwrap().to_bytes();
         assert_eq!(&sent[..], &wire[..]);
     }
