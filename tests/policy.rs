@@ -473,3 +473,45 @@ async fn a_compressed_request_that_must_be_inspected_is_refused_not_forwarded() 
             .any(|r| r.path == LIST && r.body == list)
     );
 }
+
+/// containerd 1.x serves CRI v1alpha2 beside v1 on the same socket, with the same messages: a
+/// call naming the older version is judged like its v1 twin, not waved through as unknown.
+#[tokio::test]
+async fn a_v1alpha2_call_is_judged_like_its_v1_twin() {
+    const CREATE_V1ALPHA2: &str = "/runtime.v1alpha2.RuntimeService/CreateContainer";
+    let sockets = Sockets::new();
+    let dir = baseline_dir(&sockets);
+    let (runtime, criguard) = start(&sockets, &dir, "").await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+
+    let privileged = grpc_frame(&privileged_container().encode_to_vec());
+    let answer = client
+        .call(CREATE_V1ALPHA2, privileged, &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.grpc_status(),
+        Some(tonic::Code::PermissionDenied as i32)
+    );
+    let message = answer.grpc_message().unwrap();
+    assert!(message.contains("requests privileged mode"), "{message}");
+
+    let compliant = grpc_frame(&compliant_container().encode_to_vec());
+    let answer = client
+        .call(CREATE_V1ALPHA2, compliant.clone(), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
+    let reached: Vec<_> = runtime
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("CreateContainer"))
+        .collect();
+    assert_eq!(
+        reached.len(),
+        1,
+        "only the compliant one reaches the runtime"
+    );
+    assert_eq!(reached[0].path, CREATE_V1ALPHA2);
+    assert_eq!(reached[0].body, compliant);
+}

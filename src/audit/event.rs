@@ -211,9 +211,8 @@ pub fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
     let pool = POOL
         .get_or_init(|| DescriptorPool::decode(crate::cri::DESCRIPTORS).ok())
         .as_ref()?;
-    let service_name = rpc.path.strip_prefix('/')?.split_once('/')?.0;
     let method = pool
-        .get_service_by_name(service_name)?
+        .get_service_by_name(rpc.service.proto_name()?)?
         .methods()
         .find(|m| m.name() == rpc.method_name())?;
     Some(if input {

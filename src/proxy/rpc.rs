@@ -9,9 +9,9 @@ use std::fmt;
 /// The gRPC service a call addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Service {
-    /// `runtime.v1.RuntimeService`
+    /// `runtime.v1.RuntimeService` (or `runtime.v1alpha2.RuntimeService`)
     Runtime,
-    /// `runtime.v1.ImageService`
+    /// `runtime.v1.ImageService` (or `runtime.v1alpha2.ImageService`)
     Image,
     /// Any other service; forwarded to the runtime endpoint.
     Other,
@@ -23,6 +23,15 @@ impl Service {
             Service::Runtime => "RuntimeService",
             Service::Image => "ImageService",
             Service::Other => "other",
+        }
+    }
+
+    /// The service's full name in the vendored proto (CRI v1), if it is a CRI service.
+    pub fn proto_name(self) -> Option<&'static str> {
+        match self {
+            Service::Runtime => Some(RUNTIME_SERVICES[0]),
+            Service::Image => Some(IMAGE_SERVICES[0]),
+            Service::Other => None,
         }
     }
 }
@@ -234,8 +243,15 @@ pub struct Rpc {
     pub path: std::sync::Arc<str>,
 }
 
-const RUNTIME_PREFIX: &str = "runtime.v1.RuntimeService";
-const IMAGE_PREFIX: &str = "runtime.v1.ImageService";
+/// The CRI services by the names callers use: v1, and v1alpha2, which containerd 1.x still
+/// serves on the same socket with the same messages (v1 is v1alpha2 copied; fields added since
+/// have new numbers). A v1alpha2 call is judged, audited and counted as the v1 call of the same
+/// name: otherwise naming the older version would pass every policy unread.
+const RUNTIME_SERVICES: [&str; 2] = [
+    "runtime.v1.RuntimeService",
+    "runtime.v1alpha2.RuntimeService",
+];
+const IMAGE_SERVICES: [&str; 2] = ["runtime.v1.ImageService", "runtime.v1alpha2.ImageService"];
 
 impl Rpc {
     /// Parses a gRPC path of the form `/package.Service/Method`. Never fails: anything else is
@@ -245,10 +261,12 @@ impl Rpc {
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
             .unwrap_or(("", ""));
-        let service = match service_name {
-            RUNTIME_PREFIX => Service::Runtime,
-            IMAGE_PREFIX => Service::Image,
-            _ => Service::Other,
+        let service = if RUNTIME_SERVICES.contains(&service_name) {
+            Service::Runtime
+        } else if IMAGE_SERVICES.contains(&service_name) {
+            Service::Image
+        } else {
+            Service::Other
         };
         Rpc {
             service,
@@ -284,6 +302,28 @@ mod tests {
     }
 
     #[test]
+    fn v1alpha2_calls_are_the_v1_calls_of_the_same_name() {
+        let rpc = Rpc::from_path("/runtime.v1alpha2.RuntimeService/ExecSync");
+        assert_eq!(
+            (rpc.service, rpc.method),
+            (Service::Runtime, Method::ExecSync)
+        );
+        assert_eq!(&*rpc.path, "/runtime.v1alpha2.RuntimeService/ExecSync");
+        let rpc = Rpc::from_path("/runtime.v1alpha2.ImageService/PullImage");
+        assert_eq!(
+            (rpc.service, rpc.method),
+            (Service::Image, Method::PullImage)
+        );
+        for path in [
+            "/runtime.v1alpha1.RuntimeService/ExecSync",
+            "/runtime.v2.RuntimeService/ExecSync",
+            "/runtime.v1alpha2.RuntimeService/ExecSync/",
+        ] {
+            assert_eq!(Rpc::from_path(path).method, Method::Unknown, "{path}");
+        }
+    }
+
+    #[test]
     fn unknown_methods_keep_their_service_and_path() {
         let rpc = Rpc::from_path("/runtime.v1.RuntimeService/UpdatePodSandboxResources");
         assert_eq!(rpc.service, Service::Runtime);
@@ -309,7 +349,7 @@ mod tests {
             "//",
             "/x",
             "no-slash",
-            "/runtime.v1alpha2.RuntimeService/Version",
+            "/containerd.services.tasks.v1.Tasks/Exec",
         ] {
             let rpc = Rpc::from_path(path);
             assert_eq!(rpc.method, Method::Unknown, "{path}");
@@ -364,12 +404,8 @@ mod tests {
     fn every_method_round_trips_through_its_path() {
         assert_eq!(Method::ALL.len(), 34);
         for &m in Method::ALL {
-            let prefix = match m.service() {
-                Service::Runtime => RUNTIME_PREFIX,
-                Service::Image => IMAGE_PREFIX,
-                Service::Other => unreachable!(),
-            };
-            assert_eq!(Rpc::from_path(&format!("/{prefix}/{m}")).method, m);
+            let service = m.service().proto_name().unwrap();
+            assert_eq!(Rpc::from_path(&format!("/{service}/{m}")).method, m);
         }
     }
 }
