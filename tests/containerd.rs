@@ -18,6 +18,7 @@ use std::time::Duration;
 use criguard::cri::image_service_client::ImageServiceClient;
 use criguard::cri::runtime_service_client::RuntimeServiceClient;
 use criguard::cri::*;
+use prost::Message;
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_criguard");
@@ -579,6 +580,19 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
             .unwrap_or_default()
             .contains("criguard")
     );
+    // containerd 1.x also serves CRI v1alpha2, same messages: criguard treats those calls as
+    // their v1 twins (policies, audit), so they must really reach the same runtime.
+    let answer = raw
+        .call(
+            "/runtime.v1alpha2.RuntimeService/Version",
+            criguard::client::grpc_frame(b""),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
+    let version = VersionResponse::decode(&answer.body[5..]).unwrap();
+    assert_eq!(version.runtime_name, "containerd");
 }
 
 /// Images in a fixed order (by id, tags sorted), for comparing two listings.
