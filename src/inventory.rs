@@ -7,7 +7,9 @@
 //! runtime answers), and again whenever the tables are full, which on a real node means they
 //! hold objects removed behind criguard's back (`crictl rm` on the runtime's own socket).
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -43,11 +45,35 @@ struct ContainerEntry {
     generation: u64,
 }
 
+/// Ordered by id, so that a unique prefix finds its entry (see [`by_id`]).
 #[derive(Debug, Default)]
 struct Tables {
-    sandboxes: HashMap<Arc<str>, SandboxEntry>,
-    containers: HashMap<String, ContainerEntry>,
+    sandboxes: BTreeMap<Arc<str>, SandboxEntry>,
+    containers: BTreeMap<String, ContainerEntry>,
     generation: u64,
+}
+
+/// The entry that `id` names: the id itself, or the one id it is a prefix of. Runtimes resolve
+/// short ids (`crictl exec 3f9a1c ...`: containerd and CRI-O accept any unique prefix), so
+/// criguard must too, or a short id would hide its pod from the policies and the audit trail.
+/// An ambiguous prefix names nothing (the runtime refuses it as well).
+fn by_id<'t, K: Borrow<str> + Ord, V>(
+    table: &'t BTreeMap<K, V>,
+    id: &str,
+) -> Option<(&'t K, &'t V)> {
+    if id.is_empty() {
+        return None;
+    }
+    let mut named = table
+        .range::<str, _>((Bound::Included(id), Bound::Unbounded))
+        .take_while(|(key, _)| (*key).borrow().starts_with(id));
+    let first = named.next()?;
+    // The id itself sorts first among the ids it begins.
+    if first.0.borrow() == id || named.next().is_none() {
+        Some(first)
+    } else {
+        None
+    }
 }
 
 #[derive(Debug, Default)]
@@ -119,7 +145,7 @@ impl Inventory {
         }
         let tables = self.read();
         if let Some(id) = &subject.container_id
-            && let Some(container) = tables.containers.get(id)
+            && let Some((_, container)) = by_id(&tables.containers, id)
         {
             subject
                 .sandbox_id
@@ -132,10 +158,7 @@ impl Inventory {
         if subject.pod.is_none()
             && let Some(sandbox) = &subject.sandbox_id
         {
-            subject.pod = tables
-                .sandboxes
-                .get(sandbox.as_str())
-                .map(|s| s.pod.clone());
+            subject.pod = by_id(&tables.sandboxes, sandbox).map(|(_, s)| s.pod.clone());
         }
     }
 
@@ -150,11 +173,17 @@ impl Inventory {
             },
             (Method::CreateContainer, Some(id)) => match &subject.sandbox_id {
                 Some(sandbox) => {
-                    if let Some(pod) = &subject.pod
-                        && !tables.sandboxes.contains_key(sandbox.as_str())
-                    {
-                        tables.add_sandbox(sandbox, pod.clone());
-                    }
+                    // The sandbox may be named by a prefix: the container is kept under its id.
+                    let known = by_id(&tables.sandboxes, sandbox).map(|(id, _)| id.clone());
+                    let sandbox = match &known {
+                        Some(id) => id,
+                        None => {
+                            if let Some(pod) = &subject.pod {
+                                tables.add_sandbox(sandbox, pod.clone());
+                            }
+                            sandbox.as_str()
+                        }
+                    };
                     tables.add_container(
                         id,
                         sandbox,
@@ -165,15 +194,21 @@ impl Inventory {
                 None => true,
             },
             (Method::RemoveContainer, _) => {
-                if let Some(id) = &subject.container_id {
-                    tables.containers.remove(id);
+                if let Some(id) = subject.container_id.as_deref()
+                    && let Some((id, _)) = by_id(&tables.containers, id)
+                {
+                    let id = id.clone();
+                    tables.containers.remove(&id);
                 }
                 true
             }
             (Method::RemovePodSandbox, _) => {
-                if let Some(id) = &subject.sandbox_id {
-                    tables.sandboxes.remove(id.as_str());
-                    tables.containers.retain(|_, c| *c.sandbox_id != **id);
+                if let Some(id) = subject.sandbox_id.as_deref()
+                    && let Some((id, _)) = by_id(&tables.sandboxes, id)
+                {
+                    let id = id.clone();
+                    tables.sandboxes.remove(&id);
+                    tables.containers.retain(|_, c| c.sandbox_id != id);
                 }
                 true
             }
@@ -368,6 +403,62 @@ mod tests {
         };
         inventory.complete(&mut exec);
         assert_eq!(exec.pod, None);
+    }
+
+    #[test]
+    fn a_unique_prefix_of_an_id_names_it_as_the_runtime_reads_it() {
+        let inventory = Inventory::new();
+        let run = Subject {
+            pod: Some(pod()),
+            ..Subject::default()
+        };
+        inventory.learn(Method::RunPodSandbox, &run, Some("5a1e0000"));
+        // Created naming its sandbox by a prefix, as `crictl create 5a1e ...` may.
+        let create = |sandbox: &str| Subject {
+            pod: Some(pod()),
+            sandbox_id: Some(sandbox.into()),
+            ..Subject::default()
+        };
+        inventory.learn(Method::CreateContainer, &create("5a1e"), Some("3f9a1c77"));
+        inventory.learn(
+            Method::CreateContainer,
+            &create("5a1e0000"),
+            Some("3f9a2d88"),
+        );
+
+        let sandbox_of = |id: &str| {
+            let mut subject = container(id);
+            inventory.complete(&mut subject);
+            (subject.sandbox_id, subject.pod.map(|p| p.namespace))
+        };
+        let known = (Some("5a1e0000".to_string()), Some("team-a".to_string()));
+        assert_eq!(sandbox_of("3f9a1c77"), known);
+        assert_eq!(sandbox_of("3f9a1"), known);
+        assert_eq!(sandbox_of("3f9a2"), known);
+        // Ambiguous, or nothing: no pod (the runtime refuses both too).
+        assert_eq!(sandbox_of("3f9a"), (None, None));
+        assert_eq!(sandbox_of("3f9b"), (None, None));
+        assert_eq!(sandbox_of(""), (None, None));
+
+        let mut port_forward = Subject {
+            sandbox_id: Some("5a".into()),
+            ..Subject::default()
+        };
+        inventory.complete(&mut port_forward);
+        assert_eq!(port_forward.pod, Some(pod()));
+
+        // Removed by a prefix: forgotten under its full id.
+        inventory.learn(Method::RemoveContainer, &container("3f9a1"), None);
+        assert_eq!(sandbox_of("3f9a"), known);
+        inventory.learn(
+            Method::RemovePodSandbox,
+            &Subject {
+                sandbox_id: Some("5a1e".into()),
+                ..Subject::default()
+            },
+            None,
+        );
+        assert_eq!(sandbox_of("3f9a2d88"), (None, None));
     }
 
     fn container(id: &str) -> Subject {

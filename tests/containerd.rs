@@ -1181,6 +1181,22 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         "{}",
         denied.message()
     );
+    // As crictl users type it: the 13 characters `crictl ps` shows. containerd resolves a
+    // unique prefix (the exec runs, directly); through criguard it is the same container, denied.
+    let short = || ExecSyncRequest {
+        container_id: id[..13].into(),
+        cmd: vec!["echo".into(), "in".into()],
+        timeout: 5,
+    };
+    let ran = direct.rt.exec_sync(short()).await.unwrap().into_inner();
+    assert_eq!(ran.stdout, b"in\n");
+    let denied = c.rt.exec_sync(short()).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied.message().contains("restrict-exec"),
+        "{}",
+        denied.message()
+    );
     // The lifecycle calls still pass.
     c.rt.stop_container(StopContainerRequest {
         container_id: id.clone(),
