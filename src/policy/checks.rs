@@ -25,6 +25,9 @@ pub struct Target<'a> {
     pub container: Option<&'a ContainerView<'a>>,
     /// The image of CreateContainer (as the user named it, when the request says) or PullImage.
     pub image: Option<&'a [u8]>,
+    /// CreateContainer's `image.image` itself, which the runtime resolves and runs, when the
+    /// request names the image twice (`user_specified_image` too).
+    pub runtime_image: Option<&'a [u8]>,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
     pub creates_sandbox: bool,
 }
@@ -319,30 +322,44 @@ impl Check {
                 })
             }
             Check::Images(params) => {
-                let image = text(target.image?);
-                let image = image.as_ref();
-                if (!params.allow.is_empty() || !params.deny.is_empty()) && is_image_id(image) {
+                let named = text(target.image?);
+                if (!params.allow.is_empty() || !params.deny.is_empty()) && is_image_id(&named) {
                     return Some(format!(
-                        "names its image only by id {image}, so its registry cannot be checked (image.user_specified_image is empty)"
+                        "names its image only by id {named}, so its registry cannot be checked (image.user_specified_image is empty)"
                     ));
                 }
-                let reference = ImageRef::parse(image);
-                let repository = reference.repository();
-                if params.deny.iter().any(|p| reference.matches(p)) {
-                    return Some(format!(
-                        "uses image {image} from a denied registry ({repository})"
-                    ));
-                }
-                if !params.allow.is_empty() && !params.allow.iter().any(|p| reference.matches(p)) {
-                    return Some(format!(
-                        "uses image {image} from a registry outside the allowlist ({repository})"
-                    ));
-                }
-                (params.require_digest && reference.digest.is_none())
-                    .then(|| format!("uses image {image} without a digest"))
+                // The runtime runs `image.image`: when it is a name, not the id the kubelet puts
+                // there, it is judged too, or an allowed `user_specified_image` could cover it.
+                let runtime = target
+                    .runtime_image
+                    .map(text)
+                    .filter(|image| !image.is_empty() && !is_image_id(image) && *image != named);
+                std::iter::once(named)
+                    .chain(runtime)
+                    .find_map(|image| params.violation(&image))
             }
             Check::Deny => Some("is not allowed".into()),
         }
+    }
+}
+
+impl ImageParams {
+    /// What is wrong with `image` (a reference, not an id) under these lists, if anything.
+    fn violation(&self, image: &str) -> Option<String> {
+        let reference = ImageRef::parse(image);
+        let repository = reference.repository();
+        if self.deny.iter().any(|p| reference.matches(p)) {
+            return Some(format!(
+                "uses image {image} from a denied registry ({repository})"
+            ));
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|p| reference.matches(p)) {
+            return Some(format!(
+                "uses image {image} from a registry outside the allowlist ({repository})"
+            ));
+        }
+        (self.require_digest && reference.digest.is_none())
+            .then(|| format!("uses image {image} without a digest"))
     }
 }
 
@@ -984,6 +1001,26 @@ mod tests {
                 .violation(&image("evil"))
                 .unwrap()
                 .contains("denied registry")
+        );
+        // Named twice: the runtime runs `image.image`, so an allowed user_specified_image does
+        // not cover a foreign one there; the kubelet's id there is judged by the name beside it.
+        let twice = |user: &'static str, runtime: &'static str| Target {
+            image: Some(user.as_bytes()),
+            runtime_image: Some(runtime.as_bytes()),
+            ..Target::default()
+        };
+        let foreign = check.violation(&twice("busybox:1.36", "quay.io/x/y:1"));
+        assert!(
+            foreign
+                .as_deref()
+                .is_some_and(|v| v.contains("quay.io/x/y:1") && v.contains("outside the allowlist")),
+            "{foreign:?}"
+        );
+        let id = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(check.violation(&twice("busybox:1.36", id)), None);
+        assert_eq!(
+            check.violation(&twice("busybox:1.36", "docker.io/library/busybox:1.36")),
+            None
         );
         let pinned = Check::Images(ImageParams {
             require_digest: true,

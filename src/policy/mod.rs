@@ -240,16 +240,16 @@ impl<'a> Decoded<'a> {
 
     fn target(&self) -> Target<'_> {
         let container = self.create.as_ref().and_then(|c| c.config.as_ref());
-        let image = container
+        let spec = container
             .and_then(|c| c.image.as_ref())
-            .or_else(|| self.pull.as_ref().and_then(|p| p.image.as_ref()))
-            .map(ImageView::named);
+            .or_else(|| self.pull.as_ref().and_then(|p| p.image.as_ref()));
         Target {
             pod: self.pod(),
             pod_metadata: self.pod_metadata(),
             labels: self.labels.as_ref(),
             container,
-            image,
+            image: spec.map(ImageView::named),
+            runtime_image: spec.map(|s| s.image),
             creates_sandbox: self.run.is_some(),
         }
     }
