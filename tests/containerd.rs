@@ -593,7 +593,20 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
     assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
     let version = VersionResponse::decode(&answer.body[5..]).unwrap();
     assert_eq!(version.runtime_name, "containerd");
+    // containerd's own API is on the same socket, and passes too (without policies).
+    let answer = raw
+        .call(
+            CONTAINERD_VERSION,
+            criguard::client::grpc_frame(b""),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
 }
+
+/// A call of containerd's own API, served on the CRI socket beside CRI.
+const CONTAINERD_VERSION: &str = "/containerd.services.version.v1.Version/Version";
 
 /// Images in a fixed order (by id, tags sorted), for comparing two listings.
 fn sorted_images(mut list: ListImagesResponse) -> Vec<Image> {
@@ -1180,6 +1193,22 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         denied.message().contains("restrict-exec"),
         "{}",
         denied.message()
+    );
+    // containerd's own API (what `ctr` speaks) is refused while policies are in force.
+    let mut raw = criguard::client::RawClient::connect(&criguard.socket)
+        .await
+        .unwrap();
+    let answer = raw
+        .call(
+            CONTAINERD_VERSION,
+            criguard::client::grpc_frame(b""),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.grpc_status(),
+        Some(tonic::Code::PermissionDenied as i32)
     );
     // As crictl users type it: the 13 characters `crictl ps` shows. containerd resolves a
     // unique prefix (the exec runs, directly); through criguard it is the same container, denied.

@@ -515,3 +515,38 @@ async fn a_v1alpha2_call_is_judged_like_its_v1_twin() {
     assert_eq!(reached[0].path, CREATE_V1ALPHA2);
     assert_eq!(reached[0].body, compliant);
 }
+
+/// The runtime's socket serves more than CRI (containerd's own API: `ctr run --privileged`
+/// through criguard's socket would create what every policy denies). While policies are in
+/// force only CRI calls pass; CRI methods criguard does not know yet still do.
+#[tokio::test]
+async fn while_policies_are_in_force_only_cri_calls_pass() {
+    const TASKS: &str = "/containerd.services.tasks.v1.Tasks/Create";
+    const NEWER_CRI: &str = "/runtime.v1.RuntimeService/UpdatePodSandboxResources";
+    let sockets = Sockets::new();
+    let dir = baseline_dir(&sockets);
+    let (runtime, criguard) = start(&sockets, &dir, "").await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+
+    let answer = client
+        .call(TASKS, grpc_frame(b"\x0a\x03abc"), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.grpc_status(),
+        Some(tonic::Code::PermissionDenied as i32)
+    );
+    let message = answer.grpc_message().unwrap();
+    assert!(
+        message.contains(TASKS) && message.contains("not a CRI call"),
+        "{message}"
+    );
+    assert!(!runtime.requests().iter().any(|r| r.path == TASKS));
+
+    let answer = client
+        .call(NEWER_CRI, grpc_frame(b""), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
+    assert!(runtime.requests().iter().any(|r| r.path == NEWER_CRI));
+}

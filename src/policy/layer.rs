@@ -17,7 +17,7 @@ use crate::proxy::body::{RequestMessage, RequestMessageSlot};
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
-use crate::proxy::rpc::Rpc;
+use crate::proxy::rpc::{Rpc, Service};
 use crate::telemetry::metrics::{POLICY_DECISIONS_TOTAL, POLICY_EVALUATION_SECONDS};
 
 /// Layer for [`Policies`].
@@ -72,6 +72,12 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let set = self.policies.load();
         let extensions = request.extensions();
+        if let Some(rpc) = extensions.get::<Rpc>()
+            && rpc.service == Service::Other
+            && !set.is_empty()
+        {
+            return Either::Right(ready(Err(not_cri(rpc, extensions.get::<DecisionSlot>()))));
+        }
         let Some(rpc) = extensions.get::<Rpc>().filter(|rpc| set.inspects(rpc)) else {
             return Either::Left(self.inner.call(request));
         };
@@ -112,6 +118,31 @@ where
         }
         Either::Left(self.inner.call(request))
     }
+}
+
+/// The refusal of a call to a service other than CRI's while policies are in force. The
+/// runtime's socket may serve more than CRI (containerd's own API: `ctr run --privileged`
+/// works through any relay); no policy can read those calls, so they do not pass.
+fn not_cri(rpc: &Rpc, slot: Option<&DecisionSlot>) -> ProxyError {
+    let reason = format!(
+        "{} is not a CRI call, and only CRI calls pass while policies are in force",
+        rpc.path
+    );
+    metrics::counter!(
+        POLICY_DECISIONS_TOTAL,
+        "policy" => "criguard",
+        "rule" => "cri-only",
+        "decision" => "deny",
+        "mode" => Mode::Enforce.as_str()
+    )
+    .increment(1);
+    if let Some(slot) = slot {
+        slot.set(Decision::denied(
+            "criguard (policies in force)".into(),
+            reason.clone(),
+        ));
+    }
+    ProxyError::PolicyDenied(format!("denied: {reason}"))
 }
 
 /// Metrics, warnings and the decision for the audit trail.
