@@ -25,8 +25,8 @@ pub struct Target<'a> {
     pub container: Option<&'a ContainerView<'a>>,
     /// The image of CreateContainer (as the user named it, when the request says) or PullImage.
     pub image: Option<&'a [u8]>,
-    /// CreateContainer's `image.image` itself, which the runtime resolves and runs, when the
-    /// request names the image twice (`user_specified_image` too).
+    /// The `image` field of that image itself (CreateContainer's or PullImage's), which the
+    /// runtime resolves, whatever `user_specified_image` says beside it.
     pub runtime_image: Option<&'a [u8]>,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
     pub creates_sandbox: bool,

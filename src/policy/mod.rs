@@ -167,7 +167,8 @@ pub struct Call<'a> {
     pub caller: Option<&'a Caller>,
     /// The first request message; `None` for a call without one. The views borrow from it.
     pub message: Option<&'a [u8]>,
-    /// The message is compressed: it cannot be read, and every policy on the call refuses it.
+    /// The message is compressed: criguard cannot read it, so the policies on the call treat
+    /// it as undecodable (refused, or passed as an error with `failurePolicy: Ignore`).
     pub compressed: bool,
     /// What the call is about, when a layer above has read it already; else it is read here.
     pub subject: Option<&'a Subject>,
