@@ -1145,7 +1145,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     // From a registry outside the allowlist: denied, though the id is of an image the node has.
     let mut foreign = container.clone();
     foreign.image = Some(ImageSpec {
-        image: image_id,
+        image: image_id.clone(),
         user_specified_image: "registry.k8s.io/e2e-test-images/busybox:1.29-4".into(),
         ..Default::default()
     });
@@ -1160,6 +1160,43 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     assert!(
         denied.message().contains("outside the allowlist"),
+        "{}",
+        denied.message()
+    );
+    // containerd takes hex digits it has no image name for as a short image id: the name
+    // `<12 hex>` is the busybox image, not docker.io/library/<12 hex>. criguard refuses it.
+    let short_id = image_id.trim_start_matches("sha256:")[..12].to_string();
+    let found = direct
+        .img
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: short_id.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("containerd resolves a short image id");
+    assert_eq!(found.id, image_id);
+    let mut by_short_id = container.clone();
+    by_short_id.image = Some(ImageSpec {
+        image: short_id,
+        ..Default::default()
+    });
+    let denied =
+        c.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(by_short_id),
+            sandbox_config: Some(compliant.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied.message().contains("may take for an image id"),
         "{}",
         denied.message()
     );

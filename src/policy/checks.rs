@@ -325,7 +325,7 @@ impl Check {
                 let named = text(target.image?);
                 if (!params.allow.is_empty() || !params.deny.is_empty()) && is_image_id(&named) {
                     return Some(format!(
-                        "names its image only by id {named}, so its registry cannot be checked (image.user_specified_image is empty)"
+                        "names its image only by {named}, which the runtime may take for an image id, so its registry cannot be checked (image.user_specified_image is empty)"
                     ));
                 }
                 // The runtime runs `image.image`: when it is a name, not the id the kubelet puts
@@ -433,11 +433,14 @@ fn is_capability(name: &[u8], wanted: &str) -> bool {
     name.eq_ignore_ascii_case(wanted.as_bytes())
 }
 
-/// Whether an image is named only by its id (`sha256:<64 hex>` or the bare hex), as the kubelet
-/// writes it in CreateContainer's `image` field.
+/// Whether the runtime may take `image` for an image id: `sha256:<64 hex>` or the bare hex, as
+/// the kubelet writes it in CreateContainer's `image` field, or any shorter run of hex digits,
+/// which containerd resolves as a unique prefix of an id when no image has that name. Such a
+/// name (`3f9a1c`) cannot be judged by its registry: read as `docker.io/library/3f9a1c` it
+/// would pass an allowlist of Docker Hub's official images while running any image the node has.
 fn is_image_id(image: &str) -> bool {
     let hex = image.strip_prefix("sha256:").unwrap_or(image);
-    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn normalise_capability(name: &str) -> String {
