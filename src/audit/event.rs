@@ -347,6 +347,20 @@ mod tests {
     }
 
     #[test]
+    fn a_v1alpha2_call_is_recorded_under_its_own_service_with_its_request_decoded() {
+        let mut create = crate::fake::samples::create_container_request();
+        create.config.as_mut().unwrap().envs = vec![KeyValue {
+            key: "DB_PASSWORD".into(),
+            value: "s3cret-value".into(),
+        }];
+        let path = "/runtime.v1alpha2.RuntimeService/CreateContainer";
+        let line = event(path, create.encode_to_vec(), true);
+        assert_eq!(line["service"], "runtime.v1alpha2.RuntimeService");
+        assert_eq!(line["method"], "CreateContainer");
+        assert_eq!(line["request"]["config"]["envs"][0]["value"], REDACTED);
+    }
+
+    #[test]
     fn the_redacted_fields_are_the_credentials_of_the_vendored_proto() {
         let pool = DescriptorPool::decode(crate::cri::DESCRIPTORS).unwrap();
         let auth = pool.get_message_by_name("runtime.v1.AuthConfig").unwrap();
