@@ -1,5 +1,7 @@
 //! What criguard knows of the node's sandboxes and containers, so that a call naming only an id
-//! (ExecSync, StopContainer, RemovePodSandbox, ...) can be told which pod it is about.
+//! (ExecSync, StopContainer, RemovePodSandbox, ...) can be told which pod it is about; and the
+//! names the runtime gives image ids, so that a CreateContainer naming its image by id can be
+//! told which image it runs.
 //!
 //! It learns from the answers to RunPodSandbox and CreateContainer that pass through, forgets on
 //! RemoveContainer and RemovePodSandbox, and reads what the runtime runs (ListPodSandbox,
@@ -23,6 +25,8 @@ use crate::proxy::rpc::Method;
 /// At most this many sandboxes, and as many containers, are remembered (about 2.5 MB): a node
 /// runs a few hundred. Reaching it makes criguard read the runtime's lists again.
 const MAX_ENTRIES: usize = 10_000;
+/// At most this many names are kept per image id (pulls may add names of their own).
+const MAX_IMAGE_NAMES: usize = 64;
 /// The runtime's lists are read again at most this often when the tables stay full.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Retries of the first read while the runtime does not answer: from 1 s, doubling, to 30 s.
@@ -50,7 +54,15 @@ struct ContainerEntry {
 struct Tables {
     sandboxes: BTreeMap<Arc<str>, SandboxEntry>,
     containers: BTreeMap<String, ContainerEntry>,
+    /// The names the runtime gives each image id (without `sha256:`), from its ImageStatus and
+    /// PullImage answers: the kubelet asks ImageStatus before every CreateContainer.
+    images: BTreeMap<String, Vec<String>>,
     generation: u64,
+}
+
+/// An image id as the tables key it: `sha256:` is optional for the runtime.
+fn image_key(id: &str) -> &str {
+    id.strip_prefix("sha256:").unwrap_or(id)
 }
 
 /// The entry that `id` names: the id itself, or the one id it is a prefix of. Runtimes resolve
@@ -162,11 +174,33 @@ impl Inventory {
         }
     }
 
+    /// The names the runtime gave image `id` (or the one id it is a prefix of), if criguard
+    /// has seen them.
+    pub fn image_names(&self, id: &str) -> Option<Vec<String>> {
+        by_id(&self.read().images, image_key(id)).map(|(_, names)| names.clone())
+    }
+
+    /// Learns the names the runtime gives an image now (an ImageStatus answer): they replace
+    /// what was known, since a tag may have moved to another image.
+    pub fn learn_image(&self, id: &str, names: &[&str]) {
+        let mut tables = self.write();
+        if let Some(known) = tables.images.get_mut(image_key(id)) {
+            known.clear();
+        }
+        tables.add_image(id, names);
+    }
+
     /// Learns from a successful call: `subject` is what its request said, `created` the id its
-    /// answer carried (RunPodSandbox, CreateContainer).
+    /// answer carried (RunPodSandbox, CreateContainer; PullImage: the image pulled).
     pub fn learn(&self, method: Method, subject: &Subject, created: Option<&str>) {
         let mut tables = self.write();
         let added = match (method, created) {
+            (Method::PullImage, Some(id)) => {
+                if let Some(name) = &subject.image {
+                    tables.add_image(id, &[name.as_str()]);
+                }
+                true
+            }
             (Method::RunPodSandbox, Some(id)) => match &subject.pod {
                 Some(pod) => tables.add_sandbox(id, pod.clone()),
                 None => true,
@@ -319,6 +353,24 @@ impl Inventory {
 }
 
 impl Tables {
+    /// Adds names to an image's. A full table is emptied: the kubelet's next ImageStatus
+    /// answers fill it again, and ids are never re-read from the runtime's lists.
+    fn add_image(&mut self, id: &str, names: &[&str]) {
+        let key = image_key(id);
+        if key.is_empty() {
+            return;
+        }
+        if self.images.len() >= MAX_ENTRIES && !self.images.contains_key(key) {
+            self.images.clear();
+        }
+        let known = self.images.entry(key.to_string()).or_default();
+        for name in names {
+            if known.len() < MAX_IMAGE_NAMES && !known.iter().any(|k| k == name) {
+                known.push(name.to_string());
+            }
+        }
+    }
+
     /// Whether it was added (or known); false when the table is full.
     fn add_sandbox(&mut self, id: &str, pod: PodRef) -> bool {
         if self.sandboxes.len() >= MAX_ENTRIES && !self.sandboxes.contains_key(id) {
@@ -459,6 +511,31 @@ mod tests {
             None,
         );
         assert_eq!(sandbox_of("3f9a2d88"), (None, None));
+    }
+
+    #[test]
+    fn image_ids_are_known_by_the_names_the_runtime_gives_them() {
+        let inventory = Inventory::new();
+        let id = "sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097";
+        assert_eq!(inventory.image_names(id), None);
+        inventory.learn_image(id, &["registry.k8s.io/pause:3.9"]);
+        let names = Some(vec!["registry.k8s.io/pause:3.9".to_string()]);
+        assert_eq!(inventory.image_names(id), names);
+        // With or without `sha256:`, or a unique prefix, as containerd resolves them.
+        assert_eq!(inventory.image_names(&id[7..]), names);
+        assert_eq!(inventory.image_names("7031c1b28338"), names);
+        // A pull adds the name it was asked for; ImageStatus says what the names are now.
+        let pulled = Subject {
+            image: Some("registry.k8s.io/pause:latest".into()),
+            ..Subject::default()
+        };
+        inventory.learn(Method::PullImage, &pulled, Some(id));
+        assert_eq!(inventory.image_names(id).unwrap().len(), 2);
+        inventory.learn_image(id, &["registry.k8s.io/pause:3.10"]);
+        assert_eq!(
+            inventory.image_names(id),
+            Some(vec!["registry.k8s.io/pause:3.10".to_string()])
+        );
     }
 
     fn container(id: &str) -> Subject {

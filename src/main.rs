@@ -177,7 +177,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let evaluation = cases::evaluate(&set, &rpc, &bytes, None, None);
+            let evaluation = cases::evaluate(&set, &rpc, &bytes, None, Default::default());
             println!("policies matched: {}", evaluation.evaluated.join(", "));
             for finding in &evaluation.findings {
                 println!(

@@ -1200,6 +1200,30 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         "{}",
         denied.message()
     );
+    // busybox's id under the name of another image of an allowed repository: containerd would
+    // run busybox; criguard knows the id's names from the ImageStatus answer above.
+    let mut disguised = container.clone();
+    disguised.image = Some(ImageSpec {
+        image: image_id.clone(),
+        user_specified_image: "docker.io/library/nginx:1.27".into(),
+        ..Default::default()
+    });
+    let denied =
+        c.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(disguised),
+            sandbox_config: Some(compliant.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied
+            .message()
+            .contains("is not docker.io/library/nginx:1.27"),
+        "{}",
+        denied.message()
+    );
     let id =
         c.rt.create_container(CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),

@@ -285,7 +285,7 @@ fn random_bytes_as_create_container_and_run_pod_sandbox_never_panic() {
                 }
             }
             let bytes = bytes::Bytes::from(bytes);
-            let _ = criguard::policy::cases::evaluate(&set, &rpc, &bytes, None, None);
+            let _ = criguard::policy::cases::evaluate(&set, &rpc, &bytes, None, Default::default());
         }
     }
 }
@@ -549,4 +549,80 @@ async fn while_policies_are_in_force_only_cri_calls_pass() {
         .unwrap();
     assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
     assert!(runtime.requests().iter().any(|r| r.path == NEWER_CRI));
+}
+
+/// As the kubelet starts a container: ImageStatus for the pod spec's image, then CreateContainer
+/// with the id it answered and the pod spec's name beside it. criguard learns the id's names
+/// from the answer; an id run under a name the runtime does not give it is refused.
+#[tokio::test]
+async fn an_image_id_runs_only_under_a_name_the_runtime_gives_it() {
+    use criguard::client;
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("registries.yaml"),
+        "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: registries}\nspec:\n  mode: enforce\n  match: {methods: [CreateContainer]}\n  rules:\n    - name: trusted\n      images: {allow: [registry.k8s.io]}\n",
+    )
+    .unwrap();
+    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
+    let config = format!("policies: {}\n", dir.display());
+    let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
+    let channel = client::channel(&criguard.socket).await.unwrap();
+    let mut runtime = client::runtime(channel.clone());
+    let mut images = client::image(channel);
+
+    let pause = "registry.k8s.io/pause:3.9";
+    let id = images
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: pause.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .expect("the fake runtime has the pause image")
+        .id;
+    let sandbox = runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(samples::pod_config()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let create = |named: &str| {
+        let mut request = samples::create_container_request();
+        request.pod_sandbox_id = sandbox.clone();
+        request.config.as_mut().unwrap().image = Some(ImageSpec {
+            image: id.clone(),
+            user_specified_image: named.into(),
+            ..Default::default()
+        });
+        request
+    };
+    runtime
+        .create_container(create(pause))
+        .await
+        .expect("the id under the name the runtime gave it");
+
+    // Another image of an allowed registry: the name passes the list, the id is not that image.
+    let denied = runtime
+        .create_container(create("registry.k8s.io/coredns/coredns:v1.11.1"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(
+        denied
+            .message()
+            .contains("is not registry.k8s.io/coredns/coredns:v1.11.1")
+            && denied.message().contains(pause),
+        "{}",
+        denied.message()
+    );
 }

@@ -1,6 +1,6 @@
 //! Keeps the inventory of sandboxes and containers (see `inventory.rs`) up to date from the
 //! calls that pass: RunPodSandbox and CreateContainer answers add, RemoveContainer and
-//! RemovePodSandbox remove. It is the outermost observer, so that the layers inside it still
+//! RemovePodSandbox remove; ImageStatus and PullImage answers name image ids. It is the outermost observer, so that the layers inside it still
 //! find an object while its Remove call ends.
 
 use bytes::{Bytes, BytesMut};
@@ -36,6 +36,8 @@ impl Observe for Learn {
                 | Method::CreateContainer
                 | Method::RemoveContainer
                 | Method::RemovePodSandbox
+                | Method::ImageStatus
+                | Method::PullImage
         );
         learns.then(|| LearnRecord {
             inventory,
@@ -56,8 +58,10 @@ pub struct LearnRecord {
     answer: BytesMut,
 }
 
-/// Enough of an answer for the id a RunPodSandbox or CreateContainer answer carries.
-const ANSWER_HEAD: usize = 4096;
+/// Enough of an answer for the id a RunPodSandbox, CreateContainer or PullImage answer
+/// carries, and for an ImageStatus answer with hundreds of names (all are small: this is a
+/// bound, not a buffer size).
+const ANSWER_HEAD: usize = 64 << 10;
 
 impl StatusObserver for Option<LearnRecord> {
     fn on_data(&mut self, data: &Bytes) {
@@ -76,17 +80,21 @@ impl StatusObserver for Option<LearnRecord> {
         if outcome.code != tonic::Code::Ok {
             return;
         }
+        // The answer is one gRPC message: a 5-byte prefix, then the message.
+        let answer = record.answer.get(5..);
+        if record.method == Method::ImageStatus {
+            if let Some((id, names)) = answer.and_then(inspect::image_status) {
+                record.inventory.learn_image(id, &names);
+            }
+            return;
+        }
         let Some(subject) = record
             .message
             .subject(|m| Subject::of_request(record.method, m))
         else {
             return;
         };
-        // The answer is one gRPC message: a 5-byte prefix, then the message.
-        let created = record
-            .answer
-            .get(5..)
-            .and_then(|m| inspect::created_id(record.method, m));
+        let created = answer.and_then(|m| inspect::created_id(record.method, m));
         record.inventory.learn(record.method, subject, created);
     }
 }

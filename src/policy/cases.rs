@@ -11,6 +11,9 @@
 //!   expect: deny          # allow (no finding), deny (refused), violation (audit/warn finding)
 //!   rule: privileged      # optional: the rule that must decide
 //! ```
+//!
+//! Optional: `client` (the caller), `pod` (what the inventory knows of the request's ids) and
+//! `image_names` (the names the runtime gives the request's image id).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use crate::audit::event::message_type;
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
-use crate::proxy::rpc::Rpc;
+use crate::proxy::rpc::{Method, Rpc};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +42,16 @@ pub struct Case {
     pub client: Option<CaseClient>,
     /// The pod criguard knows the request's container or sandbox id belongs to.
     pub pod: Option<PodRef>,
+    /// The names the runtime gives the image id in the request's `image` field (what
+    /// criguard learns from ImageStatus answers); absent: criguard has not seen them.
+    pub image_names: Option<Vec<String>>,
+}
+
+/// What criguard knows beside a case's request: the pod of its ids, the names of its image id.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Known<'a> {
+    pub pod: Option<&'a PodRef>,
+    pub image_names: Option<&'a [String]>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -96,16 +109,31 @@ pub fn encode_request(rpc: &Rpc, request: &serde_json::Value) -> Result<bytes::B
     Ok(message.encode_to_vec().into())
 }
 
-/// Evaluates one request against `set`; `pod` is what the inventory knows of its ids.
+/// Evaluates one request against `set`, with what the inventory knows.
 pub fn evaluate(
     set: &PolicySet,
     rpc: &Rpc,
     bytes: &bytes::Bytes,
     client: Option<&CaseClient>,
-    pod: Option<&PodRef>,
+    known: Known<'_>,
 ) -> Evaluation {
     let inventory = Inventory::new();
-    if let Some(pod) = pod {
+    if let Some(names) = known.image_names {
+        let image = match rpc.method {
+            Method::CreateContainer => crate::cri::CreateContainerRequest::decode(bytes.clone())
+                .ok()
+                .and_then(|r| r.config?.image),
+            Method::PullImage => crate::cri::PullImageRequest::decode(bytes.clone())
+                .ok()
+                .and_then(|r| r.image),
+            _ => None,
+        };
+        if let Some(image) = image {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            inventory.learn_image(&image.image, &names);
+        }
+    }
+    if let Some(pod) = known.pod {
         let subject = Subject::of_request(rpc.method, bytes);
         let sandbox = subject
             .sandbox_id
@@ -115,11 +143,7 @@ pub fn evaluate(
             pod: Some(pod.clone()),
             ..Subject::default()
         };
-        inventory.learn(
-            crate::proxy::rpc::Method::RunPodSandbox,
-            &known,
-            Some(&sandbox),
-        );
+        inventory.learn(Method::RunPodSandbox, &known, Some(&sandbox));
         if let Some(container) = &subject.container_id {
             let created = Subject {
                 pod: Some(pod.clone()),
@@ -127,11 +151,7 @@ pub fn evaluate(
                 container_name: Some("case-container".into()),
                 ..Subject::default()
             };
-            inventory.learn(
-                crate::proxy::rpc::Method::CreateContainer,
-                &created,
-                Some(container),
-            );
+            inventory.learn(Method::CreateContainer, &created, Some(container));
         }
     }
     let caller = client.map(|c| Caller {
@@ -207,7 +227,11 @@ pub fn test_dir(dir: &Path) -> Result<Report, PolicyError> {
                     continue;
                 }
             };
-            let evaluation = evaluate(&set, &rpc, &bytes, case.client.as_ref(), case.pod.as_ref());
+            let known = Known {
+                pod: case.pod.as_ref(),
+                image_names: case.image_names.as_deref(),
+            };
+            let evaluation = evaluate(&set, &rpc, &bytes, case.client.as_ref(), known);
             let (got, rule) = decision(&evaluation);
             let rule_ok = case.rule.as_deref().is_none_or(|want| rule == Some(want));
             if got == case.expect && rule_ok {

@@ -28,6 +28,9 @@ pub struct Target<'a> {
     /// The `image` field of that image itself (CreateContainer's or PullImage's), which the
     /// runtime resolves, whatever `user_specified_image` says beside it.
     pub runtime_image: Option<&'a [u8]>,
+    /// The names the runtime gives `runtime_image` when it is an id, as far as criguard has
+    /// seen them (ImageStatus and PullImage answers); `None` when it has not.
+    pub runtime_image_names: Option<&'a [String]>,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
     pub creates_sandbox: bool,
 }
@@ -333,14 +336,50 @@ impl Check {
                 let runtime = target
                     .runtime_image
                     .map(text)
-                    .filter(|image| !image.is_empty() && !is_image_id(image) && *image != named);
-                std::iter::once(named)
-                    .chain(runtime)
-                    .find_map(|image| params.violation(&image))
+                    .filter(|image| !image.is_empty() && *image != named);
+                match runtime {
+                    Some(id) if is_image_id(&id) => {
+                        let lists = !params.allow.is_empty() || !params.deny.is_empty();
+                        params.violation(&named).or_else(|| {
+                            lists
+                                .then(|| image_is_named(&id, target.runtime_image_names, &named))
+                                .flatten()
+                        })
+                    }
+                    runtime => std::iter::once(named)
+                        .chain(runtime)
+                        .find_map(|image| params.violation(&image)),
+                }
             }
             Check::Deny => Some("is not allowed".into()),
         }
     }
+}
+
+/// What is wrong with running image `id` as `named` (its `user_specified_image`): the id must
+/// be an image the runtime knows by `named`'s repository, or the id of any image the node has
+/// could run under an allowed name.
+fn image_is_named(id: &str, names: Option<&[String]>, named: &str) -> Option<String> {
+    let Some(names) = names else {
+        return Some(format!(
+            "runs image {id}, whose names criguard has not seen (an ImageStatus or PullImage answer gives them), so it cannot tell it is {named}"
+        ));
+    };
+    let wanted = ImageRef::parse(named);
+    let same = |name: &String| {
+        let name = ImageRef::parse(name);
+        (name.registry == wanted.registry) && (name.path == wanted.path)
+    };
+    (!names.iter().any(same)).then(|| {
+        format!(
+            "runs image {id}, which is not {named}: the runtime names it {}",
+            if names.is_empty() {
+                "nothing".to_string()
+            } else {
+                names.join(", ")
+            }
+        )
+    })
 }
 
 impl ImageParams {
@@ -1019,8 +1058,45 @@ mod tests {
                 .is_some_and(|v| v.contains("quay.io/x/y:1") && v.contains("outside the allowlist")),
             "{foreign:?}"
         );
+        // An id beside the name: it must be an image the runtime knows by that repository.
         let id = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(check.violation(&twice("busybox:1.36", id)), None);
+        fn by_id<'a>(named: &'a str, id: &'a str, names: Option<&'a [String]>) -> Target<'a> {
+            Target {
+                image: Some(named.as_bytes()),
+                runtime_image: Some(id.as_bytes()),
+                runtime_image_names: names,
+                ..Target::default()
+            }
+        }
+        let unseen = check.violation(&by_id("busybox:1.36", id, None));
+        assert!(
+            unseen
+                .as_deref()
+                .is_some_and(|v| v.contains("has not seen")),
+            "{unseen:?}"
+        );
+        let busybox = ["docker.io/library/busybox:1.35".to_string()];
+        assert_eq!(
+            check.violation(&by_id("busybox:1.36", id, Some(&busybox))),
+            None
+        );
+        let miner = ["quay.io/x/miner:1".to_string()];
+        let other = check.violation(&by_id("busybox:1.36", id, Some(&miner)));
+        assert!(
+            other.as_deref().is_some_and(
+                |v| v.contains("is not busybox:1.36") && v.contains("quay.io/x/miner:1")
+            ),
+            "{other:?}"
+        );
+        // Without an allow or deny list there is no registry to protect: the id is not looked up.
+        let pinned_only = Check::Images(ImageParams {
+            require_digest: true,
+            ..ImageParams::default()
+        });
+        assert_eq!(
+            pinned_only.violation(&by_id("busybox@sha256:0123", id, None)),
+            None
+        );
         assert_eq!(
             check.violation(&twice("busybox:1.36", "docker.io/library/busybox:1.36")),
             None

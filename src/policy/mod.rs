@@ -251,6 +251,7 @@ impl<'a> Decoded<'a> {
             container,
             image: spec.map(ImageView::named),
             runtime_image: spec.map(|s| s.image),
+            runtime_image_names: None,
             creates_sandbox: self.run.is_some(),
         }
     }
@@ -280,15 +281,31 @@ impl PolicySet {
     }
 
     /// Whether a policy judges calls that name only an id (ExecSync, StopContainer, ...): their
-    /// pod is known only from the inventory.
+    /// pod is known only from the inventory; or the registry of images that CreateContainer
+    /// names by id: their names are known only from the inventory too.
     pub fn needs_inventory(&self) -> bool {
-        Method::ALL
+        let rpc = |m: &Method| {
+            Rpc::from_path(&format!(
+                "/runtime.v1.{}/{}",
+                m.service().as_str(),
+                m.as_str()
+            ))
+        };
+        let by_id = Method::ALL
             .iter()
             .filter(|m| !PolicySet::reads_views(**m))
-            .any(|m| {
-                let path = format!("/runtime.v1.{}/{}", m.service().as_str(), m.as_str());
-                self.inspects(&Rpc::from_path(&path))
-            })
+            .any(|m| self.inspects(&rpc(m)));
+        let create = rpc(&Method::CreateContainer);
+        let registries = self.policies.iter().any(|p| {
+            p.methods.contains(&create)
+                && p.rules.iter().any(|r| match &r.kind {
+                    RuleKind::Check(Check::Images(params)) => {
+                        !params.allow.is_empty() || !params.deny.is_empty()
+                    }
+                    _ => false,
+                })
+        });
+        by_id || registries
     }
 
     /// Whether the policies read `method`'s request through views (the calls that carry a pod
@@ -368,7 +385,13 @@ impl PolicySet {
             return evaluation;
         }
         let labels = decoded.labels.as_ref().map(|p| &p.labels);
-        let target = decoded.target();
+        let mut target = decoded.target();
+        // An image run by id beside the name the user gave: the names the runtime gives the id.
+        let image_names = target
+            .runtime_image
+            .filter(|id| target.image.is_some_and(|named| named != *id))
+            .and_then(|id| inventory?.image_names(&view::text(id)));
+        target.runtime_image_names = image_names.as_deref();
         let who = || describe_subject(call.rpc.method, subject());
         // CEL's built-in functions are registered once per thread; each call gets its variables
         // in a scope of its own.

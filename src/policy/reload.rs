@@ -132,10 +132,11 @@ mod tests {
 
     #[test]
     fn only_policies_on_calls_that_name_an_id_need_the_inventory() {
+        // Registries need the names of the image ids CreateContainer carries.
         for (file, needs) in [
             ("pss-baseline.yaml", false),
             ("pss-restricted.yaml", false),
-            ("image-registries.yaml", false),
+            ("image-registries.yaml", true),
             ("restrict-exec.yaml", true),
         ] {
             let dir = tempfile::tempdir().unwrap();

@@ -127,12 +127,35 @@ fn names_sandbox(method: Method) -> bool {
     )
 }
 
-/// The id a successful RunPodSandbox or CreateContainer answer carries (field 1 of both).
+/// The id a successful RunPodSandbox or CreateContainer answer carries, or the image a
+/// PullImage answer says it pulled (field 1 of all three).
 pub fn created_id(method: Method, response: &[u8]) -> Option<&str> {
     match method {
-        Method::RunPodSandbox | Method::CreateContainer => string_at(response, &[1]),
+        Method::RunPodSandbox | Method::CreateContainer | Method::PullImage => {
+            string_at(response, &[1])
+        }
         _ => None,
     }
+}
+
+/// The image an ImageStatus answer describes: its id, and every name the runtime knows it by
+/// (`repo_tags`, `repo_digests`). `None` when the answer names no image.
+pub fn image_status(response: &[u8]) -> Option<(&str, Vec<&str>)> {
+    let id = string_at(response, &[1, 1]).filter(|id| !id.is_empty())?;
+    let mut names = Vec::new();
+    // image = 1 → repo_tags = 2, repo_digests = 3 (repeated: every value, in every part).
+    for (field, value) in Fields::new(response).map_while(Result::ok) {
+        if let (1, Value::Bytes(image)) = (field, value) {
+            for (field, value) in Fields::new(image).map_while(Result::ok) {
+                if let (2 | 3, Value::Bytes(name)) = (field, value)
+                    && let Ok(name) = std::str::from_utf8(name)
+                {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    Some((id, names))
 }
 
 /// The string at a path of field numbers through nested messages, as the runtime reads it.
@@ -312,6 +335,42 @@ mod tests {
             })
         );
         assert_eq!(subject.pod.unwrap().namespace, "prod-payments");
+    }
+
+    #[test]
+    fn an_image_status_answer_gives_the_id_and_every_name() {
+        let answer = ImageStatusResponse {
+            image: Some(Image {
+                id: "sha256:0123".into(),
+                repo_tags: vec![
+                    "docker.io/library/busybox:1.36".into(),
+                    "docker.io/library/busybox:latest".into(),
+                ],
+                repo_digests: vec!["docker.io/library/busybox@sha256:abcd".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let (id, names) = image_status(&answer).unwrap();
+        assert_eq!(id, "sha256:0123");
+        assert_eq!(
+            names,
+            [
+                "docker.io/library/busybox:1.36",
+                "docker.io/library/busybox:latest",
+                "docker.io/library/busybox@sha256:abcd"
+            ]
+        );
+        assert_eq!(
+            image_status(&ImageStatusResponse::default().encode_to_vec()),
+            None
+        );
+        let pulled = PullImageResponse {
+            image_ref: "sha256:0123".into(),
+        }
+        .encode_to_vec();
+        assert_eq!(created_id(Method::PullImage, &pulled), Some("sha256:0123"));
     }
 
     #[test]
