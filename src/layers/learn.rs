@@ -1,7 +1,8 @@
 //! Keeps the inventory of sandboxes and containers (see `inventory.rs`) up to date from the
 //! calls that pass: RunPodSandbox and CreateContainer answers add, RemoveContainer and
-//! RemovePodSandbox remove; ImageStatus and PullImage answers name image ids. It is the outermost observer, so that the layers inside it still
-//! find an object while its Remove call ends.
+//! RemovePodSandbox remove; ImageStatus and PullImage answers name image ids. It is the
+//! outermost observer, so that the layers inside it still find an object while its Remove call
+//! ends.
 
 use bytes::{Bytes, BytesMut};
 

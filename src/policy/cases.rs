@@ -139,11 +139,11 @@ pub fn evaluate(
             .sandbox_id
             .clone()
             .unwrap_or_else(|| "case-sandbox".into());
-        let known = Subject {
+        let run = Subject {
             pod: Some(pod.clone()),
             ..Subject::default()
         };
-        inventory.learn(Method::RunPodSandbox, &known, Some(&sandbox));
+        inventory.learn(Method::RunPodSandbox, &run, Some(&sandbox));
         if let Some(container) = &subject.container_id {
             let created = Subject {
                 pod: Some(pod.clone()),
