@@ -157,18 +157,39 @@ fn container_config() -> ContainerConfig {
 }
 
 /// ImageStatus of busybox, through whichever socket `c` speaks to.
-async fn busybox_status(c: &mut Clients) -> ImageStatusResponse {
-    c.img
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            verbose: false,
+async fn busybox_status(c: &mut Clients) -> Option<Image> {
+    support::image_status(&mut c.img, BUSYBOX).await
+}
+
+/// `container` running `image` (an id or a name), named `user_specified` as the pod spec would.
+fn with_image(container: &ContainerConfig, image: &str, user_specified: &str) -> ContainerConfig {
+    let mut container = container.clone();
+    container.image = Some(ImageSpec {
+        image: image.into(),
+        user_specified_image: user_specified.into(),
+        ..Default::default()
+    });
+    container
+}
+
+/// A CreateContainer in `sandbox` that criguard refuses: PERMISSION_DENIED, saying `why`.
+async fn assert_create_denied(
+    c: &mut Clients,
+    sandbox: &str,
+    config: ContainerConfig,
+    pod: &PodSandboxConfig,
+    why: &str,
+) {
+    let denied =
+        c.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
         })
         .await
-        .unwrap()
-        .into_inner()
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(denied.message().contains(why), "{}", denied.message());
 }
 
 /// Removes pods left by an earlier, interrupted run.
@@ -445,7 +466,7 @@ async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
         ),
     ));
     let image = busybox_status(c).await;
-    let mut tags = image.image.map(|i| i.repo_tags).unwrap_or_default();
+    let mut tags = image.map(|i| i.repo_tags).unwrap_or_default();
     tags.sort();
     t.push(("ImageStatus", format!("{tags:?}")));
     let fs = c
@@ -1131,11 +1152,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     });
     // As the kubelet creates containers: the image's id in `image`, the pod spec's name in
     // `user_specified_image`; the name is what the registry rule judges.
-    let image_id = busybox_status(&mut c)
-        .await
-        .image
-        .expect("busybox is pulled")
-        .id;
+    let image_id = busybox_status(&mut c).await.expect("busybox is pulled").id;
     assert!(image_id.starts_with("sha256:"), "{image_id}");
     container.image = Some(ImageSpec {
         image: image_id.clone(),
@@ -1143,87 +1160,34 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         ..Default::default()
     });
     // From a registry outside the allowlist: denied, though the id is of an image the node has.
-    let mut foreign = container.clone();
-    foreign.image = Some(ImageSpec {
-        image: image_id.clone(),
-        user_specified_image: "registry.k8s.io/e2e-test-images/busybox:1.29-4".into(),
-        ..Default::default()
-    });
-    let denied =
-        c.rt.create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(foreign),
-            sandbox_config: Some(compliant.clone()),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    assert!(
-        denied.message().contains("outside the allowlist"),
-        "{}",
-        denied.message()
+    let foreign = with_image(
+        &container,
+        &image_id,
+        "registry.k8s.io/e2e-test-images/busybox:1.29-4",
     );
+    assert_create_denied(
+        &mut c,
+        &sandbox,
+        foreign,
+        &compliant,
+        "outside the allowlist",
+    )
+    .await;
     // containerd takes hex digits it has no image name for as a short image id: the name
     // `<12 hex>` is the busybox image, not docker.io/library/<12 hex>. criguard refuses it.
     let short_id = image_id.trim_start_matches("sha256:")[..12].to_string();
-    let found = direct
-        .img
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: short_id.clone(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
+    let found = support::image_status(&mut direct.img, &short_id)
         .await
-        .unwrap()
-        .into_inner()
-        .image
         .expect("containerd resolves a short image id");
     assert_eq!(found.id, image_id);
-    let mut by_short_id = container.clone();
-    by_short_id.image = Some(ImageSpec {
-        image: short_id,
-        ..Default::default()
-    });
-    let denied =
-        c.rt.create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(by_short_id),
-            sandbox_config: Some(compliant.clone()),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    assert!(
-        denied.message().contains("may take for an image id"),
-        "{}",
-        denied.message()
-    );
+    let by_short_id = with_image(&container, &short_id, "");
+    let why = "may take for an image id";
+    assert_create_denied(&mut c, &sandbox, by_short_id, &compliant, why).await;
     // busybox's id under the name of another image of an allowed repository: containerd would
     // run busybox; criguard knows the id's names from the ImageStatus answer above.
-    let mut disguised = container.clone();
-    disguised.image = Some(ImageSpec {
-        image: image_id.clone(),
-        user_specified_image: "docker.io/library/nginx:1.27".into(),
-        ..Default::default()
-    });
-    let denied =
-        c.rt.create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(disguised),
-            sandbox_config: Some(compliant.clone()),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    assert!(
-        denied
-            .message()
-            .contains("is not docker.io/library/nginx:1.27"),
-        "{}",
-        denied.message()
-    );
+    let disguised = with_image(&container, &image_id, "docker.io/library/nginx:1.27");
+    let why = "is not docker.io/library/nginx:1.27";
+    assert_create_denied(&mut c, &sandbox, disguised, &compliant, why).await;
     let id =
         c.rt.create_container(CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),

@@ -13,6 +13,7 @@ use criguard::fake::samples;
 use http::HeaderMap;
 use prost::Message;
 use support::*;
+use tokio_util::sync::CancellationToken;
 
 const CREATE: &str = "/runtime.v1.RuntimeService/CreateContainer";
 const LIST: &str = "/runtime.v1.RuntimeService/ListContainers";
@@ -48,12 +49,30 @@ fn compliant_container() -> CreateContainerRequest {
     })
 }
 
-/// A policy directory in the test's directory holding the shipped pss-baseline.
-fn baseline_dir(sockets: &Sockets) -> std::path::PathBuf {
+/// A policy directory in the test's directory holding `files` (name, text).
+fn policy_dir(sockets: &Sockets, files: &[(&str, &str)]) -> std::path::PathBuf {
     let dir = sockets.dir.path().join("policies");
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("pss-baseline.yaml"), BASELINE).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
     dir
+}
+
+/// A policy directory in the test's directory holding the shipped pss-baseline.
+fn baseline_dir(sockets: &Sockets) -> std::path::PathBuf {
+    policy_dir(sockets, &[("pss-baseline.yaml", BASELINE)])
+}
+
+const RESTRICT_EXEC: &str = include_str!("../policies/restrict-exec.yaml");
+
+/// criguard with the policies of `dir` in front of a fake runtime, which keeps the pods and
+/// containers made through it.
+async fn start_on_fake(sockets: &Sockets, dir: &Path) -> (CancellationToken, Criguard) {
+    let runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
+    let config = format!("policies: {}\n", dir.display());
+    let criguard = Criguard::start_with_config(sockets, Some(&config), Overrides::default()).await;
+    (runtime, criguard)
 }
 
 async fn start(sockets: &Sockets, policies: &Path, extra: &str) -> (RecordingRuntime, Criguard) {
@@ -297,12 +316,9 @@ fn random_bytes_as_create_container_and_run_pod_sandbox_never_panic() {
 async fn an_exec_policy_added_later_knows_the_containers_created_before_it() {
     use criguard::client;
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
+    let dir = policy_dir(&sockets, &[]);
     configmap_update(&dir, 1, &[("pss.yaml", BASELINE)]);
-    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
-    let config = format!("policies: {}\n", dir.display());
-    let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
+    let (_runtime, criguard) = start_on_fake(&sockets, &dir).await;
 
     let mut runtime = client::runtime(client::channel(&criguard.socket).await.unwrap());
     let mut pod = samples::pod_config();
@@ -320,10 +336,7 @@ async fn an_exec_policy_added_later_knows_the_containers_created_before_it() {
         2,
         &[
             ("pss.yaml", BASELINE),
-            (
-                "restrict-exec.yaml",
-                include_str!("../policies/restrict-exec.yaml"),
-            ),
+            ("restrict-exec.yaml", RESTRICT_EXEC),
         ],
     );
     let mut refused = None;
@@ -351,16 +364,8 @@ async fn an_exec_policy_added_later_knows_the_containers_created_before_it() {
 async fn an_exec_naming_two_containers_is_judged_on_the_one_the_runtime_uses() {
     use criguard::client::{self, RawClient, grpc_frame};
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(
-        dir.join("restrict-exec.yaml"),
-        include_str!("../policies/restrict-exec.yaml"),
-    )
-    .unwrap();
-    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
-    let config = format!("policies: {}\n", dir.display());
-    let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
+    let dir = policy_dir(&sockets, &[("restrict-exec.yaml", RESTRICT_EXEC)]);
+    let (_runtime, criguard) = start_on_fake(&sockets, &dir).await;
 
     let mut runtime = client::runtime(client::channel(&criguard.socket).await.unwrap());
     let pod_in = |namespace: &str, name: &str| {
@@ -431,13 +436,7 @@ async fn an_exec_naming_two_containers_is_judged_on_the_one_the_runtime_uses() {
 async fn a_compressed_request_that_must_be_inspected_is_refused_not_forwarded() {
     const EXEC: &str = "/runtime.v1.RuntimeService/ExecSync";
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(
-        dir.join("restrict-exec.yaml"),
-        include_str!("../policies/restrict-exec.yaml"),
-    )
-    .unwrap();
+    let dir = policy_dir(&sockets, &[("restrict-exec.yaml", RESTRICT_EXEC)]);
     let (runtime, criguard) = start(&sockets, &dir, "").await;
     let mut client = RawClient::connect(&criguard.socket).await.unwrap();
     let compressed = |payload: &[u8]| {
@@ -558,33 +557,16 @@ async fn while_policies_are_in_force_only_cri_calls_pass() {
 async fn an_image_id_runs_only_under_a_name_the_runtime_gives_it() {
     use criguard::client;
     let sockets = Sockets::new();
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(
-        dir.join("registries.yaml"),
-        "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: registries}\nspec:\n  mode: enforce\n  match: {methods: [CreateContainer]}\n  rules:\n    - name: trusted\n      images: {allow: [registry.k8s.io]}\n",
-    )
-    .unwrap();
-    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
-    let config = format!("policies: {}\n", dir.display());
-    let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
+    let registries = "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: registries}\nspec:\n  mode: enforce\n  match: {methods: [CreateContainer]}\n  rules:\n    - name: trusted\n      images: {allow: [registry.k8s.io]}\n";
+    let dir = policy_dir(&sockets, &[("registries.yaml", registries)]);
+    let (_runtime, criguard) = start_on_fake(&sockets, &dir).await;
     let channel = client::channel(&criguard.socket).await.unwrap();
     let mut runtime = client::runtime(channel.clone());
     let mut images = client::image(channel);
 
     let pause = "registry.k8s.io/pause:3.9";
-    let id = images
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: pause.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
+    let id = image_status(&mut images, pause)
         .await
-        .unwrap()
-        .into_inner()
-        .image
         .expect("the fake runtime has the pause image")
         .id;
     let sandbox = runtime

@@ -72,15 +72,15 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let set = self.policies.load();
         let extensions = request.extensions();
-        if let Some(rpc) = extensions.get::<Rpc>()
-            && rpc.service == Service::Other
-            && !set.is_empty()
-        {
-            return Either::Right(ready(Err(not_cri(rpc, extensions.get::<DecisionSlot>()))));
-        }
-        let Some(rpc) = extensions.get::<Rpc>().filter(|rpc| set.inspects(rpc)) else {
+        let Some(rpc) = extensions.get::<Rpc>() else {
             return Either::Left(self.inner.call(request));
         };
+        if rpc.service == Service::Other && !set.is_empty() {
+            return Either::Right(ready(Err(not_cri(rpc, extensions.get::<DecisionSlot>()))));
+        }
+        if !set.inspects(rpc) {
+            return Either::Left(self.inner.call(request));
+        }
         let start = Instant::now();
         // A call that names only ids is about what the inventory knows of them: read once for
         // every layer (audit, learning read it too). The others carry their pod and container,

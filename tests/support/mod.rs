@@ -459,6 +459,26 @@ pub fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
+/// The image the runtime knows by `image` (ImageStatus, as the kubelet asks before it creates
+/// a container), if it has one.
+pub async fn image_status(
+    images: &mut criguard::cri::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    image: &str,
+) -> Option<criguard::cri::Image> {
+    images
+        .image_status(criguard::cri::ImageStatusRequest {
+            image: Some(criguard::cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+}
+
 /// Runs a pod of `pod` and creates and starts the container of `create` in it, as the kubelet
 /// does. Returns the sandbox and container ids.
 pub async fn start_pod(
