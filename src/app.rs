@@ -31,6 +31,7 @@ use crate::proxy::runtime::{Forwarder, RuntimeConnection};
 use crate::proxy::server;
 use crate::proxy::status::RespondWithStatusLayer;
 use crate::reload::{ConfigSource, Handles, Reloader};
+use crate::systemd::Notifier;
 use crate::telemetry::admin::{self, AdminListener, AdminState};
 use crate::telemetry::logging::LevelHandle;
 use crate::telemetry::readiness::Readiness;
@@ -291,7 +292,23 @@ impl Proxy {
             owned.extend(bound.owned);
             serving.push((bound.listener, access));
         }
-        server::serve(serving, stack, shutdown, config.shutdown_grace_period).await;
+        let notifier = Notifier::from_env();
+        notifier.ready();
+        let stopping = notifier.clone();
+        let signalled = shutdown.clone();
+        tokio::spawn(async move {
+            signalled.cancelled().await;
+            stopping.stopping();
+        });
+        let watchdog = notifier.watchdog();
+        server::serve(
+            serving,
+            stack,
+            shutdown,
+            config.shutdown_grace_period,
+            watchdog,
+        )
+        .await;
         if let Some(audit) = audit {
             audit.close().await;
         }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod signal;
+pub mod systemd;
 pub mod telemetry;
 
 /// The CRI v1 types and gRPC stubs generated from `proto/v1.proto`.

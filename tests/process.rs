@@ -377,3 +377,58 @@ async fn a_thousand_identical_errors_make_one_log_line_then_a_summary() {
     assert_eq!(failures[0]["suppressed_since_last"], 0);
     assert_eq!(failures[1]["suppressed_since_last"], 999);
 }
+
+/// Under `Type=notify` with `WatchdogSec=`: systemd hears READY=1 once the socket is bound,
+/// WATCHDOG=1 at half the watchdog interval while criguard serves, and STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_after_bind_then_watchdog_pings_then_stopping() {
+    let sockets = Sockets::new();
+    let _runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"")).await;
+    let notify_path = sockets.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut criguard = Running(
+        serve_command(&sockets)
+            .args(["--admin-address", "off"])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "200000")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut buf = [0u8; 256];
+    let received = |buf: &mut [u8]| {
+        let n = notify.recv(buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = received(&mut buf);
+    assert_eq!(first, "READY=1\nSTATUS=serving\n");
+    assert!(
+        std::os::unix::net::UnixStream::connect(sockets.criguard()).is_ok(),
+        "the socket is bound and served when systemd hears READY=1"
+    );
+    let started = Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        assert_eq!(received(&mut buf), "WATCHDOG=1\n");
+        pings += 1;
+    }
+    // Every 100 ms (half of 200 ms): about ten in a second.
+    assert!((6..=14).contains(&pings), "{pings} pings in a second");
+    signal(&criguard.0, "TERM");
+    let mut rest = Vec::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if rest.last().is_some_and(|m| m.starts_with("STOPPING=1")) {
+            break;
+        }
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("STOPPING=1\nSTATUS=draining\n")
+    );
+    let status = wait_exit(&mut criguard.0, Duration::from_secs(10)).expect("criguard exits");
+    assert!(status.success());
+}

@@ -1,6 +1,7 @@
 //! The transparent core: the listening socket, the parsed call, the bodies that carry the
 //! caller's bytes, the forwarder to the runtime, and the one place that makes gRPC statuses.
 
+pub mod authority;
 pub mod body;
 pub mod decision;
 pub mod error;

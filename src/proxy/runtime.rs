@@ -196,7 +196,11 @@ impl RuntimeConnection {
             sender.closed.store(true, Ordering::Release);
             self.lost(&e)
         })?;
-        let (parts, mut body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
+        if parts.uri.authority().is_none() {
+            // A caller may leave out :authority; HTTP/2 requests from a client must have one.
+            parts.uri = local_authority(&parts.uri);
+        }
         let stats = body.stats();
         let (response, mut stream) = send
             .send_request(http::Request::from_parts(parts, ()), false)
@@ -225,6 +229,15 @@ impl RuntimeConnection {
         }
         .into()
     }
+}
+
+/// `uri` with the authority `localhost`, what kubelets 1.31+ send.
+fn local_authority(uri: &http::Uri) -> http::Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(http::uri::Authority::from_static("localhost"));
+    parts.path_and_query = uri.path_and_query().cloned();
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// The innermost cause says what happened.

@@ -2,8 +2,14 @@
 //! crate, as on the runtime side), passing every call to the stack with who is calling and
 //! through which listener. A connection that does not speak HTTP/2 (garbage, broken frames) is
 //! closed on its own; every other connection goes on. A caller that resets a stream cancels
-//! its call. At shutdown: stop accepting, tell every connection to finish (GOAWAY), wait for
-//! in-flight calls up to the grace period.
+//! its call.
+//!
+//! At shutdown, in this order: stop accepting and close our handle on each listening socket
+//! (a socket passed by systemd stays open in systemd, whose backlog the next criguard accepts
+//! from); then tell every connection to finish (GOAWAY) and wait for the calls in flight up to
+//! the grace period. A connection accepted before that is always served: its HTTP/2 handshake
+//! completes before its GOAWAY, so a caller never sees a connection closed before the server's
+//! preface (grpc-go would back off for a second and fail its calls meanwhile).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,9 +25,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::authority::CallerStream;
 use super::h2io::{RecvBody, send_body};
 use super::identity::Caller;
 use crate::layers::access::Listener;
+use crate::systemd::Watchdog;
 
 /// Streams one caller may have open at once on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1000;
@@ -38,13 +46,17 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 << 10;
 const CALLS_PER_TURN: usize = 8;
 /// How long to pause accepting after an accept error such as "too many open files".
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How long a connection accepted before shutdown may still take to send its preface.
+const DRAIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves the listeners until `shutdown` fires, then drains within `grace`.
+/// Serves the listeners until `shutdown` fires, then drains within `grace`. `watchdog` is
+/// fed from the accept loop, so it stops when the loop is stuck.
 pub async fn serve<S, B>(
     listeners: Vec<(UnixListener, Arc<ArcSwap<Listener>>)>,
     stack: S,
     shutdown: CancellationToken,
     grace: Duration,
+    watchdog: Option<Watchdog>,
 ) where
     S: tower::Service<http::Request<RecvBody>, Response = http::Response<B>, Error = Infallible>
         + Clone
@@ -54,15 +66,29 @@ pub async fn serve<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
 {
     let connections = TaskTracker::new();
+    // Connections are told to finish only once nothing more is accepted.
+    let drain = CancellationToken::new();
     let mut accepting = tokio_stream::StreamMap::new();
     let mut configured = Vec::new();
     for (index, (listener, access)) in listeners.into_iter().enumerate() {
         accepting.insert(index, UnixListenerStream::new(listener));
         configured.push(access);
     }
+    let mut ping = watchdog.as_ref().map(|w| {
+        let mut interval = tokio::time::interval(w.every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     loop {
         let (index, stream) = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
+            _ = tick(&mut ping) => {
+                if let Some(watchdog) = &watchdog {
+                    (watchdog.ping)();
+                }
+                continue;
+            }
             accepted = accepting.next() => match accepted {
                 Some((index, Ok(stream))) => (index, stream),
                 Some((_, Err(err))) => {
@@ -79,17 +105,29 @@ pub async fn serve<S, B>(
             access: configured[index].clone(),
             stack: stack.clone(),
         };
-        connections.spawn(connection.serve(stream, shutdown.clone()));
+        connections.spawn(connection.serve(stream, drain.clone()));
     }
+    // Nothing more is accepted: connections waiting in the backlog are the next criguard's.
     drop(accepting);
     connections.close();
     tracing::info!(connections = connections.len(), grace = ?grace, "stopped accepting; draining");
+    drain.cancel();
     tokio::select! {
         _ = connections.wait() => tracing::info!("all calls finished"),
         _ = tokio::time::sleep(grace) => tracing::warn!(
             connections = connections.len(),
             "grace period over; cutting the remaining calls"
         ),
+    }
+}
+
+/// The next watchdog tick, or never without a watchdog.
+async fn tick(ping: &mut Option<tokio::time::Interval>) {
+    match ping {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -107,7 +145,7 @@ where
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
 {
-    async fn serve(mut self, stream: UnixStream, shutdown: CancellationToken) {
+    async fn serve(mut self, stream: UnixStream, drain: CancellationToken) {
         let handshake = h2::server::Builder::new()
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .initial_window_size(STREAM_WINDOW)
@@ -115,8 +153,14 @@ where
             .max_frame_size(MAX_FRAME_SIZE)
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .handshake::<_, Bytes>(stream);
-        let mut stop = std::pin::pin!(shutdown.cancelled());
+            .handshake::<_, Bytes>(CallerStream::new(stream, MAX_FRAME_SIZE));
+        let mut stop = std::pin::pin!(drain.cancelled());
+        // An accepted connection is served even when a drain starts now: its handshake
+        // completes (within a bound), then it gets its GOAWAY below.
+        let late = async {
+            drain.cancelled().await;
+            tokio::time::sleep(DRAIN_HANDSHAKE_TIMEOUT).await;
+        };
         let mut connection = tokio::select! {
             handshake = handshake => match handshake {
                 Ok(connection) => connection,
@@ -125,7 +169,10 @@ where
                     return;
                 }
             },
-            _ = &mut stop => return,
+            _ = late => {
+                tracing::debug!("caller connection sent no preface before the drain ended");
+                return;
+            }
         };
         let mut draining = false;
         let mut accepted = 0usize;
@@ -204,5 +251,74 @@ where
             tracing::debug!(error = %err, "answer headers not sent");
             respond.send_reset(h2::Reason::INTERNAL_ERROR);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::layers::access::Role;
+
+    /// The watchdog is fed by the accept loop itself: when the thread it runs on is stuck, the
+    /// pings stop (and systemd restarts criguard); when it turns again, they go on.
+    #[test]
+    fn watchdog_pings_stop_while_the_serving_loop_is_stuck() {
+        let pings = Arc::new(AtomicUsize::new(0));
+        let counted = pings.clone();
+        let watchdog = Watchdog {
+            every: Duration::from_millis(20),
+            ping: Arc::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = UnixListener::bind(dir.path().join("criguard.sock")).unwrap();
+            let access = Arc::new(ArcSwap::from_pointee(Listener {
+                path: dir.path().join("criguard.sock"),
+                role: Role::full(),
+                allow_uids: None,
+                allow_gids: None,
+            }));
+            let stack = tower::service_fn(|_: http::Request<RecvBody>| async {
+                Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<Bytes>::new()))
+            });
+            let shutdown = CancellationToken::new();
+            let serving = tokio::spawn(serve(
+                vec![(listener, access)],
+                stack,
+                shutdown.clone(),
+                Duration::from_secs(1),
+                Some(watchdog),
+            ));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(pings.load(Ordering::SeqCst) >= 5, "pings while serving");
+
+            // The loop's thread is stuck for 600 ms; another thread watches the pings.
+            let watched = pings.clone();
+            let watcher = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let early = watched.load(Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(400));
+                (early, watched.load(Ordering::SeqCst))
+            });
+            std::thread::sleep(Duration::from_millis(600));
+            let (early, late) = watcher.join().unwrap();
+            assert_eq!(early, late, "no ping while the loop is stuck");
+
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                pings.load(Ordering::SeqCst) > late,
+                "pings again once it turns"
+            );
+            shutdown.cancel();
+            serving.await.unwrap();
+        });
     }
 }

@@ -18,6 +18,7 @@ pub const STREAMS_ACTIVE: &str = "criguard_streams_active";
 pub const MESSAGE_BYTES_TOTAL: &str = "criguard_message_bytes_total";
 pub const RUNTIME_UP: &str = "criguard_runtime_up";
 pub const RUNTIME_CONNECTS_TOTAL: &str = "criguard_runtime_connects_total";
+pub const CALLER_AUTHORITY_REWRITES_TOTAL: &str = "criguard_caller_authority_rewrites_total";
 pub const BUILD_INFO: &str = "criguard_build_info";
 pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
 pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
@@ -131,6 +132,10 @@ fn describe() {
     describe_counter!(
         RUNTIME_CONNECTS_TOTAL,
         "Connection attempts to the runtime endpoint, by result (ok, error)."
+    );
+    describe_counter!(
+        CALLER_AUTHORITY_REWRITES_TOTAL,
+        "Caller connections whose :authority the HTTP/2 server would refuse (a socket path, as kubelets up to 1.30 send), served with their header blocks rewritten."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the labels say which criguard runs.");
     describe_counter!(

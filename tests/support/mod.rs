@@ -169,6 +169,8 @@ pub async fn start_fake_runtime(path: &Path, runtime: FakeRuntime) -> Cancellati
 #[derive(Clone, Debug)]
 pub struct Recorded {
     pub path: String,
+    /// The `:authority` the runtime received, if any.
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -335,6 +337,7 @@ async fn answer(
         .unwrap_or_default();
     let recorded = Recorded {
         path: parts.uri.path().to_string(),
+        authority: parts.uri.authority().map(|a| a.to_string()),
         headers: parts.headers,
         body,
     };
