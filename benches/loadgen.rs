@@ -456,7 +456,7 @@ fn main() {
     for s in scenarios() {
         if filter
             .iter()
-            .any(|f| ["metrics", "audit", "limits", "policies"].contains(&f.as_str()))
+            .any(|f| ["metrics", "audit", "limits", "policies", "authority"].contains(&f.as_str()))
         {
             break;
         }
@@ -654,6 +654,9 @@ fn main() {
             .sum();
         println!("audit events written: {events}");
     }
+    if wanted("authority") {
+        compare_authorities(&small, per_round);
+    }
     println!();
     println!(
         "criguard memory: idle RSS {} KiB (100-container pair), {} KiB (5000-container pair); peak RSS (VmHWM) {} KiB and {} KiB",
@@ -662,4 +665,73 @@ fn main() {
         status_kib(small.proxy_process.0.id(), "VmHWM:"),
         status_kib(big.proxy_process.0.id(), "VmHWM:"),
     );
+}
+
+/// Version at c=64 from grpc-go (tests/clients/go, built by tests/clients/install.sh) through
+/// criguard, dialled as kubelets 1.31+ dial (`localhost`: criguard reads only the first header
+/// block) and as kubelets up to 1.30 dial (the socket path: every header block rewritten), in
+/// alternating rounds: the rewrite's cost per call.
+fn compare_authorities(pair: &Pair, per_round: Duration) {
+    let go = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clients/cri-go-client");
+    println!();
+    if !go.exists() {
+        println!(
+            "(authority: {} is not built; tests/clients/install.sh builds it)",
+            go.display()
+        );
+        return;
+    }
+    println!("| grpc-go, Version c=64 | :authority | req/s | criguard CPU µs/call |");
+    println!("| --- | --- | ---: | ---: |");
+    let pid = pair.proxy_process.0.id();
+    let mut totals = [(0u64, Duration::ZERO, 0u64); 2];
+    for _ in 0..rounds() {
+        for (n, dial) in ["localhost", "legacy"].into_iter().enumerate() {
+            let mut client = Command::new(&go)
+                .arg("-socket")
+                .arg(&pair.proxy)
+                .args(["-dial", dial])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("grpc-go client");
+            let mut stdin = client.stdin.take().unwrap();
+            let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+            let mut exchange = |line: String| {
+                use std::io::{BufRead, Write};
+                writeln!(stdin, "{line}").unwrap();
+                let mut answer = String::new();
+                stdout.read_line(&mut answer).unwrap();
+                serde_json::from_str::<serde_json::Value>(&answer).unwrap()
+            };
+            let version = "/runtime.v1.RuntimeService/Version";
+            // The connection is made and warm before the clock starts.
+            exchange(format!(
+                r#"{{"op":"call","method":"{version}","request":""}}"#
+            ));
+            let before = cpu_micros(pid);
+            let started = Instant::now();
+            let answer = exchange(format!(
+                r#"{{"op":"load","method":"{version}","request":"","callers":64,"duration_ms":{}}}"#,
+                per_round.as_millis()
+            ));
+            let calls = answer["ok"].as_u64().unwrap_or(0);
+            assert_eq!(answer["failed"].as_u64().unwrap_or(0), 0, "{answer}");
+            totals[n].0 += calls;
+            totals[n].1 += started.elapsed();
+            totals[n].2 += cpu_micros(pid) - before;
+            drop(stdin);
+            let _ = client.wait();
+        }
+    }
+    for ((calls, elapsed, cpu), authority) in totals.into_iter().zip([
+        "localhost (kubelet 1.31+): passed as it came",
+        "socket path (kubelet <= 1.30): rewritten",
+    ]) {
+        println!(
+            "| Version c=64 | {authority} | {:.0} | {:.1} |",
+            calls as f64 / elapsed.as_secs_f64(),
+            cpu as f64 / calls.max(1) as f64
+        );
+    }
 }

@@ -31,7 +31,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "shellcheck: the installer and the test scripts"
-shellcheck deploy/kubernetes/criguard-install tests/run.sh tests/e2e/containerd-lab.sh .ci/run
+shellcheck deploy/kubernetes/criguard-install tests/run.sh tests/e2e/containerd-lab.sh \
+  tests/clients/install.sh .ci/run
 
 step "deploy/: promtool checks the Prometheus config and alert rules"
 promtool check config deploy/prometheus/prometheus.yml
@@ -40,6 +41,10 @@ python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/crigua
 
 step "unit and integration tests"
 cargo test --locked
+
+step "real client stacks: grpc-go (Debian) and grpc C-core (Debian's and PyPI's grpcio)"
+tests/clients/install.sh
+cargo test --locked --test clients -- --ignored --skip containerd_
 
 step "policies/: every shipped policy against its test cases"
 cargo run --locked --quiet -- policy test policies
@@ -63,6 +68,8 @@ if [ "${CRIGUARD_E2E:-1}" != 0 ]; then
   trap 'tests/e2e/containerd-lab.sh down || true' EXIT
   endpoint=$(tests/e2e/containerd-lab.sh up)
   CRIGUARD_E2E_ENDPOINT=$endpoint cargo test --locked --test containerd -- --ignored --test-threads 1 --nocapture
+  step "end to end: the real client stacks and ctr against containerd through criguard"
+  CRIGUARD_E2E_ENDPOINT=$endpoint cargo test --locked --test clients -- --ignored --test-threads 1 containerd_
 fi
 
 step "all tests passed"

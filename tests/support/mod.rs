@@ -25,6 +25,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod clients;
 pub mod restart;
 
 /// A child process (criguard, Prometheus) killed when dropped, so that a failing test leaves

@@ -199,7 +199,7 @@ fn causes(status: &tonic::Status) -> String {
 }
 
 /// Starts `criguard serve ARGS` with `listener` as its fd 3, logging to `log`.
-fn spawn_activated(listener: &UnixListener, args: &[&str], log: &Path) -> Child {
+pub fn spawn_activated(listener: &UnixListener, args: &[&str], log: &Path) -> Child {
     let fd = listener.as_raw_fd();
     let log = std::fs::OpenOptions::new()
         .create(true)
