@@ -74,6 +74,8 @@ pub struct CallerStream<IO> {
     /// HPACK both ways while the first block is read and on a rewritten connection.
     hpack: Option<Box<Hpack>>,
     max_frame_size: usize,
+    /// The caller closed its side; what was read has been handed on.
+    ended: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +149,7 @@ impl<IO> CallerStream<IO> {
                 encoder: Encoder::new(),
             })),
             max_frame_size: max_frame_size as usize,
+            ended: false,
         }
     }
 
@@ -405,6 +408,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for CallerStream<IO> {
                 }
                 return Poll::Ready(Ok(()));
             }
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
             if this.mode == Mode::Pass {
                 return Pin::new(&mut this.io).poll_read(cx, buf);
             }
@@ -420,13 +426,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for CallerStream<IO> {
             if read == 0 {
                 // The caller is gone: what is left goes on as it came (h2 sees the connection
                 // end within a frame), then the end.
-                if this.mode == Mode::FirstBlock
-                    && let Some(block) = this.block.take()
+                if let Some(block) = this.block.take()
+                    && this.mode == Mode::FirstBlock
                 {
                     this.output.extend(block.frames);
                 }
-                this.block = None;
-                this.pass();
+                let rest = this.input.split().freeze();
+                if !rest.is_empty() {
+                    this.output.push_back(rest);
+                }
+                this.ended = true;
             }
         }
     }
@@ -459,5 +468,137 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for CallerStream<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// Hands its bytes out one at a time, as a slow socket may.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(&byte) = self.0.get(self.1) {
+                buf.put_slice(&[byte]);
+                self.1 += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        FrameHead {
+            len: payload.len(),
+            kind,
+            flags,
+            stream,
+        }
+        .write(&mut out);
+        out.put_slice(payload);
+        out.to_vec()
+    }
+
+    /// A connection: preface, SETTINGS, one request's HEADERS (in two frames) and DATA, then a
+    /// second request whose block refers to the first one's table entries.
+    fn connection(authority: &[u8]) -> Vec<u8> {
+        let mut encoder = Encoder::new();
+        let fields = |path: &'static [u8]| {
+            vec![
+                (&b":method"[..], &b"POST"[..]),
+                (b":scheme", b"http"),
+                (b":path", path),
+                (b":authority", authority),
+                (b"x-trace", b"abc"),
+            ]
+        };
+        let first = encoder.encode(fields(b"/runtime.v1.RuntimeService/Version"));
+        let second = encoder.encode(fields(b"/runtime.v1.RuntimeService/Status"));
+        let (a, b) = first.split_at(first.len() / 2);
+        [
+            PREFACE.to_vec(),
+            frame(0x4, 0, 0, &[]),
+            frame(HEADERS, 0, 1, a),
+            frame(CONTINUATION, END_HEADERS, 1, b),
+            frame(0x0, END_STREAM, 1, &[0, 0, 0, 0, 0]),
+            frame(HEADERS, END_HEADERS | END_STREAM, 3, &second),
+        ]
+        .concat()
+    }
+
+    async fn read_through(input: Vec<u8>) -> (Vec<u8>, bool) {
+        let mut stream = CallerStream::new(Trickle(input, 0), 1 << 20);
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        (out, stream.rewrites())
+    }
+
+    /// The header blocks in `bytes` (a connection as h2 reads it), decoded in order.
+    fn header_blocks(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut decoder = Decoder::new();
+        let mut rest = &bytes[PREFACE.len()..];
+        let (mut blocks, mut block) = (Vec::new(), Vec::new());
+        while !rest.is_empty() {
+            let head = FrameHead::parse(&rest[..FRAME_HEAD_LEN]);
+            let payload = &rest[FRAME_HEAD_LEN..FRAME_HEAD_LEN + head.len];
+            if head.kind == HEADERS || head.kind == CONTINUATION {
+                block.extend_from_slice(payload);
+                if head.flags & END_HEADERS != 0 {
+                    blocks.push(decoder.decode(&block).unwrap());
+                    block.clear();
+                }
+            }
+            rest = &rest[FRAME_HEAD_LEN + head.len..];
+        }
+        blocks
+    }
+
+    #[tokio::test]
+    async fn a_connection_h2_takes_passes_byte_for_byte() {
+        let input = connection(b"localhost");
+        let (out, rewrites) = read_through(input.clone()).await;
+        assert!(!rewrites);
+        assert_eq!(out, input);
+    }
+
+    #[tokio::test]
+    async fn a_socket_path_authority_becomes_localhost_in_every_block() {
+        let (out, rewrites) = read_through(connection(b"/run/criguard/criguard.sock")).await;
+        assert!(rewrites);
+        let blocks = header_blocks(&out);
+        let expected = connection(b"localhost");
+        assert_eq!(blocks, header_blocks(&expected));
+        // The DATA frame and END_STREAM flags are kept.
+        let data = frame(0x0, END_STREAM, 1, &[0; 5]);
+        assert!(out.windows(data.len()).any(|w| w == data), "{out:?}");
+    }
+
+    #[test]
+    fn h2_takes_what_the_uri_grammar_allows() {
+        for ok in [
+            &b"localhost"[..],
+            b"localhost:80",
+            b"[::1]:8080",
+            b"a.b-c_d~e",
+        ] {
+            assert!(accepted_by_h2(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for refused in [&b""[..], b"/run/x.sock", b"run%2Fx.sock", b"a b", b"\xff"] {
+            assert!(
+                !accepted_by_h2(refused),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
     }
 }
