@@ -1251,6 +1251,52 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         "{}",
         denied.message()
     );
+    // One ExecSync naming a container of no protected pod, then an empty unknown group
+    // (field 19), then the protected container: containerd skips the group and, the field given
+    // twice, runs the command in the last one. criguard reads it the same way and refuses it.
+    let mut crafted = ExecSyncRequest {
+        container_id: "0000000000000000000000000000000000000000000000000000000000000000".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    crafted.extend([0x9b, 0x01, 0x9c, 0x01]);
+    crafted.extend(
+        ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["touch".into(), "/tmp/criguard-group-exec".into()],
+            timeout: 5,
+        }
+        .encode_to_vec(),
+    );
+    let answer = raw
+        .call(
+            "/runtime.v1.RuntimeService/ExecSync",
+            criguard::client::grpc_frame(&crafted),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.grpc_status(),
+        Some(tonic::Code::PermissionDenied as i32),
+        "{:?}",
+        answer.grpc_message()
+    );
+    let ran = direct
+        .rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "test".into(),
+                "-e".into(),
+                "/tmp/criguard-group-exec".into(),
+            ],
+            timeout: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ran.exit_code, 1, "the crafted command never ran");
     // The lifecycle calls still pass.
     c.rt.stop_container(StopContainerRequest {
         container_id: id.clone(),

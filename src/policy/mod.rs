@@ -10,6 +10,7 @@ pub mod cases;
 pub mod cel;
 pub mod checks;
 pub mod file;
+pub mod image_ref;
 pub mod layer;
 pub mod reload;
 pub mod view;
@@ -208,7 +209,12 @@ impl<'a> Decoded<'a> {
                 pull: Some(PullImageView::decode(bytes)?),
                 ..Decoded::default()
             },
-            _ => Decoded::default(),
+            // Calls that name only ids: read whole by a protobuf decoder first, so that the ids
+            // the policies judge are those the runtime will read, or the call is refused.
+            _ => {
+                crate::proxy::inspect::validate(method, bytes)?;
+                Decoded::default()
+            }
         };
         if with_labels {
             let labels = match method {

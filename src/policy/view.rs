@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use crate::cri::{Int64Value, NamespaceOption, PortMapping, SeLinuxOption, SecurityProfile};
 use crate::proxy::wire::{DecodeError, Fields, Value};
 
-/// A string field as text. Invalid UTF-8, which a runtime refuses anyway, shows as U+FFFD.
+/// A string field as text. The views keep only UTF-8 strings; bytes from elsewhere (a test's
+/// request) that are not show U+FFFD.
 pub fn text(field: &[u8]) -> Cow<'_, str> {
     // The plain check first: it is much faster than the lossy conversion's chunking.
     match std::str::from_utf8(field) {
@@ -48,10 +49,17 @@ pub trait View<'a>: Default {
     }
 }
 
-/// A string or bytes field: the last value wins.
+/// A string field: the last value wins; it must be UTF-8.
 fn string<'a>(slot: &mut &'a [u8], field: u32, value: Value<'a>) -> Result<(), DecodeError> {
-    *slot = value.bytes(field)?;
+    *slot = utf8(value.bytes(field)?, field)?;
     Ok(())
+}
+
+fn utf8(bytes: &[u8], field: u32) -> Result<&[u8], DecodeError> {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => Ok(bytes),
+        Err(_) => Err(DecodeError::not_utf8(field)),
+    }
 }
 
 fn flag(slot: &mut bool, field: u32, value: Value<'_>) -> Result<(), DecodeError> {
@@ -81,7 +89,7 @@ fn generated<M: prost::Message + Default>(
 }
 
 fn strings<'a>(list: &mut Vec<&'a [u8]>, field: u32, value: Value<'a>) -> Result<(), DecodeError> {
-    list.push(value.bytes(field)?);
+    list.push(utf8(value.bytes(field)?, field)?);
     Ok(())
 }
 

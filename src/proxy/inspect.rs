@@ -2,7 +2,7 @@
 //! protobuf bytes, without decoding the whole message: cheap enough for every call.
 
 use super::rpc::Method;
-use super::wire::{Fields, Value};
+use super::wire::{DecodeError, Fields, Value};
 
 /// The id of the object `method` acts on, read from its request message: a container id, a
 /// sandbox id, an image reference, `namespace/name` for RunPodSandbox, or `""` when the call has
@@ -50,7 +50,7 @@ impl Subject {
         let text = |path: &[u32]| string_at(message, path).map(str::to_string);
         // Each field of the metadata on its own: the message may come in parts.
         let pod_at = |path: &[u32; 2]| {
-            bytes_at(message, path)?;
+            bytes_at(message, path).ok().flatten()?;
             let field = |number: u32| string_at(message, &[path[0], path[1], number]).unwrap_or("");
             Some(PodRef {
                 name: field(1).into(),
@@ -142,6 +142,7 @@ pub fn created_id(method: Method, response: &[u8]) -> Option<&str> {
 /// (`repo_tags`, `repo_digests`). `None` when the answer names no image.
 pub fn image_status(response: &[u8]) -> Option<(&str, Vec<&str>)> {
     let id = string_at(response, &[1, 1]).filter(|id| !id.is_empty())?;
+    Fields::new(response).try_for_each(|f| f.map(drop)).ok()?;
     let mut names = Vec::new();
     // image = 1 → repo_tags = 2, repo_digests = 3 (repeated: every value, in every part).
     for (field, value) in Fields::new(response).map_while(Result::ok) {
@@ -158,32 +159,76 @@ pub fn image_status(response: &[u8]) -> Option<(&str, Vec<&str>)> {
     Some((id, names))
 }
 
-/// The string at a path of field numbers through nested messages, as the runtime reads it.
+/// The string at a path of field numbers through nested messages, as the runtime reads it;
+/// `None` when absent, not UTF-8, or when the message cannot be read.
 fn string_at<'a>(message: &'a [u8], path: &[u32]) -> Option<&'a str> {
-    bytes_at(message, path).and_then(|bytes| std::str::from_utf8(bytes).ok())
+    bytes_at(message, path)
+        .ok()
+        .flatten()
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
 }
 
 /// The bytes at a path of field numbers through nested messages, read as protobuf reads a
 /// message: when a field appears twice the last value wins, and an embedded message that
 /// appears twice is the two merged (so a later one that leaves the field out keeps the earlier
-/// value). Reading the first value instead would let a request show criguard one container and
-/// the runtime another.
-fn bytes_at<'a>(message: &'a [u8], path: &[u32]) -> Option<&'a [u8]> {
-    let (&wanted, inner) = path.split_first()?;
+/// value). Unknown fields of every wire type, groups included, are skipped. Reading the first
+/// value instead, or stopping at a field it cannot read, would let a request show criguard one
+/// container and the runtime another; a message it cannot read whole is an error.
+fn bytes_at<'a>(message: &'a [u8], path: &[u32]) -> Result<Option<&'a [u8]>, DecodeError> {
+    let Some((&wanted, inner)) = path.split_first() else {
+        return Ok(None);
+    };
     let mut found = None;
-    for (field, value) in Fields::new(message).map_while(Result::ok) {
+    for field in Fields::new(message) {
+        let (field, value) = field?;
         match value {
             Value::Bytes(bytes) if field == wanted => {
                 if inner.is_empty() {
                     found = Some(bytes);
-                } else if let Some(value) = bytes_at(bytes, inner) {
+                } else if let Some(value) = bytes_at(bytes, inner)? {
                     found = Some(value);
                 }
             }
             _ => {}
         }
     }
-    found
+    Ok(found)
+}
+
+macro_rules! requests {
+    ($($method:ident => $request:ident),* $(,)?) => {
+        /// Decodes a `method` request with its generated type (prost, which reads the wire
+        /// format by the same rules as the runtimes' decoders): `Ok` when a protobuf decoder
+        /// reads the whole message. Methods our proto does not know are not judged here.
+        pub fn validate(method: Method, message: &[u8]) -> Result<(), prost::DecodeError> {
+            use prost::Message;
+            match method {
+                $(Method::$method => crate::cri::$request::decode(message).map(drop),)*
+                Method::Unknown => Ok(()),
+            }
+        }
+    };
+}
+
+requests! {
+    Version => VersionRequest, RunPodSandbox => RunPodSandboxRequest,
+    StopPodSandbox => StopPodSandboxRequest, RemovePodSandbox => RemovePodSandboxRequest,
+    PodSandboxStatus => PodSandboxStatusRequest, ListPodSandbox => ListPodSandboxRequest,
+    CreateContainer => CreateContainerRequest, StartContainer => StartContainerRequest,
+    StopContainer => StopContainerRequest, RemoveContainer => RemoveContainerRequest,
+    ListContainers => ListContainersRequest, ContainerStatus => ContainerStatusRequest,
+    UpdateContainerResources => UpdateContainerResourcesRequest,
+    ReopenContainerLog => ReopenContainerLogRequest, ExecSync => ExecSyncRequest,
+    Exec => ExecRequest, Attach => AttachRequest, PortForward => PortForwardRequest,
+    ContainerStats => ContainerStatsRequest, ListContainerStats => ListContainerStatsRequest,
+    PodSandboxStats => PodSandboxStatsRequest, ListPodSandboxStats => ListPodSandboxStatsRequest,
+    UpdateRuntimeConfig => UpdateRuntimeConfigRequest, Status => StatusRequest,
+    CheckpointContainer => CheckpointContainerRequest, GetContainerEvents => GetEventsRequest,
+    ListMetricDescriptors => ListMetricDescriptorsRequest,
+    ListPodSandboxMetrics => ListPodSandboxMetricsRequest, RuntimeConfig => RuntimeConfigRequest,
+    ListImages => ListImagesRequest, ImageStatus => ImageStatusRequest,
+    PullImage => PullImageRequest, RemoveImage => RemoveImageRequest,
+    ImageFsInfo => ImageFsInfoRequest,
 }
 
 #[cfg(test)]

@@ -12,18 +12,33 @@ pub enum Value<'a> {
     /// Length-delimited: a string, bytes, an embedded message or a packed list.
     Bytes(&'a [u8]),
     Fixed32(u32),
+    /// A group (proto2's wire types 3 and 4, unused by CRI): what lies between its start and
+    /// its end. Decoders skip an unknown one and read on; so does every reader here.
+    Group(&'a [u8]),
 }
+
+/// How deep groups may nest: prost's recursion limit. Deeper nesting is refused (Go's decoder
+/// would read on; criguard cannot be sure it reads as the runtime does, so it refuses).
+const MAX_GROUP_DEPTH: usize = 100;
 
 /// Why bytes are not a protobuf message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeError {
-    reason: &'static str,
+    reason: std::borrow::Cow<'static, str>,
     field: u32,
 }
 
 impl DecodeError {
     fn new(reason: &'static str, field: u32) -> DecodeError {
-        DecodeError { reason, field }
+        DecodeError {
+            reason: reason.into(),
+            field,
+        }
+    }
+
+    /// String field `field` holds bytes that are not UTF-8, which protobuf decoders refuse.
+    pub fn not_utf8(field: u32) -> DecodeError {
+        DecodeError::new("a string that is not UTF-8", field)
     }
 
     /// Field `field` holds bytes that are not the message it should be.
@@ -32,10 +47,20 @@ impl DecodeError {
     }
 }
 
+/// What a protobuf decoder (prost) found wrong with the whole message.
+impl From<prost::DecodeError> for DecodeError {
+    fn from(err: prost::DecodeError) -> DecodeError {
+        DecodeError {
+            reason: err.to_string().into(),
+            field: 0,
+        }
+    }
+}
+
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.field {
-            0 => f.write_str(self.reason),
+            0 => f.write_str(&self.reason),
             field => write!(f, "field {field}: {}", self.reason),
         }
     }
@@ -101,10 +126,64 @@ impl<'a> Fields<'a> {
                 self.rest = rest;
                 Value::Fixed32(u32::from_le_bytes(*value))
             }
-            // Groups (3, 4) are proto2's and unused by CRI; 6 and 7 do not exist.
+            3 => {
+                let start = self.rest;
+                let end = skip_group(&mut self.rest, field, 1)?;
+                Value::Group(&start[..end])
+            }
+            4 => {
+                return Err(DecodeError::new(
+                    "end of a group that was not started",
+                    field,
+                ));
+            }
+            // 6 and 7 do not exist.
             _ => return Err(DecodeError::new("unsupported wire type", field)),
         };
         Ok((field, value))
+    }
+}
+
+/// Skips the rest of group `field` (its start already read), nested groups included, as
+/// protobuf decoders skip an unknown group; returns the length of its content.
+fn skip_group(rest: &mut &[u8], field: u32, depth: usize) -> Result<usize, DecodeError> {
+    if depth > MAX_GROUP_DEPTH {
+        return Err(DecodeError::new("groups nested too deep", field));
+    }
+    let start = *rest;
+    loop {
+        let before = rest.len();
+        let key = varint(rest).ok_or(DecodeError::new("truncated group", field))?;
+        let inner = u32::try_from(key >> 3)
+            .ok()
+            .filter(|&f| f != 0 && f < 1 << 29)
+            .ok_or(DecodeError::new("invalid field number", field))?;
+        let truncated = DecodeError::new("truncated value", inner);
+        match key & 7 {
+            0 => {
+                varint(rest).ok_or(truncated)?;
+            }
+            1 => *rest = rest.get(8..).ok_or(truncated)?,
+            2 => {
+                let len = varint(rest)
+                    .and_then(|len| usize::try_from(len).ok())
+                    .filter(|&len| len <= rest.len())
+                    .ok_or(truncated)?;
+                *rest = &rest[len..];
+            }
+            3 => {
+                skip_group(rest, inner, depth + 1)?;
+            }
+            4 if inner == field => return Ok(start.len() - before),
+            4 => {
+                return Err(DecodeError::new(
+                    "group ends with another field's end",
+                    field,
+                ));
+            }
+            5 => *rest = rest.get(4..).ok_or(truncated)?,
+            _ => return Err(DecodeError::new("unsupported wire type", inner)),
+        }
     }
 }
 
@@ -181,7 +260,9 @@ mod tests {
             &b"\x0a\x05hi"[..],                                  // longer than the message
             b"\x08",                                             // value missing
             b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", // varint over 10 bytes
-            b"\x0b\x0c",                                         // a group
+            b"\x0b\x14",                                         // a group ended by another
+            b"\x0b\x08\x01",                                     // a group never ended
+            b"\x0c",                                             // an end without a start
             b"\x0f",                                             // wire type 7
             b"\x00\x01",                                         // field 0
             b"\x09\x01\x02",                                     // fixed64 cut short
@@ -193,5 +274,26 @@ mod tests {
             );
         }
         assert_eq!(Fields::new(b"").count(), 0);
+    }
+
+    #[test]
+    fn unknown_groups_are_skipped_nested_and_all() {
+        let message = [
+            0x0a, 0x01, b'a', // 1: "a"
+            0x9b, 0x01, // 19: start group
+            0x08, 0x01, // 1: varint inside the group
+            0xa3, 0x01, 0x0a, 0x00, 0xa4, 0x01, // 20: a nested group with a string
+            0x9c, 0x01, // 19: end group
+            0x0a, 0x01, b'b', // 1: "b"
+        ];
+        let fields: Vec<_> = Fields::new(&message).collect::<Result<_, _>>().unwrap();
+        assert_eq!(fields.len(), 3);
+        assert_eq!(fields[0], (1, Value::Bytes(b"a")));
+        assert!(matches!(fields[1], (19, Value::Group(_))));
+        assert_eq!(fields[2], (1, Value::Bytes(b"b")));
+        let deep: Vec<u8> = [vec![0x0b; 101], vec![0x0c; 101]].concat();
+        assert!(Fields::new(&deep).any(|f| f.is_err()), "over 100 deep");
+        let fine: Vec<u8> = [vec![0x0b; 100], vec![0x0c; 100]].concat();
+        assert!(Fields::new(&fine).all(|f| f.is_ok()));
     }
 }
