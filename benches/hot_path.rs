@@ -111,7 +111,7 @@ fn policies(c: &mut Criterion) {
         "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: cel}\nspec:\n  mode: enforce\n  match: {methods: [CreateContainer]}\n  rules:\n    - name: no-latest\n      cel: \"!container.image.endsWith(':latest')\"\n      message: no latest\n    - name: team-label\n      cel: \"'app' in pod.labels\"\n      message: pods need an app label\n",
     )
     .unwrap();
-    let set = criguard::policy::file::load_dir(dir.path(), &[]).unwrap();
+    let set = criguard::policy::file::load_dir(dir.path(), &Default::default()).unwrap();
     let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
     let bytes = criguard::fake::samples::create_container_request().encode_to_vec();
     let evaluate = || {
@@ -136,7 +136,7 @@ fn policies(c: &mut Criterion) {
     );
     // pss-restricted alone: what the load generator's `policies` scenario enforces.
     std::fs::remove_file(dir.path().join("cel.yaml")).unwrap();
-    let set = criguard::policy::file::load_dir(dir.path(), &[]).unwrap();
+    let set = criguard::policy::file::load_dir(dir.path(), &Default::default()).unwrap();
     let call = criguard::policy::Call {
         rpc: &rpc,
         caller: None,

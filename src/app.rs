@@ -138,7 +138,7 @@ impl Proxy {
         let mut policies = config
             .policies
             .as_deref()
-            .map(|dir| PolicyStore::load(dir, &config.policy_exempt_namespaces))
+            .map(|dir| PolicyStore::load(dir, &config.policy_settings))
             .transpose()?;
         // The pods of calls that name only a container or sandbox id, for audit and policies.
         let inventory = (config.audit.is_some() || policies.is_some())

@@ -52,6 +52,7 @@ pub struct FileConfig {
     pub limits: Option<Vec<FileLimit>>,
     pub policies: Option<PathBuf>,
     pub policy_exemptions: Option<PolicyExemptions>,
+    pub kubelet_root_dir: Option<PathBuf>,
 }
 
 /// `policyExemptions`: what no policy applies to.
@@ -135,8 +136,8 @@ pub struct Config {
     pub audit: Option<crate::audit::AuditConfig>,
     /// The policy directory; `None`: no policies.
     pub policies: Option<PathBuf>,
-    /// Pod namespaces no policy applies to.
-    pub policy_exempt_namespaces: Vec<String>,
+    /// What the policies need to know of the node: exempt namespaces, the kubelet's root dir.
+    pub policy_settings: crate::policy::PolicySettings,
 }
 
 /// A configuration problem, naming the key (and the file) it comes from.
@@ -304,7 +305,19 @@ impl Config {
                 }
                 dir => dir,
             },
-            policy_exempt_namespaces: file.policy_exemptions.unwrap_or_default().namespaces,
+            policy_settings: crate::policy::PolicySettings {
+                exempt_namespaces: file.policy_exemptions.unwrap_or_default().namespaces,
+                kubelet_root_dir: match file.kubelet_root_dir {
+                    None => crate::policy::DEFAULT_KUBELET_ROOT_DIR.into(),
+                    Some(dir) if dir.is_absolute() => dir.display().to_string(),
+                    Some(dir) => {
+                        return Err(error(
+                            "kubeletRootDir",
+                            format!("{} is not an absolute path", dir.display()),
+                        ));
+                    }
+                },
+            },
         })
     }
 }

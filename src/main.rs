@@ -61,7 +61,7 @@ async fn run(cli: Cli) -> ExitCode {
                     .policies
                     .as_deref()
                     .unwrap_or(std::path::Path::new("."));
-                match criguard::policy::file::load_dir(dir, &checked.policy_exempt_namespaces) {
+                match criguard::policy::file::load_dir(dir, &checked.policy_settings) {
                     Ok(set) => {
                         println!(
                             "{}: OK ({} policies in {})",
@@ -159,7 +159,10 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             method,
             request,
         } => {
-            let set = match criguard::policy::file::load_dir(&policies, &[]) {
+            let set = match criguard::policy::file::load_dir(
+                &policies,
+                &criguard::policy::PolicySettings::default(),
+            ) {
                 Ok(set) => set,
                 Err(err) => {
                     eprintln!("criguard: invalid policy: {err}");

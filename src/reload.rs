@@ -104,7 +104,7 @@ impl Reloader {
         // The policies are the last thing that can fail: once they are in, the rest follows.
         let policies_reloaded = match &self.handles.policies {
             Some(store) if new.policies.as_deref() == Some(store.dir()) => {
-                store.reload_with(&new.policy_exempt_namespaces)?;
+                store.reload_with(&new.policy_settings)?;
                 true
             }
             _ => false,
@@ -147,11 +147,9 @@ impl Reloader {
             old.rules = new.rules.clone();
             changed.push("audit.rules");
         }
-        if running.policy_exempt_namespaces != new.policy_exempt_namespaces
-            && self.handles.policies.is_some()
-        {
-            running.policy_exempt_namespaces = new.policy_exempt_namespaces.clone();
-            changed.push("policyExemptions");
+        if running.policy_settings != new.policy_settings && self.handles.policies.is_some() {
+            running.policy_settings = new.policy_settings.clone();
+            changed.push("policyExemptions/kubeletRootDir");
         }
         if running.log_level != new.log_level
             && let Some(log) = &self.handles.log

@@ -276,10 +276,53 @@ async fn the_audit_trail_records_which_policy_denied() {
     );
 }
 
+/// The whole shipped set loaded (policies evaluated in file order, `cel-examples`, in audit
+/// mode, before `pss-baseline`): the audit trail records the enforced refusal as the decision,
+/// and the audit-mode findings beside it.
+#[tokio::test]
+async fn with_every_shipped_policy_the_audit_trail_records_the_refusal() {
+    let sockets = Sockets::new();
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir("policies").unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && !name.ends_with(".tests.yaml") {
+            std::fs::copy(&path, dir.join(name)).unwrap();
+        }
+    }
+    let log = sockets.dir.path().join("audit.log");
+    let extra = format!("audit:\n  path: {}\n", log.display());
+    let (_runtime, criguard) = start(&sockets, &dir, &extra).await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let (code, message) = create(&mut client, &privileged_container()).await;
+    assert_eq!(code, Some(7), "{message}");
+    criguard.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let event: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(event["code"], "PermissionDenied");
+    assert_eq!(event["decision"]["result"], "denied", "{event}");
+    let by = event["decision"]["by"].as_str().unwrap();
+    assert!(by.ends_with("(enforce)"), "{event}");
+    assert_eq!(
+        event["decision"]["reason"].as_str().unwrap(),
+        message.trim_start_matches("criguard: "),
+        "the refusal the caller got"
+    );
+    let findings = event["decision"]["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .starts_with("policy cel-examples (audit)")),
+        "{event}"
+    );
+}
+
 #[test]
 fn random_bytes_as_create_container_and_run_pod_sandbox_never_panic() {
     // A fuzz-style run through decoding and every shipped policy: each input is answered.
-    let set = criguard::policy::file::load_dir(Path::new("policies"), &[]).unwrap();
+    let set = criguard::policy::file::load_dir(Path::new("policies"), &Default::default()).unwrap();
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut next = || {
         seed ^= seed << 13;

@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 
 static POLICIES: LazyLock<PolicySet> = LazyLock::new(|| {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    criguard::policy::file::load_dir(&dir, &[]).expect("the shipped policies load")
+    criguard::policy::file::load_dir(&dir, &Default::default()).expect("the shipped policies load")
 });
 
 const METHODS: [&str; 4] = ["RunPodSandbox", "CreateContainer", "PullImage", "ExecSync"];

@@ -23,7 +23,7 @@ use prost_reflect::{DynamicMessage, ReflectMessage};
 use serde::Deserialize;
 
 use super::file::{PolicyError, policy_files, read_policy};
-use super::{Call, Evaluation, PolicySet};
+use super::{Call, Evaluation, PolicySet, PolicySettings};
 use crate::audit::event::message_type;
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
@@ -204,7 +204,7 @@ pub fn test_dir(dir: &Path) -> Result<Report, PolicyError> {
             ));
             continue;
         }
-        let set = PolicySet::new(vec![policy], Vec::new());
+        let set = PolicySet::new(vec![policy], &PolicySettings::default());
         let text = std::fs::read_to_string(&cases_file).map_err(|e| PolicyError {
             file: cases_file.clone(),
             key: "(file)".into(),

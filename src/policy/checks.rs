@@ -34,9 +34,19 @@ pub struct Target<'a> {
     pub runtime_image_names: Option<&'a [String]>,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
     pub creates_sandbox: bool,
+    /// `<kubelet root dir>/pods/`: where the kubelet keeps the volumes it mounts.
+    pub kubelet_pods_dir: &'a str,
 }
 
 impl<'a> Target<'a> {
+    /// `<kubelet root dir>/pods/`, the default root's when none was set.
+    fn kubelet_pods_dir(&self) -> &'a str {
+        match self.kubelet_pods_dir {
+            "" => "/var/lib/kubelet/pods/",
+            dir => dir,
+        }
+    }
+
     fn container_security(&self) -> Option<&'a ContainerSecurityView<'a>> {
         self.container?.linux.as_ref()?.security_context.as_ref()
     }
@@ -88,9 +98,6 @@ const SELINUX_TYPES: [&str; 5] = [
     "container_kvm_t",
     "container_engine_t",
 ];
-
-/// Where the kubelet keeps pod volumes: mounts from there are not real host paths.
-pub const KUBELET_POD_DIRS: [&str; 1] = ["/var/lib/kubelet/pods/"];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,7 +327,7 @@ impl Check {
                     let path = resolve_dots(&given);
                     let path = path.as_ref();
                     let allowed = path.is_empty()
-                        || KUBELET_POD_DIRS.iter().any(|d| path.starts_with(d))
+                        || path.starts_with(target.kubelet_pods_dir())
                         || params.allowed_prefixes.iter().any(|p| under(path, p));
                     (!allowed).then(|| format!("mounts host path {given} (mounts.host_path)"))
                 })

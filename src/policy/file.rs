@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer};
 
 use super::checks::{Check, HostPathParams, HostPortParams, ImageParams, LevelParams, NoParams};
-use super::{Policy, PolicySet, Rule, RuleKind};
+use super::{Policy, PolicySet, PolicySettings, Rule, RuleKind};
 use crate::proxy::rpc::MethodSet;
 
 pub const API_VERSION: &str = "criguard.dev/v1alpha1";
@@ -327,7 +327,7 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
 }
 
 /// Reads, validates and compiles every policy in `dir`.
-pub fn load_dir(dir: &Path, exempt_namespaces: &[String]) -> Result<PolicySet, PolicyError> {
+pub fn load_dir(dir: &Path, settings: &PolicySettings) -> Result<PolicySet, PolicyError> {
     let mut policies: Vec<Policy> = Vec::new();
     for file in policy_files(dir)? {
         let policy = read_policy(&file)?;
@@ -344,5 +344,5 @@ pub fn load_dir(dir: &Path, exempt_namespaces: &[String]) -> Result<PolicySet, P
         }
         policies.push(policy);
     }
-    Ok(PolicySet::new(policies, exempt_namespaces.to_vec()))
+    Ok(PolicySet::new(policies, settings))
 }

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::Either;
 
 use super::file::Mode;
-use super::{Call, Evaluation, Outcome, PolicySet, read_subject};
+use super::{Call, Evaluation, Finding, Outcome, PolicySet, read_subject};
 use crate::inventory::Inventory;
 use crate::proxy::body::{RequestMessage, RequestMessageSlot};
 use crate::proxy::decision::{Decision, DecisionSlot};
@@ -179,18 +179,37 @@ fn record(evaluation: &Evaluation, set: &PolicySet, rpc: &Rpc, slot: Option<&Dec
             {
                 tracing::warn!(method = rpc.method_name(), policy = %finding.policy, rule = %finding.rule, mode = finding.mode.as_str(), "{text}");
             }
-            if let Some(slot) = slot {
-                let by = format!("policy {} ({})", finding.policy, finding.mode.as_str());
-                slot.set(if finding.refuses() {
-                    Decision::denied(by, text)
-                } else {
-                    Decision {
-                        result: "allowed",
-                        by: Some(by),
-                        reason: Some(text),
-                    }
-                });
-            }
         }
     }
+    if let Some(slot) = slot
+        && let Some(decision) = decision(evaluation)
+    {
+        slot.set(decision);
+    }
+}
+
+/// The decision the audit trail records: the refusal when a finding refuses the call, whatever
+/// order the policies were evaluated in; else the first finding of a policy in audit or warn
+/// mode. The other findings are listed beside it. `None` when nothing was found.
+fn decision(evaluation: &Evaluation) -> Option<Decision> {
+    let chosen = evaluation
+        .refusal()
+        .or_else(|| evaluation.findings.first())?;
+    let by = |f: &Finding| format!("policy {} ({})", f.policy, f.mode.as_str());
+    let findings = evaluation
+        .findings
+        .iter()
+        .filter(|f| !std::ptr::eq(*f, chosen))
+        .map(|f| format!("{}: {}", by(f), f.describe()))
+        .collect();
+    Some(Decision {
+        result: if chosen.refuses() {
+            "denied"
+        } else {
+            "allowed"
+        },
+        by: Some(by(chosen)),
+        reason: Some(chosen.describe()),
+        findings,
+    })
 }

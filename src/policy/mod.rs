@@ -76,11 +76,35 @@ pub enum RuleKind {
     Cel(CelExpr),
 }
 
-/// Every policy in force, and the namespaces exempted by configuration.
+/// The kubelet's `--root-dir` unless configured otherwise (`kubeletRootDir`).
+pub const DEFAULT_KUBELET_ROOT_DIR: &str = "/var/lib/kubelet";
+
+/// What the policies need to know of the node, from criguard's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// Pod namespaces (globs) no policy applies to (`policyExemptions.namespaces`).
+    pub exempt_namespaces: Vec<String>,
+    /// The kubelet's root directory (`kubeletRootDir`): the volumes, `/etc/hosts` and
+    /// termination logs it mounts into containers live under `<root>/pods/`.
+    pub kubelet_root_dir: String,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            exempt_namespaces: Vec::new(),
+            kubelet_root_dir: DEFAULT_KUBELET_ROOT_DIR.into(),
+        }
+    }
+}
+
+/// Every policy in force, and the settings they are judged with.
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
     pub policies: Vec<Policy>,
     exempt_namespaces: Vec<String>,
+    /// `<kubelet root dir>/pods/`: mounts from below it are the kubelet's own, not host paths.
+    kubelet_pods_dir: String,
     /// What the CEL rules read (the rest of their variables is not built).
     cel_needs: self::cel::Needs,
     /// Whether a policy selects pods by label or a CEL rule reads `pod`: only then are the
@@ -259,12 +283,13 @@ impl<'a> Decoded<'a> {
             runtime_image: spec.map(|s| s.image),
             runtime_image_names: None,
             creates_sandbox: self.run.is_some(),
+            kubelet_pods_dir: "",
         }
     }
 }
 
 impl PolicySet {
-    pub fn new(policies: Vec<Policy>, exempt_namespaces: Vec<String>) -> PolicySet {
+    pub fn new(policies: Vec<Policy>, settings: &PolicySettings) -> PolicySet {
         let cel_needs = self::cel::Needs::of(policies.iter().flat_map(|p| &p.rules).filter_map(
             |r| match &r.kind {
                 RuleKind::Cel(expr) => Some(expr),
@@ -276,7 +301,8 @@ impl PolicySet {
             || policies.iter().any(|p| !p.matching.labels.is_empty());
         PolicySet {
             policies,
-            exempt_namespaces,
+            exempt_namespaces: settings.exempt_namespaces.clone(),
+            kubelet_pods_dir: format!("{}/pods/", settings.kubelet_root_dir.trim_end_matches('/')),
             cel_needs,
             needs_pod_labels,
         }
@@ -392,6 +418,7 @@ impl PolicySet {
         }
         let labels = decoded.labels.as_ref().map(|p| &p.labels);
         let mut target = decoded.target();
+        target.kubelet_pods_dir = &self.kubelet_pods_dir;
         // An image run by id beside the name the user gave: the names the runtime gives the id.
         let image_names = target
             .runtime_image
@@ -526,7 +553,7 @@ mod tests {
             "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: web}\nspec:\n  mode: enforce\n  match: {labels: {tier: web}}\n  rules:\n    - {name: nothing, deny: {}}\n",
         )
         .unwrap();
-        let set = file::load_dir(dir.path(), &[]).unwrap();
+        let set = file::load_dir(dir.path(), &PolicySettings::default()).unwrap();
         assert!(set.needs_pod_labels);
         let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
         let mut request = crate::fake::samples::create_container_request();
@@ -551,14 +578,15 @@ mod tests {
         assert!(verdict(&request), "tier=web: selected and denied");
 
         // The shipped PSS policies select no labels and use no CEL: labels are not decoded.
-        let shipped = file::load_dir(std::path::Path::new("policies"), &[]).unwrap();
+        let shipped =
+            file::load_dir(std::path::Path::new("policies"), &PolicySettings::default()).unwrap();
         let pss = PolicySet::new(
             shipped
                 .policies
                 .into_iter()
                 .filter(|p| p.name.starts_with("pss-"))
                 .collect(),
-            Vec::new(),
+            &PolicySettings::default(),
         );
         assert!(!pss.needs_pod_labels);
     }

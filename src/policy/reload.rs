@@ -12,8 +12,8 @@ use arc_swap::ArcSwap;
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 
-use super::PolicySet;
 use super::file::{PolicyError, load_dir};
+use super::{PolicySet, PolicySettings};
 use crate::inventory::Inventory;
 use crate::telemetry::metrics::POLICY_RELOAD_TOTAL;
 
@@ -25,7 +25,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub struct PolicyStore {
     dir: PathBuf,
     /// Changed by a configuration reload, together with the set.
-    exempt_namespaces: Arc<ArcSwap<Vec<String>>>,
+    settings: Arc<ArcSwap<PolicySettings>>,
     current: Arc<ArcSwap<PolicySet>>,
     /// The inventory, told whether the policies in force need it, and whether something else
     /// (the audit trail) always does.
@@ -34,8 +34,8 @@ pub struct PolicyStore {
 
 impl PolicyStore {
     /// Loads `dir`; an error names the file, key and line.
-    pub fn load(dir: &Path, exempt_namespaces: &[String]) -> Result<PolicyStore, PolicyError> {
-        let set = load_dir(dir, exempt_namespaces)?;
+    pub fn load(dir: &Path, settings: &PolicySettings) -> Result<PolicyStore, PolicyError> {
+        let set = load_dir(dir, settings)?;
         tracing::info!(dir = %dir.display(), policies = ?set.policies.iter().map(|p| &p.name).collect::<Vec<_>>(), "policies loaded");
         // Both series from the start, so that the first failure is an increase.
         for result in ["success", "failure"] {
@@ -43,7 +43,7 @@ impl PolicyStore {
         }
         Ok(PolicyStore {
             dir: dir.to_path_buf(),
-            exempt_namespaces: Arc::new(ArcSwap::from_pointee(exempt_namespaces.to_vec())),
+            settings: Arc::new(ArcSwap::from_pointee(settings.clone())),
             current: Arc::new(ArcSwap::from_pointee(set)),
             inventory: None,
         })
@@ -73,16 +73,15 @@ impl PolicyStore {
 
     /// Loads the directory again and swaps the new set in; on error the old set stays.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        self.reload_with(&self.exempt_namespaces.load())
+        self.reload_with(&self.settings.load())
     }
 
-    /// [`PolicyStore::reload`] with other exempt namespaces, which stay only if it succeeds.
-    pub fn reload_with(&self, exempt_namespaces: &[String]) -> Result<(), PolicyError> {
-        match load_dir(&self.dir, exempt_namespaces) {
+    /// [`PolicyStore::reload`] with other settings, which stay only if it succeeds.
+    pub fn reload_with(&self, settings: &PolicySettings) -> Result<(), PolicyError> {
+        match load_dir(&self.dir, settings) {
             Ok(set) => {
                 let names: Vec<Arc<str>> = set.policies.iter().map(|p| p.name.clone()).collect();
-                self.exempt_namespaces
-                    .store(Arc::new(exempt_namespaces.to_vec()));
+                self.settings.store(Arc::new(settings.clone()));
                 self.current.store(Arc::new(set));
                 self.tell_inventory();
                 metrics::counter!(POLICY_RELOAD_TOTAL, "result" => "success").increment(1);
@@ -141,7 +140,7 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             std::fs::copy(Path::new("policies").join(file), dir.path().join(file)).unwrap();
-            let mut store = PolicyStore::load(dir.path(), &[]).unwrap();
+            let mut store = PolicyStore::load(dir.path(), &PolicySettings::default()).unwrap();
             let inventory = Inventory::new();
             store.keep_inventory(inventory.clone(), false);
             assert_eq!(inventory.needed(), needs, "{file}");

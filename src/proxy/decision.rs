@@ -16,6 +16,9 @@ pub struct Decision {
     pub by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What other policies in audit or warn mode found about the call, beside the decision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<String>,
 }
 
 impl Decision {
@@ -24,6 +27,7 @@ impl Decision {
             result: "allowed",
             by: None,
             reason: None,
+            findings: Vec::new(),
         }
     }
 
@@ -32,6 +36,7 @@ impl Decision {
             result: "denied",
             by: Some(by),
             reason: Some(reason),
+            findings: Vec::new(),
         }
     }
 
@@ -40,6 +45,7 @@ impl Decision {
             result: "throttled",
             by: Some(by),
             reason: Some(reason),
+            findings: Vec::new(),
         }
     }
 }
