@@ -6,6 +6,8 @@
 //! the built-in checks, `cel.rs` for CEL rules, `layer.rs` for the layer and `reload.rs` for
 //! reloading.
 
+#[doc(hidden)]
+pub mod agreement;
 pub mod cases;
 pub mod cel;
 pub mod checks;

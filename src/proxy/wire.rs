@@ -97,6 +97,11 @@ impl<'a> Fields<'a> {
         Fields { rest: message }
     }
 
+    /// How many bytes are still to be read.
+    pub fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     #[inline]
     fn next_field(&mut self) -> Result<(u32, Value<'a>), DecodeError> {
         let key = varint(&mut self.rest).ok_or(DecodeError::new("truncated field key", 0))?;
