@@ -112,12 +112,27 @@ pub async fn serve<S, B>(
     connections.close();
     tracing::info!(connections = connections.len(), grace = ?grace, "stopped accepting; draining");
     drain.cancel();
-    tokio::select! {
-        _ = connections.wait() => tracing::info!("all calls finished"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(
-            connections = connections.len(),
-            "grace period over; cutting the remaining calls"
-        ),
+    let mut over = std::pin::pin!(tokio::time::sleep(grace));
+    loop {
+        tokio::select! {
+            _ = connections.wait() => {
+                tracing::info!("all calls finished");
+                break;
+            }
+            _ = &mut over => {
+                tracing::warn!(
+                    connections = connections.len(),
+                    "grace period over; cutting the remaining calls"
+                );
+                break;
+            }
+            // A drain may take longer than the watchdog's interval.
+            _ = tick(&mut ping) => {
+                if let Some(watchdog) = &watchdog {
+                    (watchdog.ping)();
+                }
+            }
+        }
     }
 }
 
