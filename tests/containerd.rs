@@ -1188,6 +1188,29 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     let disguised = with_image(&container, &image_id, "docker.io/library/nginx:1.27");
     let why = "is not docker.io/library/nginx:1.27";
     assert_create_denied(&mut c, &sandbox, disguised, &compliant, why).await;
+    // Docker Hub under its legacy name: containerd runs index.docker.io/library/busybox:1.36
+    // as docker.io/library/busybox:1.36; criguard reads it so too, and the allowlist of
+    // docker.io/library admits it. Under another repository it is refused.
+    let legacy = with_image(&container, "index.docker.io/library/busybox:1.36", "");
+    let legacy =
+        c.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(legacy),
+            sandbox_config: Some(compliant.clone()),
+        })
+        .await
+        .expect("index.docker.io/library/busybox is docker.io/library/busybox")
+        .into_inner()
+        .container_id;
+    direct
+        .rt
+        .remove_container(RemoveContainerRequest {
+            container_id: legacy,
+        })
+        .await
+        .unwrap();
+    let foreign = with_image(&container, "index.docker.io/evil/app:1", "");
+    assert_create_denied(&mut c, &sandbox, foreign, &compliant, "docker.io/evil/app").await;
     let id =
         c.rt.create_container(CreateContainerRequest {
             pod_sandbox_id: sandbox.clone(),
