@@ -293,13 +293,7 @@ impl Proxy {
             serving.push((bound.listener, access));
         }
         let notifier = Notifier::from_env();
-        notifier.ready();
-        let stopping = notifier.clone();
-        let signalled = shutdown.clone();
-        tokio::spawn(async move {
-            signalled.cancelled().await;
-            stopping.stopping();
-        });
+        notifier.serving_until(shutdown.clone());
         let watchdog = notifier.watchdog();
         server::serve(
             serving,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
 
 /// Where criguard's state goes: systemd's notify socket, if it gave one.
 #[derive(Clone)]
@@ -24,14 +25,14 @@ impl Notifier {
         Notifier { watchdog }
     }
 
-    /// The sockets are bound and calls are served from now on.
-    pub fn ready(&self) {
+    /// Says READY=1 (the sockets are bound, calls are served from now on), then STOPPING=1
+    /// when `shutdown` fires and the calls in flight are drained.
+    pub fn serving_until(&self, shutdown: CancellationToken) {
         send(&[NotifyState::Ready, NotifyState::Status("serving")]);
-    }
-
-    /// A shutdown started: calls in flight are drained.
-    pub fn stopping(&self) {
-        send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            send(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+        });
     }
 
     /// The watchdog the serving loop must feed, if systemd asked for one.

@@ -83,12 +83,7 @@ pub async fn serve<S, B>(
         let (index, stream) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = tick(&mut ping) => {
-                if let Some(watchdog) = &watchdog {
-                    (watchdog.ping)();
-                }
-                continue;
-            }
+            _ = feed(&mut ping, watchdog.as_ref()) => continue,
             accepted = accepting.next() => match accepted {
                 Some((index, Ok(stream))) => (index, stream),
                 Some((_, Err(err))) => {
@@ -127,22 +122,19 @@ pub async fn serve<S, B>(
                 break;
             }
             // A drain may take longer than the watchdog's interval.
-            _ = tick(&mut ping) => {
-                if let Some(watchdog) = &watchdog {
-                    (watchdog.ping)();
-                }
-            }
+            _ = feed(&mut ping, watchdog.as_ref()) => {}
         }
     }
 }
 
-/// The next watchdog tick, or never without a watchdog.
-async fn tick(ping: &mut Option<tokio::time::Interval>) {
-    match ping {
-        Some(interval) => {
+/// Waits for the next watchdog tick and pings; never ends without a watchdog.
+async fn feed(ping: &mut Option<tokio::time::Interval>, watchdog: Option<&Watchdog>) {
+    match (ping, watchdog) {
+        (Some(interval), Some(watchdog)) => {
             interval.tick().await;
+            (watchdog.ping)();
         }
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
     }
 }
 
