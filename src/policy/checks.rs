@@ -327,7 +327,10 @@ impl Check {
                     let path = resolve_dots(&given);
                     let path = path.as_ref();
                     let allowed = path.is_empty()
-                        || path.starts_with(target.kubelet_pods_dir())
+                        // Below it, not the directory itself: that holds every pod's volumes.
+                        || path
+                            .strip_prefix(target.kubelet_pods_dir())
+                            .is_some_and(|rest| !rest.trim_matches('/').is_empty())
                         || params.allowed_prefixes.iter().any(|p| under(path, p));
                     (!allowed).then(|| format!("mounts host path {given} (mounts.host_path)"))
                 })
@@ -894,6 +897,53 @@ mod tests {
                 .unwrap()
                 .contains("/proc")
         );
+    }
+
+    #[test]
+    fn host_paths_in_every_spelling_the_runtime_takes() {
+        let check = Check::HostPaths(HostPathParams::default());
+        let judge = |path: &'static [u8], pods: &'static str| {
+            let mut config = container(restricted());
+            config.mounts = vec![MountView {
+                host_path: path,
+                container_path: b"/data",
+            }];
+            let target = Target {
+                container: Some(&config),
+                kubelet_pods_dir: pods,
+                ..Target::default()
+            };
+            check.violation(&target).is_none()
+        };
+        let default = "/var/lib/kubelet/pods/";
+        for (path, allowed) in [
+            (&b"/var/lib/kubelet/pods/u/volumes/v"[..], true),
+            (b"//var/lib/kubelet//pods/u/etc-hosts", true),
+            (b"/var/lib/kubelet/pods/./u/x/", true),
+            (b"/", false),
+            (b"//", false),
+            (b"/./", false),
+            (b"/etc/", false),
+            (b"/var/lib/kubelet/pods", false), // every pod's volumes
+            (b"/var/lib/kubelet/pods/", false),
+            (b"/var/lib/kubelet/pods/..", false),
+            (b"/var/lib/kubelet/podsx/u", false),
+            (b"var/lib/kubelet/pods/u", false), // relative: to the runtime's working directory
+            (b"etc", false),
+            (b"./etc", false),
+        ] {
+            let shown = String::from_utf8_lossy(path);
+            assert_eq!(judge(path, default), allowed, "{shown}");
+        }
+        // Another root directory, configured with or without its trailing slash.
+        assert!(judge(
+            b"/var/lib/k0s/kubelet/pods/u/v",
+            "/var/lib/k0s/kubelet/pods/"
+        ));
+        assert!(!judge(
+            b"/var/lib/kubelet/pods/u/v",
+            "/var/lib/k0s/kubelet/pods/"
+        ));
     }
 
     #[test]
