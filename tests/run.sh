@@ -46,6 +46,9 @@ step "real client stacks: grpc-go (Debian) and grpc C-core (Debian's and PyPI's 
 tests/clients/install.sh
 cargo test --locked --test clients -- --ignored --skip containerd_
 
+step "fuzz/: the differential fuzz target still builds (cargo fuzz runs it: README)"
+CARGO_TARGET_DIR=target/fuzz-check cargo check --quiet --manifest-path fuzz/Cargo.toml
+
 step "policies/: every shipped policy against its test cases"
 cargo run --locked --quiet -- policy test policies
 

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use criguard::policy::PolicySet;
 use criguard::policy::agreement::{check, mutate};
-use criguard::policy::cases::{evaluate, rpc_of};
+use criguard::policy::cases::{Known, evaluate, rpc_of};
 use libfuzzer_sys::fuzz_target;
 
 static POLICIES: LazyLock<PolicySet> = LazyLock::new(|| {
@@ -65,5 +65,5 @@ fuzz_target!(|data: &[u8]| {
         panic!("{method}: {difference}");
     }
     let body = bytes::Bytes::from(body);
-    let _ = evaluate(&POLICIES, &rpc, &body, None, None);
+    let _ = evaluate(&POLICIES, &rpc, &body, None, Known::default());
 });
