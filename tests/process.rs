@@ -415,8 +415,8 @@ async fn systemd_hears_ready_after_bind_then_watchdog_pings_then_stopping() {
         assert_eq!(received(&mut buf), "WATCHDOG=1\n");
         pings += 1;
     }
-    // Every 100 ms (half of 200 ms): about ten in a second.
-    assert!((6..=14).contains(&pings), "{pings} pings in a second");
+    // Every 100 ms (half of 200 ms): about ten in a second, fewer on a busy machine.
+    assert!((3..=14).contains(&pings), "{pings} pings in a second");
     signal(&criguard.0, "TERM");
     let mut rest = Vec::new();
     while let Ok(n) = notify.recv(&mut buf) {
