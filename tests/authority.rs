@@ -338,6 +338,24 @@ async fn broken_hpack_closes_only_its_connection() {
             .expect("the connection ends");
         assert!(matches!(ended, Ended::ConnectionClosed(_)), "{ended:?}");
     }
+    // A dynamic table larger than the 4096 bytes criguard allows: a COMPRESSION_ERROR too,
+    // on a rewritten connection (criguard's decoder) as on one that is not (h2's).
+    for authority in [&b"/run/x.sock"[..], b"localhost"] {
+        let mut client = RawH2::connect(&sockets.criguard()).await;
+        let ended = client.call(Some(authority), &[], Shape::default()).await;
+        assert_eq!(ended, Ended::Status("0".into()));
+        let huge = Shape {
+            table_size: Some(1 << 16),
+            ..Shape::default()
+        };
+        let ended = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.call(Some(authority), &[], huge),
+        )
+        .await
+        .expect("the connection ends");
+        assert!(matches!(ended, Ended::ConnectionClosed(_)), "{ended:?}");
+    }
     let mut client = RawH2::connect(&sockets.criguard()).await;
     let ended = client
         .call(Some(b"/run/x.sock"), &[], Shape::default())
