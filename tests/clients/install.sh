@@ -22,13 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ ! -x "$out/cri-go-client" ] || [ tests/clients/go/main.go -nt "$out/cri-go-client" ]; then
-  GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS='' go build -o "$out/cri-go-client" tests/clients/go/main.go
+  GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS='' GOCACHE="$PWD/$out/go-cache" \
+    go build -o "$out/cri-go-client" tests/clients/go/main.go
 fi
 
 if ! "$out/venv/bin/python" -c 'import grpc' 2>/dev/null; then
   rm -rf "$out/venv"
   /usr/bin/python3 -m venv "$out/venv"
-  "$out/venv/bin/pip" install --quiet --disable-pip-version-check grpcio
+  "$out/venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir grpcio
 fi
 /usr/bin/python3 -c 'import grpc; print("grpcio (Debian)", grpc.__version__)'
 "$out/venv/bin/python" -c 'import grpc; print("grpcio (PyPI)", grpc.__version__)'
