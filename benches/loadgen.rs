@@ -12,6 +12,11 @@
 //! prepared request bytes and never decodes answers: decoding a 6.6 MB ListContainers costs a
 //! client tens of milliseconds of CPU and would hide the proxy. Each scenario alternates
 //! direct and proxied rounds, so drift on a shared machine hits both sides alike.
+//!
+//! In the same rounds, the proxies an operator would pick instead, when Debian's packages are
+//! installed: socat (a byte relay, the floor for any proxy) and HAProxy (`mode http`, HTTP/2 on
+//! both sides over the unix sockets), each with its ratio to direct, p50 ratio and CPU per call
+//! (socat's forked children included).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,7 +90,11 @@ struct Pair {
     admin: PathBuf,
     /// socat between the client and the runtime, a baseline for any proxy.
     relay: Option<PathBuf>,
-    _relay_process: Option<Process>,
+    relay_process: Option<Process>,
+    /// HAProxy in HTTP/2 mode between the client and the runtime: the proxy an operator
+    /// would pick instead, when Debian's haproxy is installed.
+    haproxy: Option<PathBuf>,
+    haproxy_process: Option<Process>,
     _runtime_process: Process,
 }
 
@@ -141,12 +150,16 @@ fn pair(dir: &Path, name: &str, containers: usize) -> Pair {
             wait_for(&relay);
             Process(child)
         });
+    let haproxy = dir.join(format!("{name}-haproxy.sock"));
+    let haproxy_process = spawn_haproxy(dir, name, &haproxy, &runtime);
     Pair {
         runtime,
         proxy,
         proxy_process,
         relay: relay_process.as_ref().map(|_| relay),
-        _relay_process: relay_process,
+        relay_process,
+        haproxy: haproxy_process.as_ref().map(|_| haproxy),
+        haproxy_process,
         unmetered,
         unmetered_process,
         admin: dir.join(format!("{name}-admin.sock")),
@@ -154,18 +167,65 @@ fn pair(dir: &Path, name: &str, containers: usize) -> Pair {
     }
 }
 
-/// utime + stime of a process, in microseconds.
+/// HAProxy relaying gRPC (HTTP/2 with prior knowledge on both sides) from `listen` to the
+/// runtime's socket, as its documentation configures gRPC: `mode http`, `proto h2` on the bind
+/// and the server, long timeouts for streams. One process, its default threads.
+fn spawn_haproxy(dir: &Path, name: &str, listen: &Path, runtime: &Path) -> Option<Process> {
+    let config = dir.join(format!("{name}-haproxy.cfg"));
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 4096\n  tune.h2.initial-window-size 1048576\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n\
+             frontend cri\n  bind unix@{} proto h2\n  default_backend runtime\n\
+             backend runtime\n  server runtime unix@{} proto h2\n",
+            listen.display(),
+            runtime.display()
+        ),
+    )
+    .ok()?;
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_for(listen);
+    Some(Process(child))
+}
+
+/// `run` added to what `acc` holds.
+fn add(acc: &mut Option<Run>, run: Run) {
+    match acc {
+        None => *acc = Some(run),
+        Some(a) => {
+            a.calls += run.calls;
+            a.elapsed += run.elapsed;
+            a.latency.add(run.latency).unwrap();
+        }
+    }
+}
+
+/// CPU time of a process and of its children that have ended (socat forks one per
+/// connection), in microseconds; read after a pause that lets a child end.
 fn cpu_micros(pid: u32) -> u64 {
+    std::thread::sleep(Duration::from_millis(50));
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+    // utime, stime, cutime, cstime
+    let ticks: u64 = (11..15)
+        .map(|i| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
     ticks * 1_000_000 / 100 // USER_HZ is 100 on Linux
 }
 
@@ -450,7 +510,7 @@ fn main() {
     );
     println!();
     println!(
-        "| scenario | direct req/s | criguard req/s | ratio | direct p50 / p99 (µs) | criguard p50 / p99 (µs) | p50 ratio | criguard CPU µs/call | socat ratio | socat p50 ratio |"
+        "| scenario | direct req/s | criguard req/s | ratio | direct p50 / p99 (µs) | criguard p50 / p99 (µs) | p50 ratio | criguard CPU µs/call | socat ratio, p50 ratio, CPU µs/call | HAProxy ratio, p50 ratio, CPU µs/call |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in scenarios() {
@@ -464,11 +524,24 @@ fn main() {
             continue;
         }
         let p = if s.big { &big } else { &small };
-        let pid = p.proxy_process.0.id();
+        // criguard and its peers, each driven right after a direct run of its own round.
+        let sides: Vec<(&str, &Path, u32)> = [
+            Some(("criguard", p.proxy.as_path(), &p.proxy_process)),
+            p.relay
+                .as_deref()
+                .zip(p.relay_process.as_ref())
+                .map(|(s, r)| ("socat", s, r)),
+            p.haproxy
+                .as_deref()
+                .zip(p.haproxy_process.as_ref())
+                .map(|(s, r)| ("haproxy", s, r)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|(name, socket, process)| (name, socket, process.0.id()))
+        .collect();
         let mut direct: Option<Run> = None;
-        let mut proxied: Option<Run> = None;
-        let mut relayed: Option<Run> = None;
-        let mut cpu = 0u64;
+        let mut through: Vec<(Option<Run>, u64)> = sides.iter().map(|_| (None, 0)).collect();
         for _ in 0..rounds {
             let d = runtime.block_on(drive(
                 &p.runtime,
@@ -477,48 +550,41 @@ fn main() {
                 s.concurrency,
                 per_round,
             ));
-            let before = cpu_micros(pid);
-            let x = runtime.block_on(drive(
-                &p.proxy,
-                s.path,
-                s.body.clone(),
-                s.concurrency,
-                per_round,
-            ));
-            cpu += cpu_micros(pid) - before;
-            let mut runs = vec![(&mut direct, d), (&mut proxied, x)];
-            if let Some(relay) = &p.relay {
-                let r = runtime.block_on(drive(
-                    relay,
+            add(&mut direct, d);
+            for ((_, socket, pid), (acc, cpu)) in sides.iter().zip(&mut through) {
+                let before = cpu_micros(*pid);
+                let run = runtime.block_on(drive(
+                    socket,
                     s.path,
                     s.body.clone(),
                     s.concurrency,
                     per_round,
                 ));
-                runs.push((&mut relayed, r));
-            }
-            for (acc, run) in runs {
-                match acc {
-                    None => *acc = Some(run),
-                    Some(a) => {
-                        a.calls += run.calls;
-                        a.elapsed += run.elapsed;
-                        a.latency.add(run.latency).unwrap();
-                    }
-                }
+                *cpu += cpu_micros(*pid) - before;
+                add(acc, run);
             }
         }
-        let (d, x) = (direct.unwrap(), proxied.unwrap());
+        let d = direct.unwrap();
         let p50 = |r: &Run| r.latency.value_at_quantile(0.5) as f64;
-        let (socat, socat_p50) = match &relayed {
-            Some(r) => (
-                format!("{:.2}", r.rate() / d.rate()),
-                format!("{:.2}×", p50(r) / p50(&d)),
-            ),
-            None => ("n/a".into(), "n/a".into()),
+        let peer = |name: &str| match sides.iter().position(|side| side.0 == name) {
+            Some(i) => match &through[i] {
+                (Some(r), cpu) => format!(
+                    "{:.2}, {:.2}×, {:.1}",
+                    r.rate() / d.rate(),
+                    p50(r) / p50(&d),
+                    *cpu as f64 / r.calls.max(1) as f64
+                ),
+                (None, _) => "n/a".into(),
+            },
+            None => "n/a".into(),
+        };
+        let (socat, haproxy) = (peer("socat"), peer("haproxy"));
+        let (x, cpu) = match &through[0] {
+            (Some(x), cpu) => (x, *cpu),
+            _ => unreachable!("criguard ran"),
         };
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {:.2}× | {:.1} | {socat} | {socat_p50} |",
+            "| {} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {:.2}× | {:.1} | {socat} | {haproxy} |",
             s.name,
             d.rate(),
             x.rate(),
@@ -527,8 +593,8 @@ fn main() {
             d.latency.value_at_quantile(0.99),
             x.latency.value_at_quantile(0.5),
             x.latency.value_at_quantile(0.99),
-            x.latency.value_at_quantile(0.5) as f64 / d.latency.value_at_quantile(0.5) as f64,
-            cpu as f64 / x.calls as f64,
+            p50(x) / p50(&d),
+            cpu as f64 / x.calls.max(1) as f64,
         );
     }
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| f == name);
