@@ -92,6 +92,9 @@ pub struct Limit {
     pub max_wait: Duration,
 }
 
+/// The slowest rate a limit may have: one call a year.
+const MIN_RATE: f64 = 1.0 / (365.0 * 24.0 * 3600.0);
+
 impl Eq for Limit {}
 
 impl Limit {
@@ -104,6 +107,17 @@ impl Limit {
             return Err((
                 "rate",
                 format!("{} is not a positive number of calls per second", file.rate),
+            ));
+        }
+        // The bucket refills one call every 1/rate seconds; slower than a call a year, that
+        // period no longer fits the rate limiter's clock (and nobody means it).
+        if file.rate < MIN_RATE {
+            return Err((
+                "rate",
+                format!(
+                    "{} calls per second is less than one call a year ({MIN_RATE:e})",
+                    file.rate
+                ),
             ));
         }
         let burst = file.burst.unwrap_or(file.rate.ceil() as u32).max(1);
@@ -124,6 +138,8 @@ impl Limit {
         })
     }
 
+    /// The bucket: `burst` calls at once, one more every 1/`rate` seconds (a period that
+    /// [`Limit::resolve`] keeps within a year).
     fn quota(&self) -> Quota {
         let period = Duration::from_secs_f64(1.0 / self.rate).max(Duration::from_nanos(1));
         Quota::with_period(period)
@@ -405,6 +421,22 @@ mod tests {
 
     fn call(method: &str) -> Rpc {
         Rpc::from_path(&format!("/runtime.v1.RuntimeService/{method}"))
+    }
+
+    /// Every rate the validation takes makes a working limiter; slower ones are refused with
+    /// the key, never a panic at start.
+    #[test]
+    fn rates_from_a_call_a_year_to_huge_make_limiters_and_slower_ones_are_refused() {
+        for rate in ["0.0000000318", "0.001", "1", "1e6", "1e300"] {
+            let rule = limit(&format!("{{name: r, rate: {rate}}}"));
+            let layer = LimitsLayer::new(std::slice::from_ref(&rule), &[]);
+            assert_eq!(layer.set.load_full().limiters.len(), 1, "{rate}");
+        }
+        for rate in ["1e-8", "1e-300", "0", "-1", ".nan", ".inf"] {
+            let file = serde_yaml_ng::from_str(&format!("{{name: r, rate: {rate}}}")).unwrap();
+            let (key, problem) = Limit::resolve(file).unwrap_err();
+            assert_eq!(key, "rate", "{rate}: {problem}");
+        }
     }
 
     #[test]
