@@ -29,7 +29,7 @@ pub enum ListenError {
         #[source]
         source: io::Error,
     },
-    #[error("socket group {0:?} does not exist in /etc/group")]
+    #[error("socket group {0:?} does not exist on this node")]
     UnknownGroup(String),
     #[error("systemd passed a listening socket that is not a unix stream socket: {0}")]
     Activation(io::Error),
@@ -142,21 +142,16 @@ async fn bind(options: &SocketOptions) -> Result<UnixListener, ListenError> {
     Ok(listener)
 }
 
-/// A numeric gid, or a group name looked up in /etc/group.
+/// A numeric gid, or a group name looked up as the C library does (`getgrnam_r`: /etc/group,
+/// and LDAP or sssd groups where the node's NSS has them).
 pub fn resolve_group(group: &str) -> Result<u32, ListenError> {
     if let Ok(gid) = group.parse() {
         return Ok(gid);
     }
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    groups
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            Some((fields.next()?, fields.nth(1)?))
-        })
-        .find(|(name, _)| *name == group)
-        .and_then(|(_, gid)| gid.parse().ok())
-        .ok_or_else(|| ListenError::UnknownGroup(group.to_string()))
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid.as_raw()),
+        _ => Err(ListenError::UnknownGroup(group.to_string())),
+    }
 }
 
 /// A socket file criguard created.
