@@ -514,10 +514,17 @@ fn main() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in scenarios() {
-        if filter
-            .iter()
-            .any(|f| ["metrics", "audit", "limits", "policies", "authority"].contains(&f.as_str()))
-        {
+        if filter.iter().any(|f| {
+            [
+                "metrics",
+                "audit",
+                "limits",
+                "policies",
+                "hardened",
+                "authority",
+            ]
+            .contains(&f.as_str())
+        }) {
             break;
         }
         if !filter.is_empty() && !filter.iter().any(|f| s.name.contains(f.as_str())) {
@@ -720,6 +727,9 @@ fn main() {
             .sum();
         println!("audit events written: {events}");
     }
+    if wanted("hardened") {
+        compare_hardened(&runtime, dir.path(), &small, per_round);
+    }
     if wanted("authority") {
         compare_authorities(&small, per_round);
     }
@@ -800,4 +810,92 @@ fn compare_authorities(pair: &Pair, per_round: Duration) {
             cpu as f64 / calls.max(1) as f64
         );
     }
+}
+
+/// The stack a hardened node runs, against the default one: metrics, the audit trail with its
+/// default rules (CreateContainer and exec at Request level), pss-baseline, restrict-exec and
+/// image-registries (allowing the canned runtime's registry), and a read-only second listener
+/// with a rate limit. Reports CPU per call and the hardened criguard's peak memory.
+fn compare_hardened(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    pair: &Pair,
+    per_round: Duration,
+) {
+    let policies = dir.join("hardened-policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for name in ["pss-baseline", "restrict-exec"] {
+        let file = format!("{name}.yaml");
+        std::fs::copy(Path::new("policies").join(&file), policies.join(&file)).unwrap();
+    }
+    let registries = std::fs::read_to_string("policies/image-registries.yaml")
+        .unwrap()
+        .replace(
+            "allow: [registry.k8s.io, docker.io/library]",
+            "allow: [registry.k8s.io, docker.io/library, registry.example.com]",
+        );
+    assert!(registries.contains("registry.example.com"));
+    std::fs::write(policies.join("image-registries.yaml"), registries).unwrap();
+    let socket = dir.join("small-criguard-hardened.sock");
+    let readonly = dir.join("small-criguard-hardened-ro.sock");
+    let config = dir.join("hardened.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - path: {}\n  - path: {}\n    role: read-only\n\
+             limits:\n  - name: monitoring\n    listener: {}\n    methods: [read]\n    rate: 50\n\
+             audit:\n  path: {}\n\
+             policies: {}\n",
+            socket.display(),
+            readonly.display(),
+            readonly.display(),
+            dir.join("hardened-audit.log").display(),
+            policies.display(),
+        ),
+    )
+    .unwrap();
+    let process = spawn(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--runtime-endpoint",
+            &format!("unix://{}", pair.runtime.display()),
+            "--admin-address",
+            dir.join("small-hardened-admin.sock").to_str().unwrap(),
+        ],
+        &socket,
+    );
+    // As the kubelet does before every CreateContainer: ImageStatus of the image's id, from
+    // whose answer criguard learns the names the registry rule checks the id against.
+    runtime.block_on(async {
+        let mut client = RawClient::connect(&socket).await.expect("connect");
+        let request = criguard::cri::ImageStatusRequest {
+            image: criguard::fake::samples::create_container_request()
+                .config
+                .and_then(|c| c.image),
+            verbose: false,
+        };
+        let answer = client
+            .call(
+                "/runtime.v1.ImageService/ImageStatus",
+                grpc_frame(&request.encode_to_vec()),
+                &HeaderMap::new(),
+            )
+            .await
+            .expect("ImageStatus");
+        assert_eq!(answer.grpc_status(), Some(0));
+    });
+    compare(
+        runtime,
+        Side::new("default stack", &pair.proxy, &pair.proxy_process),
+        Side::new("hardened stack", &socket, &process),
+        None,
+        per_round,
+    );
+    println!(
+        "hardened criguard: peak RSS (VmHWM) {} KiB, now {} KiB",
+        status_kib(process.0.id(), "VmHWM:"),
+        status_kib(process.0.id(), "VmRSS:"),
+    );
 }

@@ -515,7 +515,12 @@ impl FakeRuntime {
 fn sample_image() -> Image {
     Image {
         id: "sha256:4b4b4b0f9d2a6f7e3c1d5e8a9b0c2d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c".into(),
-        repo_tags: vec!["registry.k8s.io/pause:3.9".into()],
+        // Also the name the sample CreateContainer gives this id (`samples`), as the image the
+        // kubelet would have asked ImageStatus about first.
+        repo_tags: vec![
+            "registry.k8s.io/pause:3.9".into(),
+            "registry.example.com/team-a/web:1.4.2".into(),
+        ],
         size: 321_000,
         ..Default::default()
     }
