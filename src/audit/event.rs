@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use serde_json::value::RawValue;
 use serde::Serialize;
 
 use super::rules::Level;
@@ -73,9 +74,9 @@ struct Line<'a> {
     latency_ms: f64,
     decision: &'a Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<serde_json::Value>,
+    request: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<serde_json::Value>,
+    response: Option<Box<RawValue>>,
 }
 
 /// Serialized through its `Display`, straight into the output.
@@ -163,33 +164,40 @@ impl Event {
         out.push(b'\n');
     }
 
-    /// A message in proto JSON form with secrets replaced, cut to `max_payload_bytes`.
-    fn payload_json(&self, payload: &Payload, input: bool) -> serde_json::Value {
+    /// A message in proto JSON form with secrets replaced, cut to `max_payload_bytes`: written
+    /// once, as text, and put in the line as it is.
+    fn payload_json(&self, payload: &Payload, input: bool) -> Box<RawValue> {
         let limit = self.max_payload_bytes;
         if let Some(size) = payload.cut_from {
             return cut_marker(size, limit, None);
         }
         let Some(descriptor) = message_type(&self.rpc, input) else {
-            return serde_json::json!({ "undecoded": format!("{} bytes of a method criguard's proto does not know", payload.message.len()) });
+            return raw(&serde_json::json!({ "undecoded": format!("{} bytes of a method criguard's proto does not know", payload.message.len()) }));
         };
         let mut message = match DynamicMessage::decode(descriptor, payload.message.clone()) {
             Ok(message) => message,
             Err(err) => {
-                return serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {err}", payload.message.len()) });
+                return raw(&serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {err}", payload.message.len()) }));
             }
         };
         redact(&mut message, self.redact_env_values);
-        let value = serde_json::to_value(&message).unwrap_or_default();
-        let text = value.to_string();
-        if text.len() > limit {
-            return cut_marker(text.len(), limit, Some(&text));
+        match serde_json::value::to_raw_value(&message) {
+            Ok(text) if text.get().len() > limit => {
+                cut_marker(text.get().len(), limit, Some(text.get()))
+            }
+            Ok(text) => text,
+            Err(err) => raw(&serde_json::json!({ "undecoded": err.to_string() })),
         }
-        value
     }
 }
 
+/// A JSON value as raw text for the line.
+fn raw(value: &serde_json::Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("a JSON value serializes")
+}
+
 /// Stands in for a message larger than the limit: says so, and keeps the head of its JSON.
-fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> serde_json::Value {
+fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> Box<RawValue> {
     let head = text.map(|t| {
         let mut end = limit.min(t.len());
         while !t.is_char_boundary(end) {
@@ -197,12 +205,12 @@ fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> serde_json::Valu
         }
         &t[..end]
     });
-    serde_json::json!({
+    raw(&serde_json::json!({
         "truncated": true,
         "size": size,
         "limit": limit,
         "head": head,
-    })
+    }))
 }
 
 /// The request (`input`) or answer type of a call, if the proto knows its method.
@@ -224,7 +232,8 @@ pub fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
 
 /// Replaces pull credentials and (if `env_values`) environment variable values, at any depth.
 pub fn redact(message: &mut DynamicMessage, env_values: bool) {
-    let type_name = message.descriptor().full_name().to_string();
+    let descriptor = message.descriptor();
+    let type_name = descriptor.full_name();
     for (field, value) in message.fields_mut() {
         if type_name == "runtime.v1.AuthConfig" && CREDENTIALS.contains(&field.name()) {
             if let Value::String(text) = value
