@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
-use serde_json::value::RawValue;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::rules::Level;
 use crate::proxy::decision::Decision;
@@ -172,12 +172,16 @@ impl Event {
             return cut_marker(size, limit, None);
         }
         let Some(descriptor) = message_type(&self.rpc, input) else {
-            return raw(&serde_json::json!({ "undecoded": format!("{} bytes of a method criguard's proto does not know", payload.message.len()) }));
+            return raw(
+                &serde_json::json!({ "undecoded": format!("{} bytes of a method criguard's proto does not know", payload.message.len()) }),
+            );
         };
         let mut message = match DynamicMessage::decode(descriptor, payload.message.clone()) {
             Ok(message) => message,
             Err(err) => {
-                return raw(&serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {err}", payload.message.len()) }));
+                return raw(
+                    &serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {err}", payload.message.len()) }),
+                );
             }
         };
         redact(&mut message, self.redact_env_values);
