@@ -16,6 +16,7 @@ use criguard::cri::*;
 use prost::Message;
 use serde_json::json;
 use support::clients::{Client, Reply, Stack, reply};
+use support::e2e::{self, BUSYBOX};
 use support::*;
 
 const INSTALL: &str = "real client stacks: tests/clients/install.sh, or tests/run.sh";
@@ -358,8 +359,6 @@ async fn criguard_before_containerd(dir: &Path) -> (Running, PathBuf) {
     (Running(child), socket)
 }
 
-const BUSYBOX: &str = "docker.io/library/busybox:1.36";
-
 /// What a crictl-style lifecycle showed, with the ids taken out.
 #[derive(Debug, PartialEq, Eq)]
 struct Lifecycle {
@@ -392,21 +391,7 @@ async fn lifecycle(client: &mut Client, name: &str) -> Lifecycle {
         .unwrap()
         .image
         .is_some();
-    let uid = format!("e2e-{name}-uid");
-    let pod = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "criguard-e2e".into(),
-            uid: uid.clone(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/criguard-e2e/{uid}"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let pod = e2e::pod_config(name);
     let run = client
         .call(
             &method(RUNTIME, "RunPodSandbox"),
@@ -425,22 +410,7 @@ async fn lifecycle(client: &mut Client, name: &str) -> Lifecycle {
             &method(RUNTIME, "CreateContainer"),
             &CreateContainerRequest {
                 pod_sandbox_id: sandbox.clone(),
-                config: Some(ContainerConfig {
-                    metadata: Some(ContainerMetadata {
-                        name: "app".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(ImageSpec {
-                        image: BUSYBOX.into(),
-                        ..Default::default()
-                    }),
-                    command: vec![
-                        "sh".into(),
-                        "-c".into(),
-                        "trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
-                    ],
-                    ..Default::default()
-                }),
+                config: Some(e2e::container_config()),
                 sandbox_config: Some(pod),
             },
         )

@@ -19,10 +19,10 @@ use criguard::cri::image_service_client::ImageServiceClient;
 use criguard::cri::runtime_service_client::RuntimeServiceClient;
 use criguard::cri::*;
 use prost::Message;
+use support::e2e::{BUSYBOX, container_config, pod_config};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_criguard");
-const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 
 fn runtime_socket() -> PathBuf {
     let endpoint = std::env::var("CRIGUARD_E2E_ENDPOINT")
@@ -113,46 +113,6 @@ async fn clients(socket: &Path) -> Clients {
     Clients {
         rt: criguard::client::runtime(channel.clone()),
         img: criguard::client::image(channel),
-    }
-}
-
-fn pod_config(name: &str) -> PodSandboxConfig {
-    let uid = format!("e2e-{name}-uid");
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "criguard-e2e".into(),
-            uid: uid.clone(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        labels: HashMap::from([("criguard-e2e".to_string(), name.to_string())]),
-        linux: Some(LinuxPodSandboxConfig {
-            // containerd 1.6 needs a cgroup parent for container stats.
-            cgroup_parent: format!("/criguard-e2e/{uid}"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config() -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: "app".into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: BUSYBOX.into(),
-            ..Default::default()
-        }),
-        command: vec![
-            "sh".into(),
-            "-c".into(),
-            "trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
-        ],
-        labels: HashMap::from([("criguard-e2e".to_string(), "app".to_string())]),
-        ..Default::default()
     }
 }
 

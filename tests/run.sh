@@ -11,15 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "installing what the tests need"
-wanted=(systemd gcc libc6-dev python3 prometheus logrotate shellcheck)
-missing=()
-for p in "${wanted[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=tests/lib/debian.sh
+. tests/lib/debian.sh
+install_missing_packages systemd gcc libc6-dev python3 prometheus logrotate shellcheck
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
@@ -31,8 +25,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
 step "shellcheck: the installer and the test scripts"
-shellcheck deploy/kubernetes/criguard-install tests/run.sh tests/e2e/containerd-lab.sh \
-  tests/clients/install.sh .ci/run
+shellcheck -x deploy/kubernetes/criguard-install tests/run.sh tests/e2e/containerd-lab.sh \
+  tests/clients/install.sh tests/lib/debian.sh .ci/run
 
 step "deploy/: promtool checks the Prometheus config and alert rules"
 promtool check config deploy/prometheus/prometheus.yml

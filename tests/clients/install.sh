@@ -11,15 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 out=target/clients
 mkdir -p "$out"
 
-wanted=(golang-go golang-google-grpc-dev python3-grpcio python3-venv containerd)
-missing=()
-for p in "${wanted[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=tests/lib/debian.sh
+. tests/lib/debian.sh
+install_missing_packages golang-go golang-google-grpc-dev python3-grpcio python3-venv containerd
 
 if [ ! -x "$out/cri-go-client" ] || [ tests/clients/go/main.go -nt "$out/cri-go-client" ]; then
   GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS='' GOCACHE="$PWD/$out/go-cache" \

@@ -35,17 +35,12 @@ SUBNET=10.89.0.0/16
 log() { echo "[containerd-lab] $*" >&2; }
 die() { echo "[containerd-lab] ERROR: $*" >&2; exit 1; }
 
+# shellcheck source=tests/lib/debian.sh
+. "$HERE/../lib/debian.sh"
+
 install_packages() {
-  local wanted=(containerd runc containernetworking-plugins iptables gcc libc6-dev python3 iproute2)
-  local missing=()
-  for p in "${wanted[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+  install_missing_packages containerd runc containernetworking-plugins iptables gcc libc6-dev \
+    python3 iproute2
 }
 
 write_configs() {

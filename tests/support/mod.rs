@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub mod clients;
+pub mod e2e;
 pub mod restart;
 
 /// A child process (criguard, Prometheus) killed when dropped, so that a failing test leaves
