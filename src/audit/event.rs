@@ -1,6 +1,7 @@
 //! One audit event: what is known of a call when it ends, and its JSON line. The request and
-//! answer are decoded (proto JSON form) only here, on the writer's thread, with secrets
-//! replaced by a marker before anything is written.
+//! answer are shown (proto JSON form) only here, on the writer's thread, with secrets
+//! replaced by a marker before anything is written: written straight from their bytes
+//! (`json.rs`), or, for the rare message that writer leaves alone, decoded by reflection.
 
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -8,19 +9,13 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
 use serde::Serialize;
-use serde_json::value::RawValue;
 
+use super::json::{self, CREDENTIALS, REDACTED};
 use super::rules::Level;
 use crate::proxy::decision::Decision;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
 use crate::proxy::rpc::Rpc;
-
-/// What replaces a secret in the audit trail.
-pub const REDACTED: &str = "<redacted>";
-
-/// The fields of `runtime.v1.AuthConfig` that hold credentials (`debug_redact` in newer CRI).
-const CREDENTIALS: [&str; 4] = ["password", "auth", "identity_token", "registry_token"];
 
 /// A decoded message of a call, with how to show it.
 #[derive(Debug)]
@@ -73,10 +68,7 @@ struct Line<'a> {
     message: Option<&'a str>,
     latency_ms: f64,
     decision: &'a Decision,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<Box<RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<Box<RawValue>>,
+    // `request` and `response` follow, written by `write_payload`.
 }
 
 /// Serialized through its `Display`, straight into the output.
@@ -128,9 +120,6 @@ impl Event {
                 name: subject.container_name.as_deref(),
                 id: subject.container_id.as_deref(),
             });
-        let decode = |payload: &Option<Payload>, input: bool| {
-            payload.as_ref().map(|p| self.payload_json(p, input))
-        };
         let line = Line {
             audit_id: Displayed(self.id.hyphenated()),
             time: Displayed(humantime::format_rfc3339_micros(self.time)),
@@ -151,8 +140,6 @@ impl Event {
             message: self.message.as_deref(),
             latency_ms: (self.latency_ms * 1000.0).round() / 1000.0,
             decision: &self.decision,
-            request: decode(&self.request, true),
-            response: decode(&self.response, false),
         };
         let start = out.len();
         if let Err(err) = serde_json::to_writer(&mut *out, &line) {
@@ -160,48 +147,83 @@ impl Event {
             let error =
                 serde_json::json!({ "auditId": self.id.to_string(), "error": err.to_string() });
             out.extend_from_slice(error.to_string().as_bytes());
+            out.push(b'\n');
+            return;
         }
-        out.push(b'\n');
+        // The messages go last, into the object just written: reopened at its closing brace.
+        out.pop();
+        for (name, payload, input) in [
+            ("request", &self.request, true),
+            ("response", &self.response, false),
+        ] {
+            if let Some(payload) = payload {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                self.write_payload(out, payload, input);
+            }
+        }
+        out.extend_from_slice(b"}\n");
     }
 
-    /// A message in proto JSON form with secrets replaced, cut to `max_payload_bytes`: written
-    /// once, as text, and put in the line as it is.
-    fn payload_json(&self, payload: &Payload, input: bool) -> Box<RawValue> {
+    /// A message in proto JSON form with secrets replaced, cut to `max_payload_bytes`, as a
+    /// JSON value appended to `out`.
+    fn write_payload(&self, out: &mut Vec<u8>, payload: &Payload, input: bool) {
         let limit = self.max_payload_bytes;
         if let Some(size) = payload.cut_from {
-            return cut_marker(size, limit, None);
+            return write_value(out, &cut_marker(size, limit, None));
         }
-        let Some(descriptor) = message_type(&self.rpc, input) else {
-            return raw(
-                &serde_json::json!({ "undecoded": format!("{} bytes of a method criguard's proto does not know", payload.message.len()) }),
-            );
-        };
-        let mut message = match DynamicMessage::decode(descriptor, payload.message.clone()) {
-            Ok(message) => message,
-            Err(err) => {
-                return raw(
-                    &serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {err}", payload.message.len()) }),
+        let start = out.len();
+        let method = self.rpc.method;
+        match json::write(out, method, input, &payload.message, self.redact_env_values) {
+            Some(Ok(())) => {}
+            None => {
+                out.truncate(start);
+                return write_value(
+                    out,
+                    &serde_json::json!({ "undecoded": format!("{} bytes of a method criguard's proto does not know", payload.message.len()) }),
                 );
             }
-        };
-        redact(&mut message, self.redact_env_values);
-        match serde_json::value::to_raw_value(&message) {
-            Ok(text) if text.get().len() > limit => {
-                cut_marker(text.get().len(), limit, Some(text.get()))
+            Some(Err(json::Irregular)) => {
+                out.truncate(start);
+                if let Err(value) = self.write_reflected(out, payload, input) {
+                    out.truncate(start);
+                    return write_value(out, &value);
+                }
             }
-            Ok(text) => text,
-            Err(err) => raw(&serde_json::json!({ "undecoded": err.to_string() })),
         }
+        let written = out.len() - start;
+        if written > limit {
+            let text = String::from_utf8_lossy(&out[start..]).into_owned();
+            out.truncate(start);
+            write_value(out, &cut_marker(written, limit, Some(&text)));
+        }
+    }
+
+    /// The reference: the message decoded by reflection, redacted, and serialized. `Err`
+    /// holds what to write instead when it cannot be decoded.
+    fn write_reflected(
+        &self,
+        out: &mut Vec<u8>,
+        payload: &Payload,
+        input: bool,
+    ) -> Result<(), serde_json::Value> {
+        let undecoded = |reason: String| serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {reason}", payload.message.len()) });
+        let descriptor =
+            message_type(&self.rpc, input).ok_or_else(|| undecoded("no message type".into()))?;
+        let mut message = DynamicMessage::decode(descriptor, payload.message.clone())
+            .map_err(|err| undecoded(err.to_string()))?;
+        redact(&mut message, self.redact_env_values);
+        serde_json::to_writer(&mut *out, &message).map_err(|err| undecoded(err.to_string()))
     }
 }
 
-/// A JSON value as raw text for the line.
-fn raw(value: &serde_json::Value) -> Box<RawValue> {
-    serde_json::value::to_raw_value(value).expect("a JSON value serializes")
+fn write_value(out: &mut Vec<u8>, value: &serde_json::Value) {
+    serde_json::to_writer(out, value).expect("a JSON value serializes");
 }
 
 /// Stands in for a message larger than the limit: says so, and keeps the head of its JSON.
-fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> Box<RawValue> {
+fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> serde_json::Value {
     let head = text.map(|t| {
         let mut end = limit.min(t.len());
         while !t.is_char_boundary(end) {
@@ -209,12 +231,12 @@ fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> Box<RawValue> {
         }
         &t[..end]
     });
-    raw(&serde_json::json!({
+    serde_json::json!({
         "truncated": true,
         "size": size,
         "limit": limit,
         "head": head,
-    }))
+    })
 }
 
 /// The request (`input`) or answer type of a call, if the proto knows its method.

@@ -3,6 +3,7 @@
 //! sampled or reduced, and none is lost silently: see `writer.rs`.
 
 pub mod event;
+pub mod json;
 pub mod layer;
 pub mod rules;
 pub mod writer;

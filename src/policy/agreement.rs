@@ -693,78 +693,79 @@ fn packed_varints(mut content: &[u8]) -> Option<Vec<u64>> {
     Some(values)
 }
 
+/// The requests a real kubelet sent (tests/fixtures/kubelet-requests), and one of every
+/// other method that names an object: the seeds of the differential tests (read from the
+/// source tree, for tests only).
+pub fn seeds() -> Vec<(Method, Vec<u8>)> {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubelet-requests");
+    let mut seeds = Vec::new();
+    for pod in std::fs::read_dir(&root).unwrap() {
+        let pod = pod.unwrap().path();
+        if !pod.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&pod).unwrap() {
+            let file = file.unwrap().path();
+            if file.extension().is_none_or(|e| e != "bin") {
+                continue;
+            }
+            let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+            let method = match name.split('-').nth(1).unwrap() {
+                "RunPodSandbox" => Method::RunPodSandbox,
+                "CreateContainer" => Method::CreateContainer,
+                "PullImage" => Method::PullImage,
+                "ExecSync" => Method::ExecSync,
+                other => panic!("no method {other}"),
+            };
+            seeds.push((method, std::fs::read(&file).unwrap()));
+        }
+    }
+    let id = "3f9a1c0d2b7e".to_string();
+    seeds.extend([
+        (
+            Method::StopContainer,
+            cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 3,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            Method::PortForward,
+            cri::PortForwardRequest {
+                pod_sandbox_id: id.clone(),
+                port: vec![80, 443],
+            }
+            .encode_to_vec(),
+        ),
+        (
+            Method::Exec,
+            cri::ExecRequest {
+                container_id: id,
+                cmd: vec!["sh".into()],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
+        (
+            Method::ImageStatus,
+            cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: "busybox".into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            }
+            .encode_to_vec(),
+        ),
+    ]);
+    seeds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The requests a real kubelet sent (tests/fixtures/kubelet-requests), and one of every
-    /// other method that names an object.
-    fn seeds() -> Vec<(Method, Vec<u8>)> {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/kubelet-requests");
-        let mut seeds = Vec::new();
-        for pod in std::fs::read_dir(&root).unwrap() {
-            let pod = pod.unwrap().path();
-            if !pod.is_dir() {
-                continue;
-            }
-            for file in std::fs::read_dir(&pod).unwrap() {
-                let file = file.unwrap().path();
-                if file.extension().is_none_or(|e| e != "bin") {
-                    continue;
-                }
-                let name = file.file_stem().unwrap().to_string_lossy().into_owned();
-                let method = match name.split('-').nth(1).unwrap() {
-                    "RunPodSandbox" => Method::RunPodSandbox,
-                    "CreateContainer" => Method::CreateContainer,
-                    "PullImage" => Method::PullImage,
-                    "ExecSync" => Method::ExecSync,
-                    other => panic!("no method {other}"),
-                };
-                seeds.push((method, std::fs::read(&file).unwrap()));
-            }
-        }
-        let id = "3f9a1c0d2b7e".to_string();
-        seeds.extend([
-            (
-                Method::StopContainer,
-                cri::StopContainerRequest {
-                    container_id: id.clone(),
-                    timeout: 3,
-                }
-                .encode_to_vec(),
-            ),
-            (
-                Method::PortForward,
-                cri::PortForwardRequest {
-                    pod_sandbox_id: id.clone(),
-                    port: vec![80, 443],
-                }
-                .encode_to_vec(),
-            ),
-            (
-                Method::Exec,
-                cri::ExecRequest {
-                    container_id: id,
-                    cmd: vec!["sh".into()],
-                    ..Default::default()
-                }
-                .encode_to_vec(),
-            ),
-            (
-                Method::ImageStatus,
-                cri::ImageStatusRequest {
-                    image: Some(cri::ImageSpec {
-                        image: "busybox".into(),
-                        ..Default::default()
-                    }),
-                    verbose: false,
-                }
-                .encode_to_vec(),
-            ),
-        ]);
-        seeds
-    }
 
     #[test]
     fn the_recorded_requests_read_the_same() {
