@@ -190,6 +190,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
                 a.sinks.clone(),
                 a.on_failure,
                 a.queue_size,
+                a.queue_bytes,
                 a.max_payload_bytes,
             )
         })
@@ -231,7 +232,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
             running.error_log_max_keys != new.error_log_max_keys,
         ),
         (
-            "audit (on/off, path, stdout, rotation, onFailure, queueSize, maxPayloadBytes)",
+            "audit (on/off, path, stdout, rotation, onFailure, queueSize, queueBytes, maxPayloadBytes)",
             audit_sinks(running) != audit_sinks(new),
         ),
         ("policies (the directory)", running.policies != new.policies),
@@ -267,7 +268,7 @@ mod tests {
             [
                 "listeners (paths, modes, groups)",
                 "maxMessageSize",
-                "audit (on/off, path, stdout, rotation, onFailure, queueSize, maxPayloadBytes)"
+                "audit (on/off, path, stdout, rotation, onFailure, queueSize, queueBytes, maxPayloadBytes)"
             ]
         );
     }

@@ -329,6 +329,60 @@ async fn a_tiny_queue_slows_calls_down_but_loses_no_event() {
     );
 }
 
+/// The queue's byte budget: with room for one byte, every call that starts while an event is
+/// queued waits for the writer. None is lost, and the waits are in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_over_its_byte_budget_makes_calls_wait_counted_and_loses_no_event() {
+    let sockets = Sockets::new();
+    let _runtime = start_fake_runtime(&sockets.runtime(), FakeRuntime::new().stateless()).await;
+    let log = sockets.dir.path().join("audit.log");
+    let admin = sockets.dir.path().join("admin.sock");
+    let config = sockets.dir.path().join("criguard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "audit:\n  path: {}\n  queueBytes: 1\n  rules:\n    - level: Request\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut command = serve_command(&sockets);
+    command
+        .arg("--config")
+        .arg(&config)
+        .arg("--admin-address")
+        .arg(&admin)
+        .stderr(std::process::Stdio::null());
+    // Killed if an assertion fails first.
+    let mut child = Running(spawn_serving(command, &sockets, &admin).await);
+    let channel = client::channel(&sockets.criguard()).await.unwrap();
+    let calls = (0..200).map(|_| {
+        let mut runtime = client::runtime(channel.clone());
+        async move {
+            runtime
+                .create_container(samples::create_container_request())
+                .await
+                .unwrap()
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    assert_eq!(scrape_until(&admin, "written", 200.0).await, 200.0);
+    let (_, text) = admin_get(&admin, "GET", "/metrics").await;
+    let metrics = samples(&text);
+    let waits = metrics["criguard_audit_queue_wait_seconds_count"];
+    assert!(waits >= 1.0, "no call waited: {waits}");
+    assert_eq!(metrics["criguard_audit_queue_bytes"], 0.0, "all released");
+    signal(&child.0, libc::SIGTERM);
+    assert!(child.0.wait().unwrap().success());
+    let (_, events) = read_events(&log);
+    assert_eq!(events.len(), 200);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["request"]["config"]["metadata"]["name"].is_string())
+    );
+}
+
 #[tokio::test]
 async fn criguards_own_refusals_are_recorded_with_their_status() {
     // No runtime at all: the call fails with UNAVAILABLE made by criguard, and is recorded.

@@ -99,6 +99,15 @@ struct ContainerLine<'a> {
 }
 
 impl Event {
+    /// The bytes of the messages it holds, counted against the queue's budget.
+    pub fn payload_bytes(&self) -> usize {
+        [&self.request, &self.response]
+            .into_iter()
+            .flatten()
+            .map(|p| p.message.len())
+            .sum()
+    }
+
     /// The event as one line of JSON, newline included.
     pub fn to_json_line(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512);

@@ -1,5 +1,6 @@
 //! The audit layer: for each call that a rule may record, it takes a place in the writer's
-//! queue before the call goes on (waiting while the queue is full: backpressure), watches the
+//! queue before the call goes on (waiting while the queue is full, in events or in bytes:
+//! backpressure, counted), watches the
 //! answer to its end, and queues the event. With `onFailure: deny`, calls that would be recorded
 //! are refused while events cannot be written.
 
@@ -18,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::event::{Event, Payload};
 use super::rules::{Level, Rules};
-use super::writer::{self, Entry, Health};
+use super::writer::{self, Backlog, Entry, Health};
 use super::{AuditConfig, OnFailure};
 use crate::inventory::Inventory;
 use crate::proxy::body::{Outcome, RequestMessageSlot, ResponseBody, StatusBody, StatusObserver};
@@ -28,6 +29,7 @@ use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{self, Subject};
 use crate::proxy::rpc::{Method, Rpc};
 use crate::proxy::status;
+use crate::telemetry::metrics::AUDIT_QUEUE_WAIT_SECONDS;
 
 /// The running audit trail: rules, the writer's queue and health, and the pod inventory.
 #[derive(Debug)]
@@ -35,6 +37,7 @@ pub struct AuditTrail {
     /// Swapped when the configuration is reloaded.
     rules: ArcSwap<Rules>,
     sender: mpsc::Sender<Entry>,
+    backlog: Arc<Backlog>,
     health: Arc<Health>,
     on_failure: OnFailure,
     max_payload_bytes: usize,
@@ -44,7 +47,9 @@ pub struct AuditTrail {
 impl AuditTrail {
     /// Starts the writer thread.
     pub fn start(config: &AuditConfig, inventory: Inventory) -> std::io::Result<Arc<AuditTrail>> {
-        let (sender, health) = writer::start(config.sinks.clone(), config.queue_size)?;
+        let backlog = Arc::new(Backlog::new(config.queue_bytes));
+        let (sender, health) =
+            writer::start(config.sinks.clone(), config.queue_size, backlog.clone())?;
         // Both series from the start, so that the first failure is an increase.
         for result in ["written", "failed"] {
             metrics::counter!(crate::telemetry::metrics::AUDIT_EVENTS_TOTAL, "result" => result)
@@ -53,6 +58,7 @@ impl AuditTrail {
         Ok(Arc::new(AuditTrail {
             rules: ArcSwap::from_pointee(config.rules.clone()),
             sender,
+            backlog,
             health,
             on_failure: config.on_failure,
             max_payload_bytes: config.max_payload_bytes,
@@ -68,6 +74,19 @@ impl AuditTrail {
     /// Opens the file anew (SIGUSR1, after logrotate moved it).
     pub async fn reopen(&self) {
         let _ = self.sender.send(Entry::Reopen).await;
+    }
+
+    /// A place in the writer's queue, once it has room in events and in bytes: a writer that
+    /// cannot keep up slows calls down, it never drops their events. Waits are counted.
+    async fn room(&self) -> Option<OwnedPermit<Entry>> {
+        let full = self.sender.capacity() == 0 || self.backlog.is_full();
+        let start = full.then(Instant::now);
+        self.backlog.room().await;
+        let permit = self.sender.clone().reserve_owned().await.ok();
+        if let Some(start) = start {
+            metrics::histogram!(AUDIT_QUEUE_WAIT_SECONDS).record(start.elapsed().as_secs_f64());
+        }
+        permit
     }
 
     /// Writes every queued event and syncs the file. Calls still running after this are not
@@ -160,9 +179,7 @@ where
         Either::Right(Box::pin(async move {
             let time = SystemTime::now();
             let start = Instant::now();
-            // Room in the queue first: a writer that cannot keep up slows calls down, it never
-            // drops their events.
-            let permit = trail.sender.clone().reserve_owned().await.ok();
+            let permit = trail.room().await;
             let keep_response = highest == Level::RequestResponse
                 || matches!(rpc.method, Method::RunPodSandbox | Method::CreateContainer);
             let mut record = Record {
@@ -331,6 +348,7 @@ impl Record {
         };
         match self.permit {
             Some(permit) => {
+                trail.backlog.add(event.payload_bytes());
                 permit.send(Entry::Event(Box::new(event)));
             }
             None => {

@@ -20,6 +20,7 @@ pub use writer::Sinks;
 pub const DEFAULT_MAX_SIZE_MB: u64 = 100;
 pub const DEFAULT_MAX_FILES: usize = 5;
 pub const DEFAULT_QUEUE_SIZE: usize = 4096;
+pub const DEFAULT_QUEUE_BYTES: usize = 8 << 20;
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 << 10;
 
 /// The `audit:` section as written.
@@ -35,6 +36,8 @@ pub struct FileAudit {
     pub max_files: Option<usize>,
     pub on_failure: Option<OnFailure>,
     pub queue_size: Option<usize>,
+    /// Bytes of requests and answers the queue may hold; calls wait beyond (backpressure).
+    pub queue_bytes: Option<ByteSize>,
     pub max_payload_bytes: Option<ByteSize>,
     pub rules: Option<Vec<Rule>>,
 }
@@ -56,6 +59,7 @@ pub struct AuditConfig {
     pub sinks: Sinks,
     pub on_failure: OnFailure,
     pub queue_size: usize,
+    pub queue_bytes: usize,
     pub max_payload_bytes: usize,
     pub rules: Rules,
 }
@@ -89,6 +93,10 @@ impl AuditConfig {
         if queue_size == 0 {
             return Err(("audit.queueSize", "must be at least 1".into()));
         }
+        let queue_bytes = file.queue_bytes.map_or(DEFAULT_QUEUE_BYTES, |b| b.0);
+        if queue_bytes == 0 {
+            return Err(("audit.queueBytes", "must be at least 1".into()));
+        }
         Ok(Some(AuditConfig {
             sinks: Sinks {
                 path,
@@ -98,6 +106,7 @@ impl AuditConfig {
             },
             on_failure: file.on_failure.unwrap_or_default(),
             queue_size,
+            queue_bytes,
             max_payload_bytes: file
                 .max_payload_bytes
                 .map_or(DEFAULT_MAX_PAYLOAD_BYTES, |b| b.0),

@@ -1,5 +1,6 @@
 //! Writes audit events on a thread of its own, so that a slow or full disk never stalls the
-//! proxy's thread: a bounded queue in front (callers wait for room: backpressure), JSON lines to
+//! proxy's thread: a queue in front bounded in events and in bytes of requests and answers
+//! (callers wait for room: backpressure, counted; no event is dropped), JSON lines to
 //! a file and/or stdout, size rotation, reopening on SIGUSR1 (logrotate), a flush and fsync at
 //! shutdown. Every event ends counted as written or failed; failures are logged and make the
 //! trail report itself unhealthy until a write succeeds again.
@@ -7,14 +8,14 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::event::Event;
-use crate::telemetry::metrics::AUDIT_EVENTS_TOTAL;
+use crate::telemetry::metrics::{AUDIT_EVENTS_TOTAL, AUDIT_QUEUE_BYTES};
 
 /// Where events go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,14 +66,61 @@ impl Health {
     }
 }
 
+/// The bytes of requests and answers queued for the writer, against their budget. A soft
+/// bound: a call waits for room before it starts, so calls already running may pass it, by at
+/// most their own messages (each cut to four times `maxPayloadBytes`).
+#[derive(Debug)]
+pub struct Backlog {
+    bytes: AtomicUsize,
+    budget: usize,
+    room: Notify,
+}
+
+impl Backlog {
+    pub fn new(budget: usize) -> Backlog {
+        Backlog {
+            bytes: AtomicUsize::new(0),
+            budget,
+            room: Notify::new(),
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) >= self.budget
+    }
+
+    /// Returns once the queue holds fewer bytes than its budget.
+    pub async fn room(&self) {
+        loop {
+            // Made before the check: a release between the two still wakes it.
+            let released = self.room.notified();
+            if !self.is_full() {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    pub fn add(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn release(&self, bytes: usize) {
+        let left = self.bytes.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        metrics::gauge!(AUDIT_QUEUE_BYTES).set(left as f64);
+        self.room.notify_waiters();
+    }
+}
+
 /// Starts the writer thread; events are sent through the returned queue.
 pub fn start(
     sinks: Sinks,
     queue_size: usize,
+    backlog: Arc<Backlog>,
 ) -> std::io::Result<(mpsc::Sender<Entry>, Arc<Health>)> {
     let (sender, receiver) = mpsc::channel(queue_size);
     let health = Arc::new(Health::default());
-    let mut writer = Writer::new(sinks, health.clone());
+    let mut writer = Writer::new(sinks, health.clone(), backlog);
     std::thread::Builder::new()
         .name("criguard-audit".into())
         .spawn(move || writer.run(receiver))?;
@@ -82,6 +130,9 @@ pub fn start(
 struct Writer {
     sinks: Sinks,
     health: Arc<Health>,
+    backlog: Arc<Backlog>,
+    /// Bytes of the events taken since the backlog was last told.
+    taken_bytes: usize,
     file: Option<File>,
     size: u64,
     /// Lines waiting to be written, and how many events they hold.
@@ -102,10 +153,12 @@ const BUSY: Duration = Duration::from_millis(20);
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Writer {
-    fn new(sinks: Sinks, health: Arc<Health>) -> Writer {
+    fn new(sinks: Sinks, health: Arc<Health>, backlog: Arc<Backlog>) -> Writer {
         let mut writer = Writer {
             sinks,
             health,
+            backlog,
+            taken_bytes: 0,
             file: None,
             size: 0,
             batch: Vec::with_capacity(64 << 10),
@@ -160,6 +213,7 @@ impl Writer {
         match entry {
             Entry::Event(event) => {
                 event.write_json_line(&mut self.batch);
+                self.taken_bytes += event.payload_bytes();
                 self.pending += 1;
                 // Bound the batch: a long queue is written in pieces.
                 if self.batch.len() > 1 << 20 {
@@ -190,6 +244,9 @@ impl Writer {
     }
 
     fn write_batch(&mut self) {
+        if self.taken_bytes > 0 {
+            self.backlog.release(std::mem::take(&mut self.taken_bytes));
+        }
         if self.pending == 0 && self.batch.is_empty() {
             return;
         }
@@ -345,7 +402,7 @@ mod tests {
             max_size: Some(1000),
             max_files: 2,
         };
-        let (sender, health) = start(sinks, 16).unwrap();
+        let (sender, health) = start(sinks, 16, Arc::new(Backlog::new(1 << 20))).unwrap();
         for _ in 0..40 {
             sender.send(event()).await.unwrap();
             // One event per write, so that rotation sees each.
@@ -376,7 +433,7 @@ mod tests {
             max_size: None,
             max_files: 0,
         };
-        let (sender, health) = start(sinks, 16).unwrap();
+        let (sender, health) = start(sinks, 16, Arc::new(Backlog::new(1 << 20))).unwrap();
         sender.send(event()).await.unwrap();
         close(&sender).await;
         let reason = health.failure().expect("failing");
@@ -394,7 +451,7 @@ mod tests {
             max_size: None,
             max_files: 0,
         };
-        let (sender, _) = start(sinks, 16).unwrap();
+        let (sender, _) = start(sinks, 16, Arc::new(Backlog::new(1 << 20))).unwrap();
         sender.send(event()).await.unwrap();
         // Wait until it is written, then move it away as logrotate does.
         for _ in 0..500 {

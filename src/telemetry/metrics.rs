@@ -23,6 +23,8 @@ pub const BUILD_INFO: &str = "criguard_build_info";
 pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
 pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
 pub const AUDIT_EVENTS_TOTAL: &str = "criguard_audit_events_total";
+pub const AUDIT_QUEUE_BYTES: &str = "criguard_audit_queue_bytes";
+pub const AUDIT_QUEUE_WAIT_SECONDS: &str = "criguard_audit_queue_wait_seconds";
 pub const CONFIG_RELOAD_TOTAL: &str = "criguard_config_reload_total";
 pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "criguard_config_last_reload_successful";
 pub const POLICY_DECISIONS_TOTAL: &str = "criguard_policy_decisions_total";
@@ -34,7 +36,8 @@ pub const RATELIMIT_WAIT_SECONDS: &str = "criguard_ratelimit_wait_seconds";
 /// Buckets of `criguard_policy_evaluation_duration_seconds`: 1 µs to 10 ms.
 pub const EVALUATION_BUCKETS: [f64; 9] = [1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2];
 
-/// Buckets of `criguard_ratelimit_wait_seconds`: 1 ms to 10 s.
+/// Buckets of `criguard_ratelimit_wait_seconds` and `criguard_audit_queue_wait_seconds`: 1 ms
+/// to 10 s.
 pub const WAIT_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -83,6 +86,10 @@ pub fn install() -> Result<PrometheusHandle, InstallError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(RATELIMIT_WAIT_SECONDS.into()), &WAIT_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(AUDIT_QUEUE_WAIT_SECONDS.into()),
+            &WAIT_BUCKETS,
+        )?
         .set_buckets_for_metric(
             Matcher::Full(POLICY_EVALUATION_SECONDS.into()),
             &EVALUATION_BUCKETS,
@@ -149,6 +156,16 @@ fn describe() {
     describe_counter!(
         AUDIT_EVENTS_TOTAL,
         "Audit events by result: written, or failed (lost: the file could not be written)."
+    );
+    describe_gauge!(
+        AUDIT_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes of requests and answers queued for the audit writer (bounded by audit.queueBytes)."
+    );
+    describe_histogram!(
+        AUDIT_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Calls that waited for room in the audit queue, by how long: the writer fell behind (backpressure; no event is dropped)."
     );
     describe_counter!(
         POLICY_DECISIONS_TOTAL,
