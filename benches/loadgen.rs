@@ -815,7 +815,8 @@ fn compare_authorities(pair: &Pair, per_round: Duration) {
 /// The stack a hardened node runs, against the default one: metrics, the audit trail with its
 /// default rules (CreateContainer and exec at Request level), pss-baseline, restrict-exec and
 /// image-registries (allowing the canned runtime's registry), and a read-only second listener
-/// with a rate limit. Reports CPU per call and the hardened criguard's peak memory.
+/// with a rate limit. Direct, default and hardened in the same alternating rounds: ratios to
+/// direct, CPU per call of both stacks, and the hardened criguard's peak memory.
 fn compare_hardened(
     runtime: &tokio::runtime::Runtime,
     dir: &Path,
@@ -886,13 +887,93 @@ fn compare_hardened(
             .expect("ImageStatus");
         assert_eq!(answer.grpc_status(), Some(0));
     });
-    compare(
-        runtime,
-        Side::new("default stack", &pair.proxy, &pair.proxy_process),
-        Side::new("hardened stack", &socket, &process),
-        None,
-        per_round,
+    let exec = runtime.block_on(async {
+        // ExecSync into a running container of the canned runtime, as an exec probe does.
+        let mut client = RawClient::connect(&pair.runtime).await.expect("connect");
+        let list = grpc_frame(&criguard::cri::ListContainersRequest::default().encode_to_vec());
+        let answer = client
+            .call(
+                "/runtime.v1.RuntimeService/ListContainers",
+                list,
+                &HeaderMap::new(),
+            )
+            .await
+            .expect("ListContainers");
+        let containers =
+            criguard::cri::ListContainersResponse::decode(&answer.body[5..]).expect("answer");
+        let running = containers
+            .containers
+            .iter()
+            .find(|c| c.state == criguard::cri::ContainerState::ContainerRunning as i32)
+            .expect("a running container");
+        grpc_frame(
+            &criguard::cri::ExecSyncRequest {
+                container_id: running.id.clone(),
+                cmd: vec!["echo".into(), "ok".into()],
+                timeout: 1,
+            }
+            .encode_to_vec(),
+        )
+    });
+    let mut cases: Vec<Scenario> = scenarios()
+        .into_iter()
+        .filter(|s| !s.big && s.concurrency > 1)
+        .collect();
+    cases.push(Scenario {
+        name: "ExecSync c=64".into(),
+        path: "/runtime.v1.RuntimeService/ExecSync",
+        body: exec,
+        concurrency: 64,
+        big: false,
+    });
+    let (default, hardened) = (pair.proxy_process.0.id(), process.0.id());
+    println!();
+    println!(
+        "| scenario | direct req/s | default / direct | hardened / direct | hardened p50 / p99 (µs) | CPU µs/call default | CPU µs/call hardened | hardened / default CPU |"
     );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for s in cases {
+        let (mut direct, mut through) = (None, [None, None]);
+        let mut cpu = [(0u64, 0u64); 2];
+        for _ in 0..rounds() {
+            let run = |socket: &Path| {
+                runtime.block_on(drive(
+                    socket,
+                    s.path,
+                    s.body.clone(),
+                    s.concurrency,
+                    per_round,
+                ))
+            };
+            add(&mut direct, run(&pair.runtime));
+            for (i, (socket, pid)) in [(&pair.proxy, default), (&socket, hardened)]
+                .into_iter()
+                .enumerate()
+            {
+                let before = cpu_micros(pid);
+                let r = run(socket);
+                cpu[i] = (cpu[i].0 + cpu_micros(pid) - before, cpu[i].1 + r.calls);
+                add(&mut through[i], r);
+            }
+        }
+        let direct = direct.unwrap();
+        let [Some(base), Some(hard)] = through else {
+            unreachable!("every round ran")
+        };
+        let per_call = |(micros, calls): (u64, u64)| micros as f64 / calls.max(1) as f64;
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {} / {} | {:.1} | {:.1} | {:.2} |",
+            s.name,
+            direct.rate(),
+            base.rate() / direct.rate(),
+            hard.rate() / direct.rate(),
+            hard.latency.value_at_quantile(0.5),
+            hard.latency.value_at_quantile(0.99),
+            per_call(cpu[0]),
+            per_call(cpu[1]),
+            per_call(cpu[1]) / per_call(cpu[0]),
+        );
+    }
     println!(
         "hardened criguard: peak RSS (VmHWM) {} KiB, now {} KiB",
         status_kib(process.0.id(), "VmHWM:"),
