@@ -4,6 +4,7 @@
 //! or not, to the runtime's socket as the caller's original bytes, through a tower stack of
 //! layers (see [`app::build_stack`]).
 
+pub mod allocator;
 pub mod app;
 pub mod audit;
 pub mod cli;

@@ -18,6 +18,7 @@ const EXIT_CONFIG: u8 = 2;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    criguard::allocator::return_freed_memory_at_once();
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Serve(args) => args.worker_threads,

@@ -27,7 +27,7 @@ use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{self, Subject};
-use crate::proxy::rpc::{Method, Rpc};
+use crate::proxy::rpc::{Method, Object, Rpc};
 use crate::proxy::status;
 use crate::telemetry::metrics::AUDIT_QUEUE_WAIT_SECONDS;
 
@@ -181,7 +181,10 @@ where
             let start = Instant::now();
             let permit = trail.room().await;
             let keep_response = highest == Level::RequestResponse
-                || matches!(rpc.method, Method::RunPodSandbox | Method::CreateContainer);
+                || matches!(
+                    rpc.method.facts().creates,
+                    Some(Object::Sandbox | Object::Container)
+                );
             let mut record = Record {
                 trail: trail.clone(),
                 permit,

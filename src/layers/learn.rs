@@ -31,16 +31,7 @@ impl Observe for Learn {
     fn start<B>(&self, request: &mut http::Request<B>) -> Option<LearnRecord> {
         let inventory = self.inventory.as_ref().filter(|i| i.needed())?.clone();
         let method = request.extensions().get::<Rpc>()?.method;
-        let learns = matches!(
-            method,
-            Method::RunPodSandbox
-                | Method::CreateContainer
-                | Method::RemoveContainer
-                | Method::RemovePodSandbox
-                | Method::ImageStatus
-                | Method::PullImage
-        );
-        learns.then(|| LearnRecord {
+        method.facts().learned.then(|| LearnRecord {
             inventory,
             method,
             message: RequestMessageSlot::attach(request),

@@ -28,18 +28,8 @@ use super::access::Listener;
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::{ProxyError, Throttled};
 use crate::proxy::identity::Caller;
-use crate::proxy::rpc::{Method, MethodSet, Rpc};
+use crate::proxy::rpc::{MethodSet, Rpc};
 use crate::telemetry::metrics::{RATELIMIT_DECISIONS_TOTAL, RATELIMIT_WAIT_SECONDS};
-
-/// Methods a rule throttles only when it names them.
-const EXEMPT: [Method; 6] = [
-    Method::Status,
-    Method::Version,
-    Method::StopContainer,
-    Method::StopPodSandbox,
-    Method::RemoveContainer,
-    Method::RemovePodSandbox,
-];
 
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
 
@@ -161,7 +151,7 @@ impl Limit {
                 .as_ref()
                 .is_none_or(|uids| caller.is_some_and(|c| uids.contains(&c.uid)))
             && self.methods.contains(rpc)
-            && (!EXEMPT.contains(&rpc.method) || self.methods.names(rpc))
+            && (!rpc.method.facts().throttled_only_by_name || self.methods.names(rpc))
     }
 }
 

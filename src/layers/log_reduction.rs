@@ -97,7 +97,8 @@ impl ErrorLogReducer {
             self.entries.remove(&(method, "".into()));
             return;
         }
-        if ends_the_object(method) {
+        // After it the object is gone: all its remembered errors are cleared.
+        if method.facts().ends_object {
             self.entries.retain(|(_, o), _| &**o != object);
         } else {
             self.entries.remove(&(method, object.into()));
@@ -138,18 +139,6 @@ impl ErrorLogReducer {
             });
         }
     }
-}
-
-/// Calls after which the object is gone: all its remembered errors are cleared.
-fn ends_the_object(method: Method) -> bool {
-    matches!(
-        method,
-        Method::StopContainer
-            | Method::RemoveContainer
-            | Method::StopPodSandbox
-            | Method::RemovePodSandbox
-            | Method::RemoveImage
-    )
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::audit::rules::glob_match;
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
-use crate::proxy::rpc::{Method, MethodSet, Rpc};
+use crate::proxy::rpc::{Method, MethodSet, Names, Rpc};
 use crate::proxy::wire::DecodeError;
 use crate::telemetry::metrics::POLICY_DECISIONS_TOTAL;
 
@@ -345,10 +345,7 @@ impl PolicySet {
     /// Whether the policies read `method`'s request through views (the calls that carry a pod
     /// or an image); the others name only ids.
     pub fn reads_views(method: Method) -> bool {
-        matches!(
-            method,
-            Method::RunPodSandbox | Method::CreateContainer | Method::PullImage
-        )
+        method.facts().names == Names::Described
     }
 
     /// Whether any policy looks at this method (then the request is read ahead and decoded).

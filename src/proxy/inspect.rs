@@ -1,7 +1,7 @@
 //! Reads what a call is about (pod, sandbox, container, image) straight from the request's
 //! protobuf bytes, without decoding the whole message: cheap enough for every call.
 
-use super::rpc::Method;
+use super::rpc::{Method, Names};
 use super::wire::{DecodeError, Fields, Value};
 
 /// The id of the object `method` acts on, read from its request message: a container id, a
@@ -9,13 +9,13 @@ use super::wire::{DecodeError, Fields, Value};
 /// none (Version, List*, ...) or the bytes cannot be read.
 pub fn object_id(method: Method, message: &[u8]) -> &str {
     use Method::*;
-    let path: &[u32] = match method {
+    let path: &[u32] = match (method, method.facts().names) {
         // container_id = 1, pod_sandbox_id = 1
-        m if names_container(m) || names_sandbox(m) || m == CreateContainer => &[1],
+        (_, Names::Container | Names::Sandbox) | (CreateContainer, _) => &[1],
         // image = 1 (ImageSpec), image = 1
-        ImageStatus | PullImage | RemoveImage => &[1, 1],
+        (_, Names::Image) | (PullImage, _) => &[1, 1],
         // config = 1 (PodSandboxConfig), metadata = 1, name = 1
-        RunPodSandbox => &[1, 1, 1],
+        (RunPodSandbox, _) => &[1, 1, 1],
         _ => return "",
     };
     string_at(message, path).unwrap_or("")
@@ -86,11 +86,11 @@ impl Subject {
                 image: text(&[1, 1]),
                 ..Subject::default()
             },
-            m if names_sandbox(m) => Subject {
+            m if m.facts().names == Names::Sandbox => Subject {
                 sandbox_id: text(&[1]),
                 ..Subject::default()
             },
-            m if names_container(m) => Subject {
+            m if m.facts().names == Names::Container => Subject {
                 container_id: text(&[1]),
                 ..Subject::default()
             },
@@ -99,43 +99,11 @@ impl Subject {
     }
 }
 
-/// Methods whose request names a container by its id (`container_id = 1`).
-fn names_container(method: Method) -> bool {
-    use Method::*;
-    matches!(
-        method,
-        StartContainer
-            | StopContainer
-            | RemoveContainer
-            | ContainerStatus
-            | UpdateContainerResources
-            | ReopenContainerLog
-            | ExecSync
-            | Exec
-            | Attach
-            | ContainerStats
-            | CheckpointContainer
-    )
-}
-
-/// Methods whose request names a sandbox by its id (`pod_sandbox_id = 1`).
-fn names_sandbox(method: Method) -> bool {
-    use Method::*;
-    matches!(
-        method,
-        StopPodSandbox | RemovePodSandbox | PodSandboxStatus | PortForward | PodSandboxStats
-    )
-}
-
 /// The id a successful RunPodSandbox or CreateContainer answer carries, or the image a
 /// PullImage answer says it pulled (field 1 of all three).
 pub fn created_id(method: Method, response: &[u8]) -> Option<&str> {
-    match method {
-        Method::RunPodSandbox | Method::CreateContainer | Method::PullImage => {
-            string_at(response, &[1])
-        }
-        _ => None,
-    }
+    method.facts().creates?;
+    string_at(response, &[1])
 }
 
 /// The image an ImageStatus answer describes: its id, and every name the runtime knows it by

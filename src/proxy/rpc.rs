@@ -37,7 +37,7 @@ impl Service {
 }
 
 macro_rules! methods {
-    ($($service:ident => [$($name:ident),* $(,)?]),* $(,)?) => {
+    ($($service:ident => [$($name:ident = $facts:expr),* $(,)?]),* $(,)?) => {
         /// Every method of CRI v1 that the vendored proto knows, and `Unknown` for the rest.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Method {
@@ -65,6 +65,14 @@ macro_rules! methods {
                 }
             }
 
+            /// What every layer needs to know about the method: its row of the table below.
+            pub const fn facts(self) -> Facts {
+                match self {
+                    $($(Method::$name => $facts,)*)*
+                    Method::Unknown => Facts::UNKNOWN,
+                }
+            }
+
             fn lookup(service: Service, name: &str) -> Method {
                 match (service, name) {
                     $($((Service::$service, stringify!($name)) => Method::$name,)*)*
@@ -75,23 +83,191 @@ macro_rules! methods {
     };
 }
 
+// The table of methods: one row each, with everything criguard's layers know about it. A
+// method that needs special handling is added here, and only here.
 methods! {
     Runtime => [
-        Version, RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus,
-        ListPodSandbox, CreateContainer, StartContainer, StopContainer, RemoveContainer,
-        ListContainers, ContainerStatus, UpdateContainerResources, ReopenContainerLog, ExecSync,
-        Exec, Attach, PortForward, ContainerStats, ListContainerStats, PodSandboxStats,
-        ListPodSandboxStats, UpdateRuntimeConfig, Status, CheckpointContainer,
-        GetContainerEvents, ListMetricDescriptors, ListPodSandboxMetrics, RuntimeConfig,
+        Version = Facts::read().throttled_only_by_name(),
+        RunPodSandbox = Facts::lifecycle(Names::Described).creates(Object::Sandbox).learned(),
+        StopPodSandbox = Facts::lifecycle(Names::Sandbox).ends_object().throttled_only_by_name(),
+        RemovePodSandbox = Facts::lifecycle(Names::Sandbox)
+            .ends_object()
+            .learned()
+            .throttled_only_by_name(),
+        PodSandboxStatus = Facts::read().naming(Names::Sandbox),
+        ListPodSandbox = Facts::read(),
+        CreateContainer = Facts::lifecycle(Names::Described).creates(Object::Container).learned(),
+        StartContainer = Facts::lifecycle(Names::Container),
+        StopContainer = Facts::lifecycle(Names::Container).ends_object().throttled_only_by_name(),
+        RemoveContainer = Facts::lifecycle(Names::Container)
+            .ends_object()
+            .learned()
+            .throttled_only_by_name(),
+        ListContainers = Facts::read(),
+        ContainerStatus = Facts::read().naming(Names::Container),
+        UpdateContainerResources = Facts::lifecycle(Names::Container),
+        ReopenContainerLog = Facts::other(Names::Container),
+        ExecSync = Facts::exec(Names::Container),
+        Exec = Facts::exec(Names::Container),
+        Attach = Facts::exec(Names::Container),
+        PortForward = Facts::exec(Names::Sandbox),
+        ContainerStats = Facts::read().naming(Names::Container),
+        ListContainerStats = Facts::read(),
+        PodSandboxStats = Facts::read().naming(Names::Sandbox),
+        ListPodSandboxStats = Facts::read(),
+        UpdateRuntimeConfig = Facts::other(Names::Nothing),
+        Status = Facts::read().throttled_only_by_name(),
+        CheckpointContainer = Facts::lifecycle(Names::Container),
+        GetContainerEvents = Facts::read().server_streaming(),
+        ListMetricDescriptors = Facts::read(),
+        ListPodSandboxMetrics = Facts::read(),
+        RuntimeConfig = Facts::read(),
     ],
-    Image => [ListImages, ImageStatus, PullImage, RemoveImage, ImageFsInfo],
+    Image => [
+        ListImages = Facts::read(),
+        ImageStatus = Facts::read().naming(Names::Image).learned(),
+        PullImage = Facts::images(Names::Described).creates(Object::Image).learned(),
+        RemoveImage = Facts::images(Names::Image).ends_object(),
+        ImageFsInfo = Facts::read(),
+    ],
+}
+
+/// What a call does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Changes nothing.
+    Read,
+    /// Creates, starts, stops, removes, updates or checkpoints a sandbox or container.
+    Lifecycle,
+    /// A way into a running container.
+    Exec,
+    /// Pulls or removes an image.
+    Images,
+    /// Anything else (ReopenContainerLog, UpdateRuntimeConfig, methods the proto does not know).
+    Other,
+}
+
+/// What a call's request names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Names {
+    Nothing,
+    /// A container, by its id (`container_id = 1`).
+    Container,
+    /// A sandbox, by its id (`pod_sandbox_id = 1`).
+    Sandbox,
+    /// An image (`image = 1`, an ImageSpec).
+    Image,
+    /// The pod, container or image it creates, described in full (RunPodSandbox,
+    /// CreateContainer, PullImage): what policies read through their views.
+    Described,
+}
+
+/// The kinds of objects the runtime keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    Sandbox,
+    Container,
+    Image,
+}
+
+/// One row of the table of methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub effect: Effect,
+    pub names: Names,
+    /// A successful answer names what the call created (its field 1).
+    pub creates: Option<Object>,
+    /// After it the object is gone (log reduction forgets its errors).
+    pub ends_object: bool,
+    /// The answer is a stream that can stay open for hours: ended cleanly at shutdown.
+    pub server_streaming: bool,
+    /// The pod inventory learns from the call and its answer.
+    pub learned: bool,
+    /// A rate limit throttles it only when it names the method itself (not by class or `*`):
+    /// the calls that keep a node Ready or free its resources.
+    pub throttled_only_by_name: bool,
+}
+
+impl Facts {
+    const UNKNOWN: Facts = Facts::new(Effect::Other, Names::Nothing);
+
+    const fn new(effect: Effect, names: Names) -> Facts {
+        Facts {
+            effect,
+            names,
+            creates: None,
+            ends_object: false,
+            server_streaming: false,
+            learned: false,
+            throttled_only_by_name: false,
+        }
+    }
+
+    const fn read() -> Facts {
+        Facts::new(Effect::Read, Names::Nothing)
+    }
+
+    const fn lifecycle(names: Names) -> Facts {
+        Facts::new(Effect::Lifecycle, names)
+    }
+
+    const fn exec(names: Names) -> Facts {
+        Facts::new(Effect::Exec, names)
+    }
+
+    const fn images(names: Names) -> Facts {
+        Facts::new(Effect::Images, names)
+    }
+
+    const fn other(names: Names) -> Facts {
+        Facts::new(Effect::Other, names)
+    }
+
+    const fn naming(self, names: Names) -> Facts {
+        Facts { names, ..self }
+    }
+
+    const fn creates(self, object: Object) -> Facts {
+        Facts {
+            creates: Some(object),
+            ..self
+        }
+    }
+
+    const fn ends_object(self) -> Facts {
+        Facts {
+            ends_object: true,
+            ..self
+        }
+    }
+
+    const fn server_streaming(self) -> Facts {
+        Facts {
+            server_streaming: true,
+            ..self
+        }
+    }
+
+    const fn learned(self) -> Facts {
+        Facts {
+            learned: true,
+            ..self
+        }
+    }
+
+    const fn throttled_only_by_name(self) -> Facts {
+        Facts {
+            throttled_only_by_name: true,
+            ..self
+        }
+    }
 }
 
 impl Method {
     /// Whether the runtime answers this method with a stream of messages that can stay open for
     /// hours. Such answers are ended cleanly at shutdown instead of being cut off.
     pub fn is_server_streaming(self) -> bool {
-        matches!(self, Method::GetContainerEvents)
+        self.facts().server_streaming
     }
 }
 
@@ -128,42 +304,12 @@ impl MethodClass {
 
     /// Whether `method` belongs to the class. Methods our proto does not know belong to none.
     pub fn contains(self, method: Method) -> bool {
-        use Method::*;
+        let effect = method.facts().effect;
         match self {
-            MethodClass::Lifecycle => matches!(
-                method,
-                RunPodSandbox
-                    | StopPodSandbox
-                    | RemovePodSandbox
-                    | CreateContainer
-                    | StartContainer
-                    | StopContainer
-                    | RemoveContainer
-                    | UpdateContainerResources
-                    | CheckpointContainer
-            ),
-            MethodClass::Exec => matches!(method, Exec | ExecSync | Attach | PortForward),
+            MethodClass::Lifecycle => effect == Effect::Lifecycle,
+            MethodClass::Exec => effect == Effect::Exec,
             MethodClass::Image => method.service() == Service::Image,
-            MethodClass::Read => matches!(
-                method,
-                Version
-                    | Status
-                    | RuntimeConfig
-                    | ListPodSandbox
-                    | ListContainers
-                    | ListContainerStats
-                    | ListPodSandboxStats
-                    | ListImages
-                    | ListMetricDescriptors
-                    | ListPodSandboxMetrics
-                    | PodSandboxStatus
-                    | ContainerStatus
-                    | ImageStatus
-                    | ContainerStats
-                    | PodSandboxStats
-                    | ImageFsInfo
-                    | GetContainerEvents
-            ),
+            MethodClass::Read => effect == Effect::Read,
         }
     }
 }
@@ -290,6 +436,51 @@ impl fmt::Display for Rpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table agrees with the vendored proto: each row's streaming, the field that names
+    /// its object, and the field of the answer that names what it created.
+    #[test]
+    fn the_table_of_methods_agrees_with_the_proto() {
+        let pool = prost_reflect::DescriptorPool::decode(crate::cri::DESCRIPTORS).unwrap();
+        for &method in Method::ALL {
+            let service = pool
+                .get_service_by_name(method.service().proto_name().unwrap())
+                .unwrap();
+            let proto = service
+                .methods()
+                .find(|m| m.name() == method.as_str())
+                .unwrap();
+            let facts = method.facts();
+            assert_eq!(
+                facts.server_streaming,
+                proto.is_server_streaming(),
+                "{method}"
+            );
+            let first = |m: prost_reflect::MessageDescriptor| {
+                m.get_field(1)
+                    .map(|f| f.name().to_string())
+                    .unwrap_or_default()
+            };
+            let named = match facts.names {
+                Names::Container => Some("container_id"),
+                Names::Sandbox => Some("pod_sandbox_id"),
+                Names::Image => Some("image"),
+                Names::Nothing | Names::Described => None,
+            };
+            if let Some(name) = named {
+                assert_eq!(first(proto.input()), name, "{method}");
+            }
+            let created = match facts.creates {
+                Some(Object::Sandbox) => Some("pod_sandbox_id"),
+                Some(Object::Container) => Some("container_id"),
+                Some(Object::Image) => Some("image_ref"),
+                None => None,
+            };
+            if let Some(name) = created {
+                assert_eq!(first(proto.output()), name, "{method}");
+            }
+        }
+    }
 
     #[test]
     fn parses_known_methods_of_both_services() {
