@@ -15,13 +15,14 @@ use crate::audit::{AuditLayer, AuditTrail};
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::layers::access::AccessLayer;
+use crate::layers::cri_only::CriOnlyLayer;
 use crate::layers::learn::Learn;
 use crate::layers::limits::LimitsLayer;
 use crate::layers::log::CallLog;
 use crate::layers::metrics::CallMetrics;
+use crate::layers::policy::PolicyLayer;
 use crate::policy::PolicySet;
 use crate::policy::file::PolicyError;
-use crate::policy::layer::PolicyLayer;
 use crate::policy::reload::PolicyStore;
 use crate::proxy::h2io::RecvBody;
 use crate::proxy::head::ReadHeadLayer;
@@ -75,6 +76,8 @@ pub fn build_stack(
         .layer(parts.limits)
         // Read the first message of known calls for inspection; the bytes go on unchanged.
         .layer(ReadHeadLayer::new(config.max_message_size))
+        // While policies are in force, only CRI calls pass: no policy can read the others.
+        .layer(CriOnlyLayer::new(parts.policies.clone()))
         // Policies on the decoded request: PERMISSION_DENIED, or INVALID_ARGUMENT when a
         // request they must inspect cannot be decoded. Calls no policy matches are not decoded.
         .layer(PolicyLayer::new(parts.policies, parts.inventory))

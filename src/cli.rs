@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{LogFormat, Overrides};
+use crate::config::Overrides;
+use crate::settings::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::layers::access::{FileListener, FileRoles, Listener, find_role};
+use crate::layers::access::{FileListener, FileRoles, ListenerAccess, find_role};
 use crate::layers::limits::{FileLimit, Limit};
 use crate::proxy::listener::SocketOptions;
 use crate::proxy::runtime::Endpoint;
+use crate::settings::{ByteSize, LogFormat};
 use crate::telemetry::admin::AdminAddress;
 
 pub const DEFAULT_LISTEN: &str = "/run/criguard/criguard.sock";
@@ -86,19 +87,11 @@ pub struct Overrides {
     pub policies: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
 /// One socket criguard serves: where, with which role, and who may use it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub socket: SocketOptions,
-    pub access: Listener,
+    pub access: ListenerAccess,
     /// At most this many calls of this socket in flight to the runtime.
     pub max_in_flight: Option<usize>,
 }
@@ -359,7 +352,7 @@ fn resolve_listeners(
                 mode,
                 group: over.socket_group.clone().or(file.socket_group.clone()),
             },
-            access: Listener {
+            access: ListenerAccess {
                 path,
                 role: crate::layers::access::Role::full(),
                 allow_uids: None,
@@ -414,7 +407,7 @@ fn resolve_listeners(
                 mode,
                 group: listener.group.clone(),
             },
-            access: Listener {
+            access: ListenerAccess {
                 path,
                 role,
                 allow_uids: listener.allow_uids.clone(),
@@ -465,49 +458,6 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         return Err(format!("{text:?} has bits outside 0777"));
     }
     Ok(mode)
-}
-
-/// A size in bytes: a number, or a number with a unit (`16MiB`, `80Mi`, `512KiB`, `1GiB`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ByteSize(pub usize);
-
-impl ByteSize {
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
-        let text = text.trim();
-        let digits = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(digits);
-        let number: usize = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a size such as 16777216 or \"16MiB\""))?;
-        let factor = match unit.trim() {
-            "" | "B" => 1,
-            "Ki" | "KiB" => 1 << 10,
-            "Mi" | "MiB" => 1 << 20,
-            "Gi" | "GiB" => 1 << 30,
-            other => return Err(format!("unknown size unit {other:?}: use KiB, MiB or GiB")),
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("{text:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(usize),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -602,14 +552,6 @@ mod tests {
 
         let err = from_yaml("listen: /x.sock\nruntimeEndpoint: /x.sock\n").unwrap_err();
         assert!(err.problem.contains("call itself"), "{err}");
-    }
-
-    #[test]
-    fn sizes_take_units() {
-        assert_eq!(ByteSize::parse("16777216"), Ok(ByteSize(16 << 20)));
-        assert_eq!(ByteSize::parse("80Mi"), Ok(ByteSize(80 << 20)));
-        assert_eq!(ByteSize::parse("512KiB"), Ok(ByteSize(512 << 10)));
-        assert!(ByteSize::parse("12 parsecs").is_err());
     }
 
     #[test]

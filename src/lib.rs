@@ -17,6 +17,7 @@ pub mod layers;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod settings;
 pub mod signal;
 pub mod systemd;
 pub mod telemetry;

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use criguard::cli::{Cli, Command, PolicyCommand};
-use criguard::config::{Config, LogFormat};
+use criguard::config::Config;
 use criguard::reload::ConfigSource;
+use criguard::settings::LogFormat;
 use criguard::telemetry::admin::AdminAddress;
 use criguard::telemetry::logging::{self, LevelHandle};
 use tokio_util::sync::CancellationToken;

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::AuditTrail;
 use crate::config::{Config, ConfigError, Overrides};
-use crate::layers::access::Listener;
+use crate::layers::access::ListenerAccess;
 use crate::layers::limits::LimitsLayer;
 use crate::policy::file::PolicyError;
 use crate::policy::reload::PolicyStore;
@@ -42,7 +42,7 @@ impl ConfigSource {
 pub struct Handles {
     pub limits: LimitsLayer,
     /// Per listener path, the settings its requests are checked against.
-    pub listeners: Vec<(PathBuf, Arc<ArcSwap<Listener>>)>,
+    pub listeners: Vec<(PathBuf, Arc<ArcSwap<ListenerAccess>>)>,
     pub audit: Option<Arc<AuditTrail>>,
     pub policies: Option<PolicyStore>,
     pub log: Option<LevelHandle>,

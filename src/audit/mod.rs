@@ -12,9 +12,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ByteSize;
+use crate::settings::ByteSize;
 pub use layer::{AuditLayer, AuditTrail};
-pub use rules::{Level, Rule, Rules};
+pub use rules::{AuditRule, Level, Rules};
 pub use writer::Sinks;
 
 pub const DEFAULT_MAX_SIZE_MB: u64 = 100;
@@ -39,7 +39,7 @@ pub struct FileAudit {
     /// Bytes of requests and answers the queue may hold; calls wait beyond (backpressure).
     pub queue_bytes: Option<ByteSize>,
     pub max_payload_bytes: Option<ByteSize>,
-    pub rules: Option<Vec<Rule>>,
+    pub rules: Option<Vec<AuditRule>>,
 }
 
 /// What happens to calls when their events cannot be written.

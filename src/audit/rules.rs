@@ -23,7 +23,7 @@ pub enum Level {
 /// One rule as written under `audit.rules`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Rule {
+pub struct AuditRule {
     pub level: Level,
     /// Method names or classes (`lifecycle`, `exec`, `image`, `read`); absent means every call.
     #[serde(default = "MethodSet::all")]
@@ -58,17 +58,17 @@ const NO_EVENT: Choice = Choice {
 
 /// The ordered rules; a call no rule matches is not recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rules(Vec<Rule>);
+pub struct Rules(Vec<AuditRule>);
 
 impl Rules {
-    pub fn new(rules: Vec<Rule>) -> Rules {
+    pub fn new(rules: Vec<AuditRule>) -> Rules {
         Rules(rules)
     }
 
     /// The shipped policy: the decoded request of every lifecycle, exec and image-changing
     /// call; metadata of the other calls that change something; nothing for reads.
     pub fn shipped() -> Rules {
-        let rule = |level, methods: &[&str]| Rule {
+        let rule = |level, methods: &[&str]| AuditRule {
             level,
             methods: MethodSet::parse(methods).expect("valid shipped rule"),
             namespaces: None,
@@ -116,7 +116,7 @@ impl Rules {
     }
 }
 
-impl Rule {
+impl AuditRule {
     fn matches_call(&self, rpc: &Rpc, caller: Option<&Caller>) -> bool {
         self.methods.contains(rpc)
             && self

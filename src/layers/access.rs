@@ -43,7 +43,7 @@ impl Role {
 
 /// One listening socket as configured: its role and who may connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listener {
+pub struct ListenerAccess {
     pub path: PathBuf,
     pub role: Role,
     /// Uids admitted; with `allow_gids`, a caller matching either is admitted. Both `None`:
@@ -52,7 +52,7 @@ pub struct Listener {
     pub allow_gids: Option<Vec<u32>>,
 }
 
-impl Listener {
+impl ListenerAccess {
     /// Whether `caller` may use this listener at all.
     pub fn admits(&self, caller: Option<&Caller>) -> bool {
         if self.allow_uids.is_none() && self.allow_gids.is_none() {
@@ -103,7 +103,7 @@ impl<S> tower::Layer<S> for AccessLayer {
     }
 }
 
-/// Refuses calls that the request's listener does not allow (see [`Listener`]).
+/// Refuses calls that the request's listener does not allow (see [`ListenerAccess`]).
 #[derive(Clone, Debug)]
 pub struct Access<S> {
     inner: S,
@@ -123,7 +123,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let extensions = request.extensions();
-        if let Some(listener) = extensions.get::<Arc<Listener>>() {
+        if let Some(listener) = extensions.get::<Arc<ListenerAccess>>() {
             let caller = extensions.get::<Arc<Caller>>().map(|c| &**c);
             if let Err(denied) = listener.check(extensions.get::<Rpc>(), caller) {
                 if let Some(slot) = extensions.get::<DecisionSlot>() {
@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn read_only_lists_but_never_changes_or_enters() {
-        let listener = Listener {
+        let listener = ListenerAccess {
             path: "/run/criguard/readonly.sock".into(),
             role: Role::read_only(),
             allow_uids: None,
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn only_the_allowed_uids_and_gids_get_in() {
-        let listener = Listener {
+        let listener = ListenerAccess {
             path: "/run/criguard/criguard.sock".into(),
             role: Role::full(),
             allow_uids: Some(vec![0]),

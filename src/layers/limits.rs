@@ -24,7 +24,7 @@ use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::access::Listener;
+use super::access::ListenerAccess;
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::{ProxyError, Throttled};
 use crate::proxy::identity::Caller;
@@ -138,7 +138,12 @@ impl Limit {
     }
 
     /// Whether the rule applies to a call on `listener` by `caller`.
-    fn applies(&self, rpc: &Rpc, listener: Option<&Listener>, caller: Option<&Caller>) -> bool {
+    fn applies(
+        &self,
+        rpc: &Rpc,
+        listener: Option<&ListenerAccess>,
+        caller: Option<&Caller>,
+    ) -> bool {
         self.listener
             .as_ref()
             .is_none_or(|path| listener.is_some_and(|l| l.path == *path))
@@ -327,7 +332,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let extensions = request.extensions();
-        let listener = extensions.get::<Arc<Listener>>().map(|l| &**l);
+        let listener = extensions.get::<Arc<ListenerAccess>>().map(|l| &**l);
         let caller = extensions.get::<Arc<Caller>>().map(|c| &**c);
         let rpc = extensions.get::<Rpc>();
         let set = self.set.load();

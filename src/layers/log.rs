@@ -34,11 +34,11 @@ impl CallLog {
 }
 
 impl Observe for CallLog {
-    type Record = CallRecord;
+    type Record = LogRecord;
 
-    fn start<B>(&self, request: &mut http::Request<B>) -> CallRecord {
+    fn start<B>(&self, request: &mut http::Request<B>) -> LogRecord {
         let message = RequestMessageSlot::attach(request);
-        CallRecord {
+        LogRecord {
             caller: request.extensions().get::<Arc<Caller>>().cloned(),
             rpc: request.extensions().get::<Rpc>().cloned(),
             message,
@@ -50,7 +50,7 @@ impl Observe for CallLog {
 
 /// What is known of a call until it ends.
 #[derive(Debug)]
-pub struct CallRecord {
+pub struct LogRecord {
     caller: Option<Arc<Caller>>,
     rpc: Option<Rpc>,
     message: RequestMessageSlot,
@@ -58,7 +58,7 @@ pub struct CallRecord {
     start: Instant,
 }
 
-impl StatusObserver for CallRecord {
+impl StatusObserver for LogRecord {
     fn on_end(self, outcome: Outcome) {
         let latency_ms = self.start.elapsed().as_secs_f64() * 1e3;
         let (path, method) = self

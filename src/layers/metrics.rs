@@ -29,9 +29,9 @@ impl CallMetrics {
 }
 
 impl Observe for CallMetrics {
-    type Record = CallRecord;
+    type Record = MetricsRecord;
 
-    fn start<B>(&self, request: &mut http::Request<B>) -> CallRecord {
+    fn start<B>(&self, request: &mut http::Request<B>) -> MetricsRecord {
         let (service, method) = match request.extensions().get::<Rpc>() {
             Some(rpc) => {
                 if rpc.method == Method::Unknown {
@@ -41,10 +41,10 @@ impl Observe for CallMetrics {
             }
             None => (Service::Other, Method::Unknown),
         };
-        CallRecord::start(service, method)
+        MetricsRecord::start(service, method)
     }
 
-    fn on_response<B>(record: &mut CallRecord, response: &http::Response<B>) {
+    fn on_response<B>(record: &mut MetricsRecord, response: &http::Response<B>) {
         record.request_stats = response.extensions().get::<RequestStats>().cloned();
         let trailers_only = status::read_code(response.headers()).is_some();
         if record.metrics.method.is_server_streaming() && !trailers_only {
@@ -68,7 +68,7 @@ fn note_unknown_method(rpc: &Rpc) {
 /// One call, from its start to the end of its answer. Dropped without an end (the caller went
 /// away before the answer started), it counts as CANCELLED.
 #[derive(Debug)]
-pub struct CallRecord {
+pub struct MetricsRecord {
     metrics: &'static MethodMetrics,
     start: Instant,
     streaming: bool,
@@ -76,11 +76,11 @@ pub struct CallRecord {
     ended: bool,
 }
 
-impl CallRecord {
-    fn start(service: Service, method: Method) -> CallRecord {
+impl MetricsRecord {
+    fn start(service: Service, method: Method) -> MetricsRecord {
         let metrics = MethodMetrics::of(service, method);
         metrics.in_flight.increment(1.0);
-        CallRecord {
+        MetricsRecord {
             metrics,
             start: Instant::now(),
             streaming: false,
@@ -157,13 +157,13 @@ impl MethodMetrics {
     }
 }
 
-impl StatusObserver for CallRecord {
+impl StatusObserver for MetricsRecord {
     fn on_end(mut self, outcome: Outcome) {
         self.end(outcome.code, outcome.response_bytes);
     }
 }
 
-impl Drop for CallRecord {
+impl Drop for MetricsRecord {
     fn drop(&mut self) {
         self.end(Code::Cancelled, 0);
     }

@@ -1,9 +1,11 @@
 //! The layers of the stack, one concern each. `app.rs` assembles them.
 
 pub mod access;
+pub mod cri_only;
 pub mod learn;
 pub mod limits;
 pub mod log;
 pub mod log_reduction;
 pub mod metrics;
 pub mod observe;
+pub mod policy;

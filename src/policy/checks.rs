@@ -101,7 +101,7 @@ const SELINUX_TYPES: [&str; 5] = [
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Level {
+pub enum PssLevel {
     #[default]
     Baseline,
     Restricted,
@@ -114,9 +114,9 @@ pub struct NoParams {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LevelParams {
+pub struct PssLevelParams {
     #[serde(default)]
-    pub level: Level,
+    pub level: PssLevel,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -155,7 +155,7 @@ pub enum Check {
     Privileged,
     HostNamespaces,
     HostPorts(HostPortParams),
-    Capabilities(Level),
+    Capabilities(PssLevel),
     Seccomp,
     AppArmor,
     SELinux,
@@ -210,10 +210,10 @@ impl Check {
                     .flat_map(|c| c.add_capabilities.iter().chain(&c.add_ambient_capabilities));
                 for cap in added {
                     let allowed = match level {
-                        Level::Baseline => {
+                        PssLevel::Baseline => {
                             BASELINE_CAPABILITIES.iter().any(|c| is_capability(cap, c))
                         }
-                        Level::Restricted => is_capability(cap, "NET_BIND_SERVICE"),
+                        PssLevel::Restricted => is_capability(cap, "NET_BIND_SERVICE"),
                     };
                     if !allowed {
                         return Some(format!(
@@ -224,7 +224,7 @@ impl Check {
                 }
                 let drops_all = capabilities
                     .is_some_and(|c| c.drop_capabilities.iter().any(|d| is_capability(d, "ALL")));
-                (*level == Level::Restricted && !drops_all).then(|| {
+                (*level == PssLevel::Restricted && !drops_all).then(|| {
                     "does not drop ALL capabilities (capabilities.drop_capabilities)".into()
                 })
             }
@@ -597,7 +597,7 @@ mod tests {
         for check in [
             Check::Privileged,
             Check::HostNamespaces,
-            Check::Capabilities(Level::Restricted),
+            Check::Capabilities(PssLevel::Restricted),
             Check::Seccomp,
             Check::AppArmor,
             Check::SELinux,
@@ -723,8 +723,8 @@ mod tests {
             }),
             ..restricted()
         };
-        let baseline = Check::Capabilities(Level::Baseline);
-        let restricted_check = Check::Capabilities(Level::Restricted);
+        let baseline = Check::Capabilities(PssLevel::Baseline);
+        let restricted_check = Check::Capabilities(PssLevel::Restricted);
         assert_eq!(
             check_container(&baseline, with(&["CAP_CHOWN", "kill"], &[])),
             None

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
-use super::checks::{Check, HostPathParams, HostPortParams, ImageParams, LevelParams, NoParams};
+use super::checks::{Check, HostPathParams, HostPortParams, ImageParams, NoParams, PssLevelParams};
 use super::{Policy, PolicySet, PolicySettings, Rule, RuleKind};
 use crate::proxy::rpc::MethodSet;
 
@@ -134,7 +134,7 @@ struct RuleSpec {
     privileged: Option<NoParams>,
     host_namespaces: Option<NoParams>,
     host_ports: Option<HostPortParams>,
-    capabilities: Option<LevelParams>,
+    capabilities: Option<PssLevelParams>,
     seccomp: Option<NoParams>,
     #[serde(rename = "apparmor")]
     app_armor: Option<NoParams>,

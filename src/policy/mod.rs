@@ -13,7 +13,6 @@ pub mod cel;
 pub mod checks;
 pub mod file;
 pub mod image_ref;
-pub mod layer;
 pub mod reload;
 pub mod view;
 
@@ -116,7 +115,7 @@ pub struct PolicySet {
 
 /// What a rule found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum FindingKind {
     /// The call breaks the rule; the text says how.
     Violation(String),
     /// The rule could not be evaluated (undecodable body, CEL error).
@@ -130,7 +129,7 @@ pub struct Finding {
     pub rule: String,
     pub mode: Mode,
     pub failure_policy: FailurePolicy,
-    pub outcome: Outcome,
+    pub outcome: FindingKind,
     /// The body could not be decoded at all (as opposed to a rule failing).
     pub undecodable: bool,
 }
@@ -140,31 +139,31 @@ impl Finding {
     pub fn refuses(&self) -> bool {
         self.mode == Mode::Enforce
             && match self.outcome {
-                Outcome::Violation(_) => true,
-                Outcome::Error(_) => self.failure_policy == FailurePolicy::Fail,
+                FindingKind::Violation(_) => true,
+                FindingKind::Error(_) => self.failure_policy == FailurePolicy::Fail,
             }
     }
 
     /// `denied by policy "p", rule "r": ...`, for the caller and the log.
     pub fn describe(&self) -> String {
         match &self.outcome {
-            Outcome::Violation(text) if self.refuses() => {
+            FindingKind::Violation(text) if self.refuses() => {
                 format!(
                     "denied by policy {:?}, rule {:?}: {text}",
                     self.policy, self.rule
                 )
             }
-            Outcome::Violation(text) => format!(
+            FindingKind::Violation(text) => format!(
                 "violates policy {:?} ({}), rule {:?}: {text}",
                 self.policy,
                 self.mode.as_str(),
                 self.rule
             ),
-            Outcome::Error(text) if self.undecodable => format!(
+            FindingKind::Error(text) if self.undecodable => format!(
                 "policy {:?} must inspect this request and cannot decode it: {text}",
                 self.policy
             ),
-            Outcome::Error(text) => format!(
+            FindingKind::Error(text) => format!(
                 "policy {:?}, rule {:?} could not be evaluated (failurePolicy: Fail): {text}",
                 self.policy, self.rule
             ),
@@ -389,7 +388,7 @@ impl PolicySet {
                         rule: String::new(),
                         mode: policy.mode,
                         failure_policy: policy.failure_policy,
-                        outcome: Outcome::Error(why.clone()),
+                        outcome: FindingKind::Error(why.clone()),
                         undecodable: true,
                     });
                 }
@@ -442,7 +441,7 @@ impl PolicySet {
                 for rule in &policy.rules {
                     let outcome = match &rule.kind {
                         RuleKind::Check(check) => check.violation(&target).map(|detail| {
-                            Outcome::Violation(format!(
+                            FindingKind::Violation(format!(
                                 "{} {}",
                                 who(),
                                 rule.message.as_deref().unwrap_or(&detail)
@@ -454,12 +453,12 @@ impl PolicySet {
                             });
                             match self::cel::holds(expr, context) {
                                 Ok(true) => None,
-                                Ok(false) => Some(Outcome::Violation(format!(
+                                Ok(false) => Some(FindingKind::Violation(format!(
                                     "{}: {}",
                                     who(),
                                     rule.message.as_deref().unwrap_or(&expr.source)
                                 ))),
-                                Err(err) => Some(Outcome::Error(err)),
+                                Err(err) => Some(FindingKind::Error(err)),
                             }
                         }
                     };

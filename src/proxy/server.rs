@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use super::authority::CallerStream;
 use super::h2io::{RecvBody, send_body};
 use super::identity::Caller;
-use crate::layers::access::Listener;
+use crate::layers::access::ListenerAccess;
 use crate::systemd::Watchdog;
 
 /// Streams one caller may have open at once on one connection.
@@ -52,7 +52,7 @@ const DRAIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Serves the listeners until `shutdown` fires, then drains within `grace`. `watchdog` is
 /// fed from the accept loop, so it stops when the loop is stuck.
 pub async fn serve<S, B>(
-    listeners: Vec<(UnixListener, Arc<ArcSwap<Listener>>)>,
+    listeners: Vec<(UnixListener, Arc<ArcSwap<ListenerAccess>>)>,
     stack: S,
     shutdown: CancellationToken,
     grace: Duration,
@@ -142,7 +142,7 @@ async fn feed(ping: &mut Option<tokio::time::Interval>, watchdog: Option<&Watchd
 /// go to.
 struct Connection<S> {
     caller: Option<Arc<Caller>>,
-    access: Arc<ArcSwap<Listener>>,
+    access: Arc<ArcSwap<ListenerAccess>>,
     stack: S,
 }
 
@@ -287,7 +287,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let listener = UnixListener::bind(dir.path().join("criguard.sock")).unwrap();
-            let access = Arc::new(ArcSwap::from_pointee(Listener {
+            let access = Arc::new(ArcSwap::from_pointee(ListenerAccess {
                 path: dir.path().join("criguard.sock"),
                 role: Role::full(),
                 allow_uids: None,

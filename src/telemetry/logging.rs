@@ -9,7 +9,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
-use crate::config::LogFormat;
+use crate::settings::LogFormat;
 
 /// Changes the level of the installed subscriber (a configuration reload).
 #[derive(Clone, Debug)]

@@ -10,14 +10,14 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use futures_util::future::Either;
 
-use super::file::Mode;
-use super::{Call, Evaluation, Finding, Outcome, PolicySet, read_subject};
 use crate::inventory::Inventory;
+use crate::policy::file::Mode;
+use crate::policy::{Call, Evaluation, Finding, FindingKind, PolicySet, read_subject};
 use crate::proxy::body::{RequestMessage, RequestMessageSlot};
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
-use crate::proxy::rpc::{Rpc, Service};
+use crate::proxy::rpc::Rpc;
 use crate::telemetry::metrics::{POLICY_DECISIONS_TOTAL, POLICY_EVALUATION_SECONDS};
 
 /// Layer for [`Policies`].
@@ -75,9 +75,6 @@ where
         let Some(rpc) = extensions.get::<Rpc>() else {
             return Either::Left(self.inner.call(request));
         };
-        if rpc.service == Service::Other && !set.is_empty() {
-            return Either::Right(ready(Err(not_cri(rpc, extensions.get::<DecisionSlot>()))));
-        }
         if !set.inspects(rpc) {
             return Either::Left(self.inner.call(request));
         }
@@ -120,31 +117,6 @@ where
     }
 }
 
-/// The refusal of a call to a service other than CRI's while policies are in force. The
-/// runtime's socket may serve more than CRI (containerd's own API: `ctr run --privileged`
-/// works through any relay); no policy can read those calls, so they do not pass.
-fn not_cri(rpc: &Rpc, slot: Option<&DecisionSlot>) -> ProxyError {
-    let reason = format!(
-        "{} is not a CRI call, and only CRI calls pass while policies are in force",
-        rpc.path
-    );
-    metrics::counter!(
-        POLICY_DECISIONS_TOTAL,
-        "policy" => "criguard",
-        "rule" => "cri-only",
-        "decision" => "deny",
-        "mode" => Mode::Enforce.as_str()
-    )
-    .increment(1);
-    if let Some(slot) = slot {
-        slot.set(Decision::denied(
-            "criguard (policies in force)".into(),
-            reason.clone(),
-        ));
-    }
-    ProxyError::PolicyDenied(format!("denied: {reason}"))
-}
-
 /// Metrics, warnings and the decision for the audit trail.
 fn record(evaluation: &Evaluation, set: &PolicySet, rpc: &Rpc, slot: Option<&DecisionSlot>) {
     for policy in &evaluation.evaluated {
@@ -162,8 +134,8 @@ fn record(evaluation: &Evaluation, set: &PolicySet, rpc: &Rpc, slot: Option<&Dec
         for finding in findings {
             let decision = match (&finding.outcome, finding.refuses()) {
                 (_, true) => "deny",
-                (Outcome::Error(_), false) => "error",
-                (Outcome::Violation(_), false) => "violation",
+                (FindingKind::Error(_), false) => "error",
+                (FindingKind::Violation(_), false) => "violation",
             };
             metrics::counter!(
                 POLICY_DECISIONS_TOTAL,
@@ -175,7 +147,7 @@ fn record(evaluation: &Evaluation, set: &PolicySet, rpc: &Rpc, slot: Option<&Dec
             .increment(1);
             let text = finding.describe();
             if finding.mode == Mode::Warn
-                || (!finding.refuses() && matches!(finding.outcome, Outcome::Error(_)))
+                || (!finding.refuses() && matches!(finding.outcome, FindingKind::Error(_)))
             {
                 tracing::warn!(method = rpc.method_name(), policy = %finding.policy, rule = %finding.rule, mode = finding.mode.as_str(), "{text}");
             }
