@@ -11,10 +11,11 @@ use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-use crate::audit::{AuditLayer, AuditTrail};
+use crate::audit::AuditTrail;
 use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::layers::access::AccessLayer;
+use crate::layers::audit::AuditLayer;
 use crate::layers::cri_only::CriOnlyLayer;
 use crate::layers::learn::Learn;
 use crate::layers::limits::LimitsLayer;

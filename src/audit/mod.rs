@@ -4,8 +4,8 @@
 
 pub mod event;
 pub mod json;
-pub mod layer;
 pub mod rules;
+pub mod trail;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::settings::ByteSize;
-pub use layer::{AuditLayer, AuditTrail};
 pub use rules::{AuditRule, Level, Rules};
+pub use trail::AuditTrail;
 pub use writer::Sinks;
 
 pub const DEFAULT_MAX_SIZE_MB: u64 = 100;

@@ -1,6 +1,7 @@
 //! The layers of the stack, one concern each. `app.rs` assembles them.
 
 pub mod access;
+pub mod audit;
 pub mod cri_only;
 pub mod learn;
 pub mod limits;

@@ -1,8 +1,7 @@
 //! The audit layer: for each call that a rule may record, it takes a place in the writer's
 //! queue before the call goes on (waiting while the queue is full, in events or in bytes:
-//! backpressure, counted), watches the
-//! answer to its end, and queues the event. With `onFailure: deny`, calls that would be recorded
-//! are refused while events cannot be written.
+//! backpressure, counted), watches the answer to its end, and queues the event. With
+//! `onFailure: deny`, calls that would be recorded are refused while events cannot be written.
 
 use futures_util::future::{Either, MapOk, TryFutureExt};
 use std::convert::Infallible;
@@ -12,16 +11,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc::{self, OwnedPermit};
-use tokio::sync::oneshot;
 
-use super::event::{Event, Payload};
-use super::rules::{Level, Rules};
-use super::writer::{self, Backlog, Entry, Health};
-use super::{AuditConfig, OnFailure};
-use crate::inventory::Inventory;
+use crate::audit::OnFailure;
+use crate::audit::event::{Event, Payload};
+use crate::audit::rules::Level;
+use crate::audit::trail::{AuditTrail, Place};
 use crate::proxy::body::{Outcome, RequestMessageSlot, ResponseBody, StatusBody, StatusObserver};
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
@@ -29,75 +24,7 @@ use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{self, Subject};
 use crate::proxy::rpc::{Method, Object, Rpc};
 use crate::proxy::status;
-use crate::telemetry::metrics::AUDIT_QUEUE_WAIT_SECONDS;
-
-/// The running audit trail: rules, the writer's queue and health, and the pod inventory.
-#[derive(Debug)]
-pub struct AuditTrail {
-    /// Swapped when the configuration is reloaded.
-    rules: ArcSwap<Rules>,
-    sender: mpsc::Sender<Entry>,
-    backlog: Arc<Backlog>,
-    health: Arc<Health>,
-    on_failure: OnFailure,
-    max_payload_bytes: usize,
-    inventory: Inventory,
-}
-
-impl AuditTrail {
-    /// Starts the writer thread.
-    pub fn start(config: &AuditConfig, inventory: Inventory) -> std::io::Result<Arc<AuditTrail>> {
-        let backlog = Arc::new(Backlog::new(config.queue_bytes));
-        let (sender, health) =
-            writer::start(config.sinks.clone(), config.queue_size, backlog.clone())?;
-        // Both series from the start, so that the first failure is an increase.
-        for result in ["written", "failed"] {
-            metrics::counter!(crate::telemetry::metrics::AUDIT_EVENTS_TOTAL, "result" => result)
-                .increment(0);
-        }
-        Ok(Arc::new(AuditTrail {
-            rules: ArcSwap::from_pointee(config.rules.clone()),
-            sender,
-            backlog,
-            health,
-            on_failure: config.on_failure,
-            max_payload_bytes: config.max_payload_bytes,
-            inventory,
-        }))
-    }
-
-    /// Puts new rules in force for the calls that arrive from now on.
-    pub fn replace_rules(&self, rules: Rules) {
-        self.rules.store(Arc::new(rules));
-    }
-
-    /// Opens the file anew (SIGUSR1, after logrotate moved it).
-    pub async fn reopen(&self) {
-        let _ = self.sender.send(Entry::Reopen).await;
-    }
-
-    /// A place in the writer's queue, once it has room in events and in bytes: a writer that
-    /// cannot keep up slows calls down, it never drops their events. Waits are counted.
-    async fn room(&self) -> Option<OwnedPermit<Entry>> {
-        let full = self.sender.capacity() == 0 || self.backlog.is_full();
-        let start = full.then(Instant::now);
-        self.backlog.room().await;
-        let permit = self.sender.clone().reserve_owned().await.ok();
-        if let Some(start) = start {
-            metrics::histogram!(AUDIT_QUEUE_WAIT_SECONDS).record(start.elapsed().as_secs_f64());
-        }
-        permit
-    }
-
-    /// Writes every queued event and syncs the file. Calls still running after this are not
-    /// recorded; call it once the server has drained.
-    pub async fn close(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.sender.send(Entry::Close(ack)).await.is_ok() {
-            let _ = done.await;
-        }
-    }
-}
+use crate::telemetry::metrics::AUDIT_EVENTS_TOTAL;
 
 /// Layer for [`Audit`]; without a trail (audit off) calls pass unrecorded.
 #[derive(Clone, Debug)]
@@ -162,7 +89,7 @@ where
         let extensions = request.extensions();
         let caller = extensions.get::<Arc<Caller>>();
         let highest = match (&self.trail, extensions.get::<Rpc>()) {
-            (Some(trail), Some(rpc)) => trail.rules.load().highest(rpc, caller.map(|c| &**c)),
+            (Some(trail), Some(rpc)) => trail.rules().highest(rpc, caller.map(|c| &**c)),
             _ => Level::None,
         };
         let (Some(trail), Some(rpc), true) = (
@@ -179,7 +106,7 @@ where
         Either::Right(Box::pin(async move {
             let time = SystemTime::now();
             let start = Instant::now();
-            let permit = trail.room().await;
+            let place = trail.room().await;
             let keep_response = highest == Level::RequestResponse
                 || matches!(
                     rpc.method.facts().creates,
@@ -187,7 +114,7 @@ where
                 );
             let mut record = Record {
                 trail: trail.clone(),
-                permit,
+                place,
                 rpc,
                 caller,
                 message,
@@ -197,11 +124,11 @@ where
                 decided,
                 response: keep_response.then(BytesMut::new),
             };
-            let failure = match &record.permit {
+            let failure = match &record.place {
                 None => Some("the audit writer has stopped".to_string()),
-                Some(_) => trail.health.failure(),
+                Some(_) => trail.failure(),
             };
-            if let (Some(reason), OnFailure::Deny) = (failure, trail.on_failure) {
+            if let (Some(reason), OnFailure::Deny) = (failure, trail.on_failure()) {
                 let err = ProxyError::AuditUnavailable(reason);
                 record.decision = Some(Decision::denied("audit.onFailure".into(), err.to_string()));
                 let response = status::error_response(&err);
@@ -230,7 +157,7 @@ pub struct AuditRecord(Option<Record>);
 #[derive(Debug)]
 struct Record {
     trail: Arc<AuditTrail>,
-    permit: Option<OwnedPermit<Entry>>,
+    place: Option<Place>,
     rpc: Rpc,
     caller: Option<Arc<Caller>>,
     message: RequestMessageSlot,
@@ -247,7 +174,7 @@ struct Record {
 impl StatusObserver for AuditRecord {
     fn on_data(&mut self, data: &Bytes) {
         let Some(record) = &mut self.0 else { return };
-        let limit = 5 + record.trail.max_payload_bytes.max(4096);
+        let limit = 5 + record.trail.max_payload_bytes().max(4096);
         if let Some(buffer) = &mut record.response
             && buffer.len() < limit
         {
@@ -284,7 +211,7 @@ impl Record {
             .subject(|m| Subject::of_request(method, m))
             .cloned()
             .unwrap_or_default();
-        trail.inventory.complete(&mut subject);
+        trail.inventory().complete(&mut subject);
         let answer = self.response.as_deref().and_then(first_message);
         if outcome.code == tonic::Code::Ok {
             let created = answer.and_then(|m| inspect::created_id(method, m));
@@ -296,8 +223,7 @@ impl Record {
         }
         let namespace = subject.pod.as_ref().map(|p| p.namespace.as_str());
         let choice = trail
-            .rules
-            .load()
+            .rules()
             .choose(&self.rpc, self.caller.as_deref(), namespace);
         if choice.level == Level::None {
             return;
@@ -312,7 +238,7 @@ impl Record {
             .map(|m| {
                 // A message far over the limit is not decoded at all: it could not be shown.
                 let whole = m.len();
-                let shown = if whole > 4 * trail.max_payload_bytes {
+                let shown = if whole > 4 * trail.max_payload_bytes() {
                     &m[..0]
                 } else {
                     &m[..]
@@ -347,16 +273,12 @@ impl Record {
             request,
             response,
             redact_env_values: choice.redact_env_values,
-            max_payload_bytes: trail.max_payload_bytes,
+            max_payload_bytes: trail.max_payload_bytes(),
         };
-        match self.permit {
-            Some(permit) => {
-                trail.backlog.add(event.payload_bytes());
-                permit.send(Entry::Event(Box::new(event)));
-            }
+        match self.place {
+            Some(place) => place.submit(event),
             None => {
-                metrics::counter!(crate::telemetry::metrics::AUDIT_EVENTS_TOTAL, "result" => "failed")
-                    .increment(1);
+                metrics::counter!(AUDIT_EVENTS_TOTAL, "result" => "failed").increment(1);
                 tracing::error!(audit_id = %event.id, method = event.rpc.method_name(), "audit event lost: the audit writer has stopped");
             }
         }
