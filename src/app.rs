@@ -7,7 +7,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
@@ -33,6 +32,7 @@ use crate::proxy::runtime::{Forwarder, RuntimeConnection};
 use crate::proxy::server;
 use crate::proxy::status::RespondWithStatusLayer;
 use crate::reload::{ConfigSource, Handles, Reloader};
+use crate::signal::{Signal, Signals};
 use crate::systemd::Notifier;
 use crate::telemetry::admin::{self, AdminListener, AdminState};
 use crate::telemetry::logging::LevelHandle;
@@ -114,6 +114,8 @@ pub struct Proxy {
     prometheus: Option<PrometheusHandle>,
     /// Where SIGHUP reads the configuration again; without it, SIGHUP reloads the policies.
     reload: Option<(ConfigSource, Option<LevelHandle>)>,
+    /// The process's signals, when it is criguard's own (not a test or the demo).
+    signals: Option<Signals>,
 }
 
 /// Why criguard could not start serving.
@@ -173,6 +175,7 @@ impl Proxy {
             admin,
             prometheus,
             reload: None,
+            signals: None,
         })
     }
 
@@ -180,6 +183,13 @@ impl Proxy {
     /// `log`), not just the policies.
     pub fn reload_from(mut self, source: ConfigSource, log: Option<LevelHandle>) -> Proxy {
         self.reload = Some((source, log));
+        self
+    }
+
+    /// Handles the process's signals: SIGTERM/SIGINT shut down, SIGHUP reloads, SIGUSR1
+    /// reopens the audit log.
+    pub fn on_signals(mut self, signals: Signals) -> Proxy {
+        self.signals = Some(signals);
         self
     }
 
@@ -199,6 +209,7 @@ impl Proxy {
             admin,
             prometheus,
             reload,
+            signals,
         } = self;
         let mut endpoints = vec![&config.runtime_endpoint];
         endpoints.extend(config.image_endpoint.as_ref());
@@ -218,20 +229,7 @@ impl Proxy {
             };
             tokio::spawn(admin::serve(admin, state, shutdown.clone()));
         }
-        if let Some(trail) = &audit {
-            let trail = trail.clone();
-            let reopen = move || {
-                let trail = trail.clone();
-                async move {
-                    tracing::info!(signal = "SIGUSR1", "reopening the audit log");
-                    trail.reopen().await
-                }
-            };
-            if let Err(err) =
-                crate::signal::on_signal(SignalKind::user_defined1(), shutdown.clone(), reopen)
-            {
-                tracing::warn!(error = %err, "cannot watch SIGUSR1: the audit log will not be reopened on it");
-            }
+        if audit.is_some() {
             tracing::info!(
                 path = ?config.audit.as_ref().and_then(|a| a.sinks.path.as_ref()),
                 "audit trail on"
@@ -279,7 +277,15 @@ impl Proxy {
             policies: policies.clone(),
             log: None,
         };
-        watch_sighup(reload, &config, handles, shutdown.clone());
+        if let Some(signals) = signals {
+            let hangup = Hangup::new(reload, &config, handles);
+            tokio::spawn(handle_signals(
+                signals,
+                hangup,
+                audit.clone(),
+                shutdown.clone(),
+            ));
+        }
         let parts = StackParts {
             limits,
             audit: audit.clone(),
@@ -317,41 +323,72 @@ impl Proxy {
     }
 }
 
-/// SIGHUP reads the configuration again when criguard knows where it came from; otherwise it
-/// reloads the policies.
-fn watch_sighup(
-    reload: Option<(ConfigSource, Option<LevelHandle>)>,
-    config: &Config,
-    mut handles: Handles,
+/// What SIGHUP does: read the configuration again when criguard knows where it came from;
+/// otherwise reload the policies.
+enum Hangup {
+    Config(Arc<Reloader>),
+    Policies(Option<PolicyStore>),
+}
+
+impl Hangup {
+    fn new(
+        reload: Option<(ConfigSource, Option<LevelHandle>)>,
+        config: &Config,
+        mut handles: Handles,
+    ) -> Hangup {
+        match reload {
+            Some((source, log)) => {
+                handles.log = log;
+                Hangup::Config(Arc::new(Reloader::new(source, config.clone(), handles)))
+            }
+            None => Hangup::Policies(handles.policies),
+        }
+    }
+
+    async fn reload(&self) {
+        match self {
+            Hangup::Config(reloader) => {
+                tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                let reloader = reloader.clone();
+                // Reading files: off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+            Hangup::Policies(store) => {
+                tracing::info!(signal = "SIGHUP", "reloading the policies");
+                if let Some(store) = store {
+                    let _ = store.reload();
+                }
+            }
+        }
+    }
+}
+
+/// The one place signals are acted on, until shutdown.
+async fn handle_signals(
+    mut signals: Signals,
+    hangup: Hangup,
+    audit: Option<Arc<AuditTrail>>,
     shutdown: CancellationToken,
 ) {
-    let watched = match reload {
-        Some((source, log)) => {
-            handles.log = log;
-            let reloader = Arc::new(Reloader::new(source, config.clone(), handles));
-            crate::signal::on_signal(SignalKind::hangup(), shutdown, move || {
-                let reloader = reloader.clone();
-                async move {
-                    tracing::info!(signal = "SIGHUP", "reloading the configuration");
-                    // Reading files: off the runtime's threads.
-                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+    loop {
+        let signal = tokio::select! {
+            signal = signals.next() => signal,
+            _ = shutdown.cancelled() => return,
+        };
+        match signal {
+            Signal::Terminate | Signal::Interrupt => {
+                tracing::info!(signal = signal.name(), "shutting down");
+                shutdown.cancel();
+                return;
+            }
+            Signal::Hangup => hangup.reload().await,
+            Signal::User1 => match &audit {
+                Some(trail) => {
+                    tracing::info!(signal = signal.name(), "reopening the audit log");
+                    trail.reopen().await;
                 }
-            })
+                None => tracing::info!(signal = signal.name(), "no audit log to reopen"),
+            },
         }
-        None => {
-            let store = handles.policies;
-            crate::signal::on_signal(SignalKind::hangup(), shutdown, move || {
-                let store = store.clone();
-                async move {
-                    tracing::info!(signal = "SIGHUP", "reloading the policies");
-                    if let Some(store) = store {
-                        let _ = store.reload();
-                    }
-                }
-            })
-        }
-    };
-    if let Err(err) = watched {
-        tracing::warn!(error = %err, "cannot watch SIGHUP: reload needs a restart");
     }
 }

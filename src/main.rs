@@ -120,9 +120,12 @@ async fn run(cli: Cli) -> ExitCode {
         } => {
             logging::init(None, LogFormat::Text);
             let shutdown = CancellationToken::new();
-            if let Err(err) = criguard::signal::shutdown_on_signals(shutdown.clone()) {
-                eprintln!("criguard: cannot watch signals: {err}");
-                return ExitCode::from(EXIT_RUNTIME);
+            match criguard::signal::Signals::watch() {
+                Ok(signals) => signals.shutdown_only(shutdown.clone()),
+                Err(err) => {
+                    eprintln!("criguard: cannot watch signals: {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
             }
             let mut runtime = criguard::fake::FakeRuntime::with_containers(containers);
             if stateless {
@@ -206,11 +209,14 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
 }
 
 async fn serve(config: Config, source: ConfigSource, log: Option<LevelHandle>) -> ExitCode {
-    let shutdown = CancellationToken::new();
-    if let Err(err) = criguard::signal::shutdown_on_signals(shutdown.clone()) {
-        tracing::error!(error = %err, "cannot watch signals");
-        return ExitCode::from(EXIT_RUNTIME);
-    }
+    // Watched from the start: a signal during start-up waits for the serving loop.
+    let signals = match criguard::signal::Signals::watch() {
+        Ok(signals) => signals,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot watch signals");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     // Without the admin server nobody can read the metrics: recording them would be wasted.
     let scraped = !matches!(config.admin_address, AdminAddress::Off);
     let prometheus = if config.metrics && scraped {
@@ -231,6 +237,10 @@ async fn serve(config: Config, source: ConfigSource, log: Option<LevelHandle>) -
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    proxy.reload_from(source, log).run(shutdown).await;
+    proxy
+        .reload_from(source, log)
+        .on_signals(signals)
+        .run(CancellationToken::new())
+        .await;
     ExitCode::SUCCESS
 }
