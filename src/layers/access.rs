@@ -11,7 +11,7 @@ use futures_util::future::Either;
 use serde::Deserialize;
 
 use crate::proxy::decision::{Decision, DecisionSlot};
-use crate::proxy::error::{Denied, ProxyError};
+use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::rpc::{MethodSet, Rpc};
 
@@ -164,6 +164,29 @@ pub struct FileListener {
     pub allow_uids: Option<Vec<u32>>,
     pub allow_gids: Option<Vec<u32>>,
     pub max_in_flight: Option<usize>,
+}
+
+/// A call refused by who may call what (a listener's role or its allowed callers).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("caller {caller} is not allowed on {listener}")]
+    Caller { caller: String, listener: String },
+    #[error("role {role:?} of {listener} does not allow {method}")]
+    Role {
+        role: String,
+        method: String,
+        listener: String,
+    },
+}
+
+impl Denied {
+    /// What decided, for the audit trail.
+    pub fn decided_by(&self) -> String {
+        match self {
+            Denied::Caller { listener, .. } => format!("listener {listener}"),
+            Denied::Role { role, .. } => format!("role {role}"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ where
                 Some(_) => trail.failure(),
             };
             if let (Some(reason), OnFailure::Deny) = (failure, trail.on_failure()) {
-                let err = ProxyError::AuditUnavailable(reason);
+                let err = ProxyError::from(AuditUnavailable(reason));
                 record.decision = Some(Decision::denied("audit.onFailure".into(), err.to_string()));
                 let response = status::error_response(&err);
                 return Ok(StatusBody::wrap(response, AuditRecord(Some(record))));
@@ -148,6 +148,12 @@ where
 {
     StatusBody::wrap(response, AuditRecord(None))
 }
+
+/// Audit events cannot be written and `audit.onFailure` is `deny`: the calls a rule records
+/// are refused (UNAVAILABLE) until they can.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}; refusing calls that must be audited (audit.onFailure: deny)")]
+pub struct AuditUnavailable(pub String);
 
 /// The audit side of one call, until it ends. Dropped before its end (the caller went away
 /// before the answer began), it records the call as cancelled.

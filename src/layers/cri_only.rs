@@ -91,5 +91,12 @@ fn not_cri(rpc: &Rpc, slot: Option<&DecisionSlot>) -> ProxyError {
             reason.clone(),
         ));
     }
-    ProxyError::PolicyDenied(format!("denied: {reason}"))
+    NotCri { reason }.into()
+}
+
+/// A call to a service other than CRI's while policies are in force (PERMISSION_DENIED).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("denied: {reason}")]
+pub struct NotCri {
+    reason: String,
 }

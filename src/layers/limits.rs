@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 
 use super::access::ListenerAccess;
 use crate::proxy::decision::{Decision, DecisionSlot};
-use crate::proxy::error::{ProxyError, Throttled};
+use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::rpc::{MethodSet, Rpc};
 use crate::telemetry::metrics::{RATELIMIT_DECISIONS_TOTAL, RATELIMIT_WAIT_SECONDS};
@@ -403,6 +403,17 @@ where
             inner.call(request).await
         }))
     }
+}
+
+/// A call refused by a rate limit (`limits:`).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("rate limit {limit:?} ({rate}/s, burst {burst}) exceeded{waited}")]
+pub struct Throttled {
+    pub limit: String,
+    pub rate: f64,
+    pub burst: u32,
+    /// ", after waiting 1s" when the limit waits first.
+    pub waited: String,
 }
 
 #[cfg(test)]

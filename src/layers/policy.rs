@@ -105,13 +105,7 @@ where
             .record(start.elapsed().as_secs_f64());
         record(&evaluation, &set, rpc, extensions.get::<DecisionSlot>());
         if let Some(refusal) = evaluation.refusal() {
-            let message = refusal.describe();
-            let err = if refusal.undecodable {
-                ProxyError::PolicyUndecodable(message)
-            } else {
-                ProxyError::PolicyDenied(message)
-            };
-            return Either::Right(ready(Err(err)));
+            return Either::Right(ready(Err(refusal.refusal().into())));
         }
         Either::Left(self.inner.call(request))
     }

@@ -122,6 +122,18 @@ pub enum FindingKind {
     Error(String),
 }
 
+/// An enforcing policy's refusal of a call: PERMISSION_DENIED, or INVALID_ARGUMENT when the
+/// policy must read the request and cannot decode it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PolicyRefusal {
+    pub policy: Arc<str>,
+    pub rule: String,
+    /// What the caller reads (the policy, the rule and the reason, in words).
+    pub message: String,
+    pub undecodable: bool,
+}
+
 /// One rule's finding on a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
@@ -145,6 +157,16 @@ impl Finding {
     }
 
     /// `denied by policy "p", rule "r": ...`, for the caller and the log.
+    /// The refusal this finding makes, when it refuses the call.
+    pub fn refusal(&self) -> PolicyRefusal {
+        PolicyRefusal {
+            policy: self.policy.clone(),
+            rule: self.rule.clone(),
+            message: self.describe(),
+            undecodable: self.undecodable,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.outcome {
             FindingKind::Violation(text) if self.refuses() => {

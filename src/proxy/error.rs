@@ -4,6 +4,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::layers::access::Denied;
+use crate::layers::audit::AuditUnavailable;
+use crate::layers::cri_only::NotCri;
+use crate::layers::limits::Throttled;
+use crate::policy::PolicyRefusal;
+
 /// Which way a message travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -47,41 +53,8 @@ pub enum RuntimeError {
 #[error("could not read the request from the caller: {0}")]
 pub struct BadRequest(pub String);
 
-/// A call refused by who may call what (a listener's role or its allowed callers).
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum Denied {
-    #[error("caller {caller} is not allowed on {listener}")]
-    Caller { caller: String, listener: String },
-    #[error("role {role:?} of {listener} does not allow {method}")]
-    Role {
-        role: String,
-        method: String,
-        listener: String,
-    },
-}
-
-impl Denied {
-    /// What decided, for the audit trail.
-    pub fn decided_by(&self) -> String {
-        match self {
-            Denied::Caller { listener, .. } => format!("listener {listener}"),
-            Denied::Role { role, .. } => format!("role {role}"),
-        }
-    }
-}
-
-/// A call refused by a rate limit (`limits:`).
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("rate limit {limit:?} ({rate}/s, burst {burst}) exceeded{waited}")]
-pub struct Throttled {
-    pub limit: String,
-    pub rate: f64,
-    pub burst: u32,
-    /// ", after waiting 1s" when the limit waits first.
-    pub waited: String,
-}
-
-/// Everything a layer can fail with. New layers add their own variant.
+/// Everything a layer can fail with: each refusal is defined where it is decided (the layer or
+/// the domain module), and wrapped here. New layers add their own variant.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
@@ -92,17 +65,14 @@ pub enum ProxyError {
     BadRequest(#[from] BadRequest),
     #[error("shutting down; reconnect to the socket")]
     ShuttingDown,
-    /// Audit events cannot be written and `audit.onFailure` is `deny`.
-    #[error("{0}; refusing calls that must be audited (audit.onFailure: deny)")]
-    AuditUnavailable(String),
+    #[error(transparent)]
+    AuditUnavailable(#[from] AuditUnavailable),
     #[error(transparent)]
     Denied(#[from] Denied),
     #[error(transparent)]
     Throttled(#[from] Throttled),
-    /// An enforcing policy denies the call.
-    #[error("{0}")]
-    PolicyDenied(String),
-    /// An enforcing policy must inspect the request and cannot decode it.
-    #[error("{0}")]
-    PolicyUndecodable(String),
+    #[error(transparent)]
+    NotCri(#[from] NotCri),
+    #[error(transparent)]
+    Policy(#[from] PolicyRefusal),
 }

@@ -27,8 +27,9 @@ pub fn code_of(err: &ProxyError) -> Code {
         ProxyError::AuditUnavailable(_) => Code::Unavailable,
         ProxyError::Denied(_) => Code::PermissionDenied,
         ProxyError::Throttled(_) => Code::ResourceExhausted,
-        ProxyError::PolicyDenied(_) => Code::PermissionDenied,
-        ProxyError::PolicyUndecodable(_) => Code::InvalidArgument,
+        ProxyError::NotCri(_) => Code::PermissionDenied,
+        ProxyError::Policy(refusal) if refusal.undecodable => Code::InvalidArgument,
+        ProxyError::Policy(_) => Code::PermissionDenied,
     }
 }
 
