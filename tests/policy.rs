@@ -208,20 +208,30 @@ fn configmap_update(dir: &Path, generation: u32, files: &[(&str, &str)]) {
     std::fs::rename(&tmp, dir.join("..data")).unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configmap_update_reloads_and_a_broken_file_keeps_the_policies_in_force() {
     let sockets = Sockets::new();
     let dir = sockets.dir.path().join("policies");
     std::fs::create_dir(&dir).unwrap();
     configmap_update(&dir, 1, &[("pss.yaml", BASELINE)]);
-    let (_runtime, criguard) = start(&sockets, &dir, "").await;
-    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let _runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"")).await;
+    // The binary, for its metrics: a rejected reload is seen as it happens, not slept for.
+    let admin = sockets.dir.path().join("admin.sock");
+    let mut command = serve_command(&sockets);
+    command
+        .arg("--policies")
+        .arg(&dir)
+        .arg("--admin-address")
+        .arg(&admin)
+        .stderr(std::process::Stdio::null());
+    let _criguard = Running(spawn_serving(command, &sockets, &admin).await);
+    let mut client = RawClient::connect(sockets.criguard()).await.unwrap();
     assert_eq!(
         create(&mut client, &privileged_container()).await.0,
         Some(tonic::Code::PermissionDenied as i32)
     );
 
-    // A broken file: the old set stays.
+    // A broken file: the reload fails, and the old set stays.
     configmap_update(
         &dir,
         2,
@@ -230,7 +240,17 @@ async fn a_configmap_update_reloads_and_a_broken_file_keeps_the_policies_in_forc
             "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nspec: [",
         )],
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let failed = "criguard_policy_reload_total{result=\"failure\"}";
+    let mut failures = 0.0;
+    for _ in 0..100 {
+        let (_, text) = admin_get(&admin, "GET", "/metrics").await;
+        failures = samples(&text).get(failed).copied().unwrap_or(0.0);
+        if failures > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures >= 1.0, "the broken file was read and rejected");
     assert_eq!(
         create(&mut client, &privileged_container()).await.0,
         Some(tonic::Code::PermissionDenied as i32)

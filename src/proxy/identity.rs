@@ -1,6 +1,7 @@
 //! Who is calling: the peer's uid, gid and pid from the unix socket (SO_PEERCRED), read once per
 //! connection, and the executable from /proc. Every request of the connection carries it in its
-//! extensions, for the logs (and the audit trail and policies to come).
+//! extensions, for the logs, the audit trail, the listeners' allowed callers, limits and
+//! policies.
 
 use std::fmt;
 use std::sync::Arc;
