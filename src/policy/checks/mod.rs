@@ -2,15 +2,19 @@
 //! in the README), image registries, and a plain `deny` for calls a policy matches (exec,
 //! attach, port-forward). Each check reads the decoded request and says what is wrong, in words
 //! an operator understands, naming the offending field.
+//!
+//! One file per family: `pss.rs` (the Pod Security Standards controls), `host_paths.rs`,
+//! `images.rs`; this one holds what the request looks like to them and the table of checks.
+
+mod host_paths;
+mod images;
+mod pss;
 
 use serde::Deserialize;
 
-use super::image_ref::ImageRef;
 use super::view::{
     ContainerSecurityView, ContainerView, PodLabels, PodMetadataView, PodView, SandboxSecurityView,
-    text,
 };
-use crate::cri::{NamespaceMode, NamespaceOption, SecurityProfile, security_profile::ProfileType};
 
 /// The decoded request as the checks see it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,46 +62,6 @@ impl<'a> Target<'a> {
         self.pod?.linux.as_ref()?.security_context.as_ref()
     }
 }
-
-/// Capabilities the baseline level allows to be added (PSS baseline).
-const BASELINE_CAPABILITIES: [&str; 13] = [
-    "AUDIT_WRITE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "MKNOD",
-    "NET_BIND_SERVICE",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYS_CHROOT",
-];
-
-/// Sysctls PSS baseline calls safe.
-const SAFE_SYSCTLS: [&str; 10] = [
-    "kernel.shm_rmid_forced",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.ping_group_range",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
-];
-
-/// SELinux types PSS baseline allows.
-const SELINUX_TYPES: [&str; 5] = [
-    "",
-    "container_t",
-    "container_init_t",
-    "container_kvm_t",
-    "container_engine_t",
-];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,362 +132,34 @@ pub enum Check {
     Deny,
 }
 
-// The deprecated seccomp and AppArmor path fields are still honoured by runtimes: checked too.
-#[allow(deprecated)]
 impl Check {
     /// What is wrong with the request, or `None` when the check passes.
     pub fn violation(&self, target: &Target) -> Option<String> {
         match self {
-            Check::Privileged => {
-                if target.sandbox_security().is_some_and(|s| s.privileged) {
-                    return Some("requests privileged mode for the pod".into());
-                }
-                target
-                    .container_security()
-                    .is_some_and(|s| s.privileged)
-                    .then(|| "requests privileged mode".into())
-            }
-            Check::HostNamespaces => {
-                let pod = target
-                    .sandbox_security()
-                    .and_then(|s| s.namespace_options.as_ref());
-                let container = target
-                    .container_security()
-                    .and_then(|s| s.namespace_options.as_ref());
-                pod.into_iter().chain(container).find_map(host_namespace)
-            }
-            Check::HostPorts(params) => {
-                if !target.creates_sandbox {
-                    return None;
-                }
-                target.pod?.port_mappings.iter().find_map(|m| {
-                    let port = u16::try_from(m.host_port).unwrap_or(0);
-                    (m.host_port != 0 && !params.allowed.contains(&port)).then(|| {
-                        format!("maps host port {} (port_mappings.host_port)", m.host_port)
-                    })
-                })
-            }
-            Check::Capabilities(level) => {
-                let capabilities = target.container_security()?.capabilities.as_ref();
-                let added = capabilities
-                    .into_iter()
-                    .flat_map(|c| c.add_capabilities.iter().chain(&c.add_ambient_capabilities));
-                for cap in added {
-                    let allowed = match level {
-                        PssLevel::Baseline => {
-                            BASELINE_CAPABILITIES.iter().any(|c| is_capability(cap, c))
-                        }
-                        PssLevel::Restricted => is_capability(cap, "NET_BIND_SERVICE"),
-                    };
-                    if !allowed {
-                        return Some(format!(
-                            "adds capability {} (capabilities.add_capabilities)",
-                            normalise_capability(&text(cap))
-                        ));
-                    }
-                }
-                let drops_all = capabilities
-                    .is_some_and(|c| c.drop_capabilities.iter().any(|d| is_capability(d, "ALL")));
-                (*level == PssLevel::Restricted && !drops_all).then(|| {
-                    "does not drop ALL capabilities (capabilities.drop_capabilities)".into()
-                })
-            }
-            Check::Seccomp => {
-                if let Some(sandbox) = target.sandbox_security()
-                    && let Some(problem) =
-                        seccomp_problem(sandbox.seccomp.as_ref(), sandbox.seccomp_profile_path)
-                {
-                    return Some(format!("{problem} for the pod"));
-                }
-                let container = target.container_security();
-                if target.container.is_some() {
-                    let (profile, path) = container.map_or((None, &b""[..]), |s| {
-                        (s.seccomp.as_ref(), s.seccomp_profile_path)
-                    });
-                    return seccomp_problem(profile, path);
-                }
-                None
-            }
-            Check::AppArmor => {
-                let pod = target.sandbox_security().and_then(|s| s.apparmor.as_ref());
-                let container = target.container_security();
-                let unconfined = |p: Option<&SecurityProfile>| {
-                    p.is_some_and(|p| p.profile_type == ProfileType::Unconfined as i32)
-                };
-                if unconfined(pod)
-                    || unconfined(container.and_then(|s| s.apparmor.as_ref()))
-                    || container.is_some_and(|s| s.apparmor_profile == b"unconfined")
-                {
-                    return Some("sets AppArmor to Unconfined (apparmor.profile_type)".into());
-                }
-                None
-            }
-            Check::SELinux => {
-                let pod = target
-                    .sandbox_security()
-                    .and_then(|s| s.selinux_options.as_ref());
-                let container = target
-                    .container_security()
-                    .and_then(|s| s.selinux_options.as_ref());
-                pod.into_iter().chain(container).find_map(|o| {
-                    if !SELINUX_TYPES.contains(&o.r#type.as_str()) {
-                        Some(format!(
-                            "sets SELinux type {:?} (selinux_options.type)",
-                            o.r#type
-                        ))
-                    } else if !o.user.is_empty() || !o.role.is_empty() {
-                        Some("sets a SELinux user or role (selinux_options)".into())
-                    } else {
-                        None
-                    }
-                })
-            }
-            Check::Sysctls => {
-                if !target.creates_sandbox {
-                    return None;
-                }
-                let sysctls = &target.pod?.linux.as_ref()?.sysctls;
-                let mut unsafe_ones: Vec<&String> = sysctls
-                    .keys()
-                    .filter(|k| !SAFE_SYSCTLS.contains(&k.as_str()))
-                    .collect();
-                unsafe_ones.sort();
-                unsafe_ones
-                    .first()
-                    .map(|k| format!("sets sysctl {k} outside the safe set (linux.sysctls)"))
-            }
-            Check::NoNewPrivs => {
-                target.container?;
-                (!target.container_security().is_some_and(|s| s.no_new_privs))
-                    .then(|| "allows privilege escalation (no_new_privs is false)".into())
-            }
-            Check::RunAsNonRoot => {
-                target.container?;
-                let security = target.container_security();
-                match security.and_then(|s| s.run_as_user.as_ref()) {
-                    Some(user) if user.value == 0 => Some("runs as uid 0 (run_as_user)".into()),
-                    Some(_) => None,
-                    None => match security.map_or(&b""[..], |s| s.run_as_username) {
-                        b"" => Some(
-                            "does not set a non-root user (run_as_user / run_as_username)".into(),
-                        ),
-                        b"root" | b"0" => Some("runs as user root (run_as_username)".into()),
-                        _ => None,
-                    },
-                }
-            }
-            Check::ProcMount => {
-                let security = target.container_security()?;
-                (!security.privileged
-                    && security.masked_paths.is_empty()
-                    && security.readonly_paths.is_empty())
-                .then(|| "unmasks /proc (masked_paths and readonly_paths are empty)".into())
-            }
-            Check::HostPaths(params) => {
-                let container = target.container?;
-                container.mounts.iter().find_map(|m| {
-                    let given = text(m.host_path);
-                    // `/var/lib/kubelet/pods/../../../etc` is /etc: judge the path it names.
-                    let path = resolve_dots(&given);
-                    let path = path.as_ref();
-                    let allowed = path.is_empty()
-                        // Below it, not the directory itself: that holds every pod's volumes.
-                        || path
-                            .strip_prefix(target.kubelet_pods_dir())
-                            .is_some_and(|rest| !rest.trim_matches('/').is_empty())
-                        || params.allowed_prefixes.iter().any(|p| under(path, p));
-                    (!allowed).then(|| format!("mounts host path {given} (mounts.host_path)"))
-                })
-            }
-            Check::Images(params) => {
-                let named = text(target.image?);
-                if (!params.allow.is_empty() || !params.deny.is_empty()) && is_image_id(&named) {
-                    return Some(format!(
-                        "names its image only by {named}, which the runtime may take for an image id, so its registry cannot be checked (image.user_specified_image is empty)"
-                    ));
-                }
-                // The runtime runs `image.image`: when it is a name, not the id the kubelet puts
-                // there, it is judged too, or an allowed `user_specified_image` could cover it.
-                let runtime = target
-                    .runtime_image
-                    .map(text)
-                    .filter(|image| !image.is_empty() && *image != named);
-                match runtime {
-                    Some(id) if is_image_id(&id) => {
-                        let lists = !params.allow.is_empty() || !params.deny.is_empty();
-                        params.violation(&named).or_else(|| {
-                            lists
-                                .then(|| image_is_named(&id, target.runtime_image_names, &named))
-                                .flatten()
-                        })
-                    }
-                    runtime => std::iter::once(named)
-                        .chain(runtime)
-                        .find_map(|image| params.violation(&image)),
-                }
-            }
+            Check::Privileged => pss::privileged(target),
+            Check::HostNamespaces => pss::host_namespaces(target),
+            Check::HostPorts(params) => pss::host_ports(target, params),
+            Check::Capabilities(level) => pss::capabilities(target, level),
+            Check::Seccomp => pss::seccomp(target),
+            Check::AppArmor => pss::apparmor(target),
+            Check::SELinux => pss::selinux(target),
+            Check::Sysctls => pss::sysctls(target),
+            Check::NoNewPrivs => pss::no_new_privs(target),
+            Check::RunAsNonRoot => pss::run_as_non_root(target),
+            Check::ProcMount => pss::proc_mount(target),
+            Check::HostPaths(params) => host_paths::host_paths(target, params),
+            Check::Images(params) => images::images(target, params),
             Check::Deny => Some("is not allowed".into()),
         }
     }
 }
 
-/// What is wrong with running image `id` as `named` (its `user_specified_image`): the id must
-/// be an image the runtime knows by `named`'s repository, or the id of any image the node has
-/// could run under an allowed name.
-fn image_is_named(id: &str, names: Option<&[String]>, named: &str) -> Option<String> {
-    let Some(names) = names else {
-        return Some(format!(
-            "runs image {id}, whose names criguard has not seen (an ImageStatus or PullImage answer gives them), so it cannot tell it is {named}"
-        ));
-    };
-    let wanted = match ImageRef::parse(named) {
-        Ok(wanted) => wanted,
-        Err(err) => {
-            return Some(format!(
-                "names image {named:?}, which the runtime refuses: {err}"
-            ));
-        }
-    };
-    let same = |name: &String| {
-        ImageRef::parse(name)
-            .is_ok_and(|name| name.registry == wanted.registry && name.path == wanted.path)
-    };
-    (!names.iter().any(same)).then(|| {
-        format!(
-            "runs image {id}, which is not {named}: the runtime names it {}",
-            if names.is_empty() {
-                "nothing".to_string()
-            } else {
-                names.join(", ")
-            }
-        )
-    })
-}
-
-impl ImageParams {
-    /// What is wrong with `image` (a reference, not an id) under these lists, if anything.
-    fn violation(&self, image: &str) -> Option<String> {
-        let reference = match ImageRef::parse(image) {
-            Ok(reference) => reference,
-            Err(err) => {
-                return Some(format!(
-                    "uses image {image:?}, which is not a reference the runtime takes: {err}"
-                ));
-            }
-        };
-        let repository = reference.repository();
-        if self.deny.iter().any(|p| reference.matches(p)) {
-            return Some(format!(
-                "uses image {image} from a denied registry ({repository})"
-            ));
-        }
-        if !self.allow.is_empty() && !self.allow.iter().any(|p| reference.matches(p)) {
-            return Some(format!(
-                "uses image {image} from a registry outside the allowlist ({repository})"
-            ));
-        }
-        (self.require_digest && reference.digest.is_none())
-            .then(|| format!("uses image {image} without a digest"))
-    }
-}
-
-fn host_namespace(options: &NamespaceOption) -> Option<String> {
-    let node = NamespaceMode::Node as i32;
-    [
-        (options.network, "network"),
-        (options.pid, "PID"),
-        (options.ipc, "IPC"),
-    ]
-    .into_iter()
-    .find(|(mode, _)| *mode == node)
-    .map(|(_, name)| format!("uses the host's {name} namespace (namespace_options)"))
-}
-
-fn seccomp_problem(profile: Option<&SecurityProfile>, deprecated_path: &[u8]) -> Option<String> {
-    match profile {
-        Some(p) if p.profile_type == ProfileType::Unconfined as i32 => {
-            Some("sets seccomp to Unconfined (seccomp.profile_type)".into())
-        }
-        Some(_) => None,
-        // An absent message is not RuntimeDefault: runtimes run such a container unconfined.
-        None => match deprecated_path {
-            b"" | b"unconfined" => Some("runs without a seccomp profile (seccomp is absent, which runtimes treat as unconfined)".into()),
-            _ => None,
-        },
-    }
-}
-
-/// `path` with its `.` and `..` components resolved as the kernel resolves them (symbolic
-/// links aside, which only the node's filesystem knows); unchanged when it has none.
-fn resolve_dots(path: &str) -> std::borrow::Cow<'_, str> {
-    // The common case, a plain absolute path, is judged as it is, without a copy.
-    if !has_dot_segments(path) {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            part => parts.push(part),
-        }
-    }
-    // A trailing slash is kept: the kubelet's directories are written with one.
-    let slash = if path.ends_with('/') && !parts.is_empty() {
-        "/"
-    } else {
-        ""
-    };
-    std::borrow::Cow::Owned(format!("/{}{slash}", parts.join("/")))
-}
-
-/// Whether a path may have an empty, `.` or `..` component: a path with none is what it names.
-/// A quick test for the common case (every mount's path is checked on every call), which may
-/// also hold for a name such as `/.hidden`; those are resolved, and come out unchanged.
-fn has_dot_segments(path: &str) -> bool {
-    path.starts_with('.') || path.contains("/.") || path.contains("//")
-}
-
-/// Whether `name` is the capability `wanted` (upper case, without `CAP_`), written in any case,
-/// with or without the `CAP_` prefix.
-fn is_capability(name: &[u8], wanted: &str) -> bool {
-    let name = name.trim_ascii();
-    let name = match name.get(..4) {
-        Some(prefix) if prefix.eq_ignore_ascii_case(b"CAP_") => &name[4..],
-        _ => name,
-    };
-    name.eq_ignore_ascii_case(wanted.as_bytes())
-}
-
-/// Whether the runtime may take `image` for an image id: `sha256:<64 hex>` or the bare hex, as
-/// the kubelet writes it in CreateContainer's `image` field, or any shorter run of hex digits,
-/// which containerd resolves as a unique prefix of an id when no image has that name. Such a
-/// name (`3f9a1c`) cannot be judged by its registry: read as `docker.io/library/3f9a1c` it
-/// would pass an allowlist of Docker Hub's official images while running any image the node has.
-fn is_image_id(image: &str) -> bool {
-    let hex = image.strip_prefix("sha256:").unwrap_or(image);
-    !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn normalise_capability(name: &str) -> String {
-    let upper = name.trim().to_ascii_uppercase();
-    upper
-        .strip_prefix("CAP_")
-        .map_or(upper.clone(), str::to_string)
-}
-
-/// Whether `path` is `prefix` or below it (as directories, not as strings).
-fn under(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    path == prefix || path.starts_with(&format!("{prefix}/"))
-}
-
 #[cfg(test)]
 #[allow(deprecated)]
 mod tests {
+    use super::host_paths::resolve_dots;
     use super::*;
+    use crate::cri::security_profile::ProfileType;
     use crate::cri::*;
     use crate::policy::view::{ContainerView, LinuxPodView, MountView, PodView, View};
     use prost::Message;
