@@ -17,6 +17,7 @@ use crate::audit::OnFailure;
 use crate::audit::event::{Event, Payload};
 use crate::audit::rules::Level;
 use crate::audit::trail::{AuditTrail, Place};
+use crate::proxy::body::framing::{PREFIX_LEN, declared_length, first_message};
 use crate::proxy::body::{Outcome, RequestMessageSlot, ResponseBody, StatusBody, StatusObserver};
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
@@ -180,7 +181,7 @@ struct Record {
 impl StatusObserver for AuditRecord {
     fn on_data(&mut self, data: &Bytes) {
         let Some(record) = &mut self.0 else { return };
-        let limit = 5 + record.trail.max_payload_bytes().max(4096);
+        let limit = PREFIX_LEN + record.trail.max_payload_bytes().max(4096);
         if let Some(buffer) = &mut record.response
             && buffer.len() < limit
         {
@@ -289,16 +290,4 @@ impl Record {
             }
         }
     }
-}
-
-/// The length the first gRPC frame of `buffer` declares.
-fn declared_length(buffer: &[u8]) -> Option<usize> {
-    let header: [u8; 4] = buffer.get(1..5)?.try_into().ok()?;
-    Some(u32::from_be_bytes(header) as usize)
-}
-
-/// The first gRPC message in `buffer`, if all of it is there.
-fn first_message(buffer: &[u8]) -> Option<&[u8]> {
-    let len = declared_length(buffer)?;
-    buffer.get(5..5 + len)
 }

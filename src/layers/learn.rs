@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::observe::{Observe, ObserveLayer};
 use crate::inventory::Inventory;
+use crate::proxy::body::framing::PREFIX_LEN;
 use crate::proxy::body::{Outcome, RequestMessageSlot, StatusObserver};
 use crate::proxy::inspect::{self, Subject};
 use crate::proxy::rpc::{Method, Rpc};
@@ -72,8 +73,8 @@ impl StatusObserver for Option<LearnRecord> {
         if outcome.code != tonic::Code::Ok {
             return;
         }
-        // The answer is one gRPC message: a 5-byte prefix, then the message.
-        let answer = record.answer.get(5..);
+        // The answer is one gRPC message: its prefix, then the message (its head, when long).
+        let answer = record.answer.get(PREFIX_LEN..);
         if record.method == Method::ImageStatus {
             if let Some((id, names)) = answer.and_then(inspect::image_status) {
                 record.inventory.learn_image(id, &names);
