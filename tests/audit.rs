@@ -308,17 +308,7 @@ async fn a_tiny_queue_slows_calls_down_but_loses_no_event() {
         log.display()
     );
     let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
-    let channel = client::channel(&criguard.socket).await.unwrap();
-    let calls = (0..300).map(|_| {
-        let mut runtime = client::runtime(channel.clone());
-        async move {
-            runtime
-                .create_container(samples::create_container_request())
-                .await
-                .unwrap()
-        }
-    });
-    futures_util::future::join_all(calls).await;
+    create_containers_at_once(&criguard.socket, 300).await;
     criguard.stop().await;
     let (_, events) = read_events(&log);
     assert_eq!(events.len(), 300);
@@ -355,17 +345,7 @@ async fn a_queue_over_its_byte_budget_makes_calls_wait_counted_and_loses_no_even
         .stderr(std::process::Stdio::null());
     // Killed if an assertion fails first.
     let mut child = Running(spawn_serving(command, &sockets, &admin).await);
-    let channel = client::channel(&sockets.criguard()).await.unwrap();
-    let calls = (0..200).map(|_| {
-        let mut runtime = client::runtime(channel.clone());
-        async move {
-            runtime
-                .create_container(samples::create_container_request())
-                .await
-                .unwrap()
-        }
-    });
-    futures_util::future::join_all(calls).await;
+    create_containers_at_once(&sockets.criguard(), 200).await;
     assert_eq!(scrape_until(&admin, "written", 200.0).await, 200.0);
     let (_, text) = admin_get(&admin, "GET", "/metrics").await;
     let metrics = samples(&text);
@@ -412,6 +392,21 @@ async fn criguards_own_refusals_are_recorded_with_their_status() {
 
 fn signal(child: &std::process::Child, signal: libc::c_int) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// `count` CreateContainer calls at once on one connection, each answered OK.
+async fn create_containers_at_once(socket: &Path, count: usize) {
+    let channel = client::channel(socket).await.unwrap();
+    let calls = (0..count).map(|_| {
+        let mut runtime = client::runtime(channel.clone());
+        async move {
+            runtime
+                .create_container(samples::create_container_request())
+                .await
+                .unwrap()
+        }
+    });
+    futures_util::future::join_all(calls).await;
 }
 
 async fn create_container(socket: &Path) {

@@ -91,10 +91,11 @@ pub fn first_message(buf: &[u8]) -> Option<&[u8]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn framed(payload: &[u8]) -> Vec<u8> {
+    /// `payload` as one uncompressed gRPC message.
+    pub fn framed(payload: &[u8]) -> Vec<u8> {
         let mut out = vec![0];
         out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         out.extend_from_slice(payload);

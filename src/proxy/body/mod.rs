@@ -36,12 +36,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tonic::Code;
 
-    fn framed(payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![0];
-        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
+    use framing::tests::framed;
 
     type TestBody = StreamBody<
         futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
