@@ -67,7 +67,11 @@ impl AuditTrail {
     pub async fn room(&self) -> Option<Place> {
         let full = self.sender.capacity() == 0 || self.backlog.is_full();
         let start = full.then(Instant::now);
-        self.backlog.room().await;
+        // A writer that has stopped frees no room: then the permit below fails at once.
+        tokio::select! {
+            _ = self.backlog.room() => {}
+            _ = self.sender.closed() => {}
+        }
         let permit = self.sender.clone().reserve_owned().await.ok()?;
         if let Some(start) = start {
             metrics::histogram!(AUDIT_QUEUE_WAIT_SECONDS).record(start.elapsed().as_secs_f64());
