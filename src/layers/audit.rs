@@ -17,6 +17,7 @@ use crate::audit::OnFailure;
 use crate::audit::event::{Event, Payload};
 use crate::audit::rules::Level;
 use crate::audit::trail::{AuditTrail, Place};
+use crate::proxy::body::error_response;
 use crate::proxy::body::framing::{PREFIX_LEN, declared_length, first_message};
 use crate::proxy::body::{Outcome, RequestMessageSlot, ResponseBody, StatusBody, StatusObserver};
 use crate::proxy::decision::{Decision, DecisionSlot};
@@ -24,7 +25,6 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{self, Subject};
 use crate::proxy::rpc::{Method, Object, Rpc};
-use crate::proxy::status;
 use crate::telemetry::metrics::AUDIT_EVENTS_TOTAL;
 
 /// Layer for [`Audit`]; without a trail (audit off) calls pass unrecorded.
@@ -132,7 +132,7 @@ where
             if let (Some(reason), OnFailure::Deny) = (failure, trail.on_failure()) {
                 let err = ProxyError::from(AuditUnavailable(reason));
                 record.decision = Some(Decision::denied("audit.onFailure".into(), err.to_string()));
-                let response = status::error_response(&err);
+                let response = error_response(&err);
                 return Ok(StatusBody::wrap(response, AuditRecord(Some(record))));
             }
             let response = inner.call(request).await?;

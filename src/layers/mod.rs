@@ -10,3 +10,5 @@ pub mod log_reduction;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
+pub mod read_head;
+pub mod respond;

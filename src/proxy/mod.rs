@@ -6,7 +6,6 @@ pub mod body;
 pub mod decision;
 pub mod error;
 pub mod h2io;
-pub mod head;
 pub mod identity;
 pub mod inspect;
 pub mod listener;

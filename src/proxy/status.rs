@@ -4,17 +4,10 @@
 //! answered, as a trailers-only response (HTTP 200, `grpc-status` in the headers); after the
 //! answer started, as trailers that end the stream.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use pin_project_lite::pin_project;
 use tonic::Code;
 
-use super::body::ResponseBody;
 use super::error::ProxyError;
 
 /// The status a caller sees for an error.
@@ -38,13 +31,12 @@ pub fn message_of(err: &ProxyError) -> String {
     format!("criguard: {err}")
 }
 
-/// A trailers-only gRPC response carrying the status for `err`.
-pub fn error_response<B>(err: &ProxyError) -> http::Response<ResponseBody<B>> {
-    let mut res = http::Response::new(ResponseBody::empty());
-    let headers = res.headers_mut();
+/// The headers of a trailers-only gRPC response carrying the status for `err`.
+pub fn error_headers(err: &ProxyError) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(3);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    insert_status(headers, code_of(err), &message_of(err));
-    res
+    insert_status(&mut headers, code_of(err), &message_of(err));
+    headers
 }
 
 /// Trailers that end an answer which is already under way with the status for `err`.
@@ -52,80 +44,6 @@ pub fn error_trailers(err: &ProxyError) -> HeaderMap {
     let mut trailers = HeaderMap::with_capacity(2);
     insert_status(&mut trailers, code_of(err), &message_of(err));
     trailers
-}
-
-/// Layer for [`RespondWithStatus`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RespondWithStatusLayer;
-
-impl<S> tower::Layer<S> for RespondWithStatusLayer {
-    type Service = RespondWithStatus<S>;
-
-    fn layer(&self, inner: S) -> RespondWithStatus<S> {
-        RespondWithStatus {
-            inner,
-            not_ready: None,
-        }
-    }
-}
-
-/// Answers every error of the layers below with its gRPC status; never fails itself.
-#[derive(Clone, Debug)]
-pub struct RespondWithStatus<S> {
-    inner: S,
-    /// A readiness error of the layers below, answered on the next call.
-    not_ready: Option<ProxyError>,
-}
-
-impl<S, Req, B> tower::Service<Req> for RespondWithStatus<S>
-where
-    S: tower::Service<Req, Response = http::Response<ResponseBody<B>>, Error = ProxyError>,
-{
-    type Response = http::Response<ResponseBody<B>>;
-    type Error = Infallible;
-    type Future = RespondFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        if self.not_ready.is_none()
-            && let Err(err) = ready!(self.inner.poll_ready(cx))
-        {
-            self.not_ready = Some(err);
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Req) -> Self::Future {
-        match self.not_ready.take() {
-            Some(err) => RespondFuture::Failed { err: Some(err) },
-            None => RespondFuture::Called {
-                inner: self.inner.call(request),
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// Future of [`RespondWithStatus`].
-    #[project = RespondFutureProj]
-    pub enum RespondFuture<F> {
-        Called { #[pin] inner: F },
-        Failed { err: Option<ProxyError> },
-    }
-}
-
-impl<F, B> Future for RespondFuture<F>
-where
-    F: Future<Output = Result<http::Response<ResponseBody<B>>, ProxyError>>,
-{
-    type Output = Result<http::Response<ResponseBody<B>>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match self.project() {
-            RespondFutureProj::Called { inner } => ready!(inner.poll(cx)),
-            RespondFutureProj::Failed { err } => Err(err.take().expect("polled after completion")),
-        };
-        Poll::Ready(Ok(result.unwrap_or_else(|err| error_response(&err))))
-    }
 }
 
 /// gRPC's percent-encoding for `grpc-message`: everything outside printable ASCII, and `%`.
@@ -170,11 +88,10 @@ mod tests {
             endpoint: "unix:///run/containerd/containerd.sock".into(),
             reason: "No such file or directory (os error 2)".into(),
         });
-        let res = error_response::<()>(&err);
-        assert_eq!(res.status(), http::StatusCode::OK);
-        assert_eq!(res.headers()[CONTENT_TYPE], "application/grpc");
-        assert_eq!(read_code(res.headers()), Some(Code::Unavailable));
-        let msg = read_message(res.headers()).unwrap();
+        let headers = error_headers(&err);
+        assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+        assert_eq!(read_code(&headers), Some(Code::Unavailable));
+        let msg = read_message(&headers).unwrap();
         assert!(
             msg.starts_with("criguard: runtime endpoint unix:///run/containerd/containerd.sock"),
             "{msg}"

@@ -22,7 +22,7 @@ pub use call::{RequestMessage, RequestMessageSlot, RequestStats};
 pub use framing::{FrameScanner, Oversized};
 pub use observed::{Outcome, StatusBody, StatusObserver};
 pub use request::{RequestBody, read_request_head};
-pub use response::ResponseBody;
+pub use response::{ResponseBody, error_response};
 
 #[cfg(test)]
 mod tests {
@@ -144,7 +144,7 @@ mod tests {
     async fn status_body_reports_trailers_only_answers_at_once_and_cancels_on_drop() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        let trailers_only = status::error_response::<TestBody>(&ProxyError::ShuttingDown);
+        let trailers_only = error_response::<TestBody>(&ProxyError::ShuttingDown);
         let _ = StatusBody::wrap(trailers_only, move |o: Outcome| {
             sink.lock().unwrap().push(o.code)
         });

@@ -155,3 +155,10 @@ where
         }
     }
 }
+
+/// A trailers-only gRPC response (HTTP 200, the status in its headers) for `err`.
+pub fn error_response<B>(err: &ProxyError) -> http::Response<ResponseBody<B>> {
+    let mut response = http::Response::new(ResponseBody::empty());
+    *response.headers_mut() = status::error_headers(err);
+    response
+}

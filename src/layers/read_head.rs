@@ -11,9 +11,9 @@ use std::task::{Context, Poll};
 
 use http_body::Body;
 
-use super::body::{RequestBody, RequestMessageSlot, read_request_head};
-use super::error::ProxyError;
-use super::rpc::{Method, Rpc};
+use crate::proxy::body::{RequestBody, RequestMessageSlot, read_request_head};
+use crate::proxy::error::ProxyError;
+use crate::proxy::rpc::{Method, Rpc};
 
 /// Layer for [`ReadHead`].
 #[derive(Clone, Copy, Debug)]
