@@ -84,16 +84,7 @@ impl Reloader {
     /// serving. Logs and counts the outcome; on error nothing changed.
     pub fn reload(&self) -> Result<(), ReloadError> {
         let outcome = self.try_reload();
-        let result = if outcome.is_ok() {
-            "success"
-        } else {
-            "failure"
-        };
-        metrics::counter!(CONFIG_RELOAD_TOTAL, "result" => result).increment(1);
-        metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESSFUL).set(f64::from(u8::from(outcome.is_ok())));
-        if let Err(err) = &outcome {
-            tracing::error!(error = %err, "configuration reload failed; the running configuration stays");
-        }
+        crate::telemetry::events::config_reloaded(outcome.as_ref().map(drop));
         outcome
     }
 

@@ -25,7 +25,6 @@ use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{self, Subject};
 use crate::proxy::rpc::{Method, Object, Rpc};
-use crate::telemetry::metrics::AUDIT_EVENTS_TOTAL;
 
 /// Layer for [`Audit`]; without a trail (audit off) calls pass unrecorded.
 #[derive(Clone, Debug)]
@@ -284,10 +283,7 @@ impl Record {
         };
         match self.place {
             Some(place) => place.submit(event),
-            None => {
-                metrics::counter!(AUDIT_EVENTS_TOTAL, "result" => "failed").increment(1);
-                tracing::error!(audit_id = %event.id, method = event.rpc.method_name(), "audit event lost: the audit writer has stopped");
-            }
+            None => crate::telemetry::events::audit_event_lost(&event.id, &event.rpc),
         }
     }
 }

@@ -11,14 +11,13 @@ use arc_swap::ArcSwap;
 use futures_util::future::Either;
 
 use crate::inventory::Inventory;
-use crate::policy::file::Mode;
-use crate::policy::{Call, Evaluation, Finding, FindingKind, PolicySet, read_subject};
+use crate::policy::{Call, Evaluation, Finding, PolicySet, read_subject};
 use crate::proxy::body::{RequestMessage, RequestMessageSlot};
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::rpc::Rpc;
-use crate::telemetry::metrics::{POLICY_DECISIONS_TOTAL, POLICY_EVALUATION_SECONDS};
+use crate::telemetry::metrics::POLICY_EVALUATION_SECONDS;
 
 /// Layer for [`Policies`].
 #[derive(Clone, Debug)]
@@ -126,25 +125,7 @@ fn record(evaluation: &Evaluation, set: &PolicySet, rpc: &Rpc, slot: Option<&Dec
             continue;
         }
         for finding in findings {
-            let decision = match (&finding.outcome, finding.refuses()) {
-                (_, true) => "deny",
-                (FindingKind::Error(_), false) => "error",
-                (FindingKind::Violation(_), false) => "violation",
-            };
-            metrics::counter!(
-                POLICY_DECISIONS_TOTAL,
-                "policy" => finding.policy.clone(),
-                "rule" => finding.rule.clone(),
-                "decision" => decision,
-                "mode" => finding.mode.as_str()
-            )
-            .increment(1);
-            let text = finding.describe();
-            if finding.mode == Mode::Warn
-                || (!finding.refuses() && matches!(finding.outcome, FindingKind::Error(_)))
-            {
-                tracing::warn!(method = rpc.method_name(), policy = %finding.policy, rule = %finding.rule, mode = finding.mode.as_str(), "{text}");
-            }
+            crate::telemetry::events::policy_finding(finding, rpc);
         }
     }
     if let Some(slot) = slot

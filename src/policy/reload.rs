@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::file::{PolicyError, load_dir};
 use super::{PolicySet, PolicySettings};
 use crate::inventory::Inventory;
+use crate::telemetry::events;
 use crate::telemetry::metrics::POLICY_RELOAD_TOTAL;
 
 /// Changes in the directory closer together than this are one reload.
@@ -84,13 +85,11 @@ impl PolicyStore {
                 self.settings.store(Arc::new(settings.clone()));
                 self.current.store(Arc::new(set));
                 self.tell_inventory();
-                metrics::counter!(POLICY_RELOAD_TOTAL, "result" => "success").increment(1);
-                tracing::info!(dir = %self.dir.display(), policies = ?names, "policies reloaded");
+                events::policies_reloaded(&self.dir, &names);
                 Ok(())
             }
             Err(err) => {
-                metrics::counter!(POLICY_RELOAD_TOTAL, "result" => "failure").increment(1);
-                tracing::error!(file = %err.file.display(), key = %err.key, problem = %err.problem, "policy reload failed; the policies in force stay");
+                events::policy_reload_failed(&err);
                 Err(err)
             }
         }

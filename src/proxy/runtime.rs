@@ -23,7 +23,7 @@ use super::body::{RequestBody, ResponseBody};
 use super::error::{ProxyError, RuntimeError};
 use super::h2io::{RecvBody, send_body};
 use super::rpc::{Rpc, Service};
-use crate::telemetry::metrics as names;
+use crate::telemetry::events;
 
 /// Flow-control windows towards the runtime: large enough that a multi-megabyte answer
 /// (ListContainers on a busy node) is not sent in small pieces waiting for window updates,
@@ -128,15 +128,11 @@ impl RuntimeConnection {
         {
             return Err(err.clone());
         }
-        let result = self.connect().await;
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!(names::RUNTIME_CONNECTS_TOTAL, "endpoint" => self.name.to_string(), "result" => outcome)
-            .increment(1);
-        match result {
+        match self.connect().await {
             Ok(sender) => {
                 backoff.last_failure = None;
                 *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
-                tracing::info!(endpoint = %self.name, "connected to runtime");
+                events::runtime_connected(&self.name);
                 Ok(sender)
             }
             Err(err) => {
@@ -144,7 +140,7 @@ impl RuntimeConnection {
                     None => BACKOFF_MIN,
                     Some((_, wait, _)) => (*wait * 2).min(BACKOFF_MAX),
                 };
-                tracing::warn!(endpoint = %self.name, error = %err, retry_in = ?wait, "runtime unreachable");
+                events::runtime_unreachable(&self.name, &err, wait);
                 backoff.last_failure = Some((Instant::now(), wait, err.clone()));
                 Err(err)
             }
