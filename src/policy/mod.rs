@@ -2,9 +2,9 @@
 //! and direct crictl calls that admission webhooks never see.
 //!
 //! A [`PolicySet`] is immutable and compiled; evaluating a call is pure and synchronous. A call
-//! that no policy matches is never decoded. See `file.rs` for the file format, `checks.rs` for
-//! the built-in checks, `cel.rs` for CEL rules, `layer.rs` for the layer and `reload.rs` for
-//! reloading.
+//! that no policy matches is never decoded. See `file.rs` for the file format, `checks/` for
+//! the built-in checks, `cel.rs` for CEL rules, `reload.rs` for reloading; the layer that
+//! applies them is `layers/policy.rs`.
 
 #[doc(hidden)]
 pub mod agreement;
