@@ -67,10 +67,13 @@ impl AuditTrail {
     pub async fn room(&self) -> Option<Place> {
         let full = self.sender.capacity() == 0 || self.backlog.is_full();
         let start = full.then(Instant::now);
-        // A writer that has stopped frees no room: then the permit below fails at once.
-        tokio::select! {
-            _ = self.backlog.room() => {}
-            _ = self.sender.closed() => {}
+        // Only a queue over its bytes is waited on here (the common case costs one load). A
+        // writer that has stopped frees no room: then the permit below fails at once.
+        if self.backlog.is_full() {
+            tokio::select! {
+                _ = self.backlog.room() => {}
+                _ = self.sender.closed() => {}
+            }
         }
         let permit = self.sender.clone().reserve_owned().await.ok()?;
         if let Some(start) = start {
