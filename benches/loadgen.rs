@@ -252,38 +252,36 @@ impl Run {
     }
 }
 
-/// `concurrency` callers on one HTTP/2 connection, for `duration`.
-async fn drive(
-    socket: &Path,
-    path: &'static str,
-    body: Bytes,
-    concurrency: usize,
-    duration: Duration,
-) -> Run {
+/// The scenario's callers on one HTTP/2 connection, for `duration`. Each caller goes round the
+/// scenario's calls, starting where its number points, so a mix is mixed at every moment.
+async fn drive(socket: &Path, scenario: &Scenario, duration: Duration) -> Run {
     let client = RawClient::connect(socket).await.expect("connect");
-    // Warm the connection up.
+    // Warm the connection up, and check that every call of the scenario succeeds.
     let mut warm = client.clone();
-    let answer = warm
-        .call(path, body.clone(), &HeaderMap::new())
-        .await
-        .expect("warm-up call");
-    assert_eq!(
-        answer.grpc_status(),
-        Some(0),
-        "{path}: {:?}",
-        answer.grpc_message()
-    );
+    for (path, body) in scenario.calls.iter() {
+        let answer = warm
+            .call(path, body.clone(), &HeaderMap::new())
+            .await
+            .expect("warm-up call");
+        assert_eq!(
+            answer.grpc_status(),
+            Some(0),
+            "{path}: {:?}",
+            answer.grpc_message()
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
+    let workers: Vec<_> = (0..scenario.concurrency)
+        .map(|n| {
             let mut client = client.clone();
-            let body = body.clone();
+            let calls = scenario.calls.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                let mut calls = 0u64;
+                let mut made = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    let (path, body) = &calls[(n + made as usize) % calls.len()];
                     let t = Instant::now();
                     let request = RawClient::request(path, body.clone(), &HeaderMap::new());
                     let response = client.send(request).await.expect("call");
@@ -297,9 +295,9 @@ async fn drive(
                     }
                     assert!(ok, "{path} failed under load");
                     latency.record(t.elapsed().as_micros() as u64).unwrap();
-                    calls += 1;
+                    made += 1;
                 }
-                (calls, latency)
+                (made, latency)
             })
         })
         .collect();
@@ -385,7 +383,7 @@ fn compare(
         let (mut off_cpu, mut on_cpu) = ((0u64, 0u64), (0u64, 0u64));
         for _ in 0..rounds() {
             let before = cpu_micros(base.pid);
-            let run = runtime.block_on(drive(base.socket, s.path, s.body.clone(), 64, per_round));
+            let run = runtime.block_on(drive(base.socket, &s, per_round));
             off_cpu = (
                 off_cpu.0 + cpu_micros(base.pid) - before,
                 off_cpu.1 + run.calls,
@@ -395,8 +393,7 @@ fn compare(
             let scraper =
                 scrape.map(|admin| runtime.spawn(scrape_while(admin.into(), stop.clone())));
             let before = cpu_micros(variant.pid);
-            let run =
-                runtime.block_on(drive(variant.socket, s.path, s.body.clone(), 64, per_round));
+            let run = runtime.block_on(drive(variant.socket, &s, per_round));
             on_cpu = (
                 on_cpu.0 + cpu_micros(variant.pid) - before,
                 on_cpu.1 + run.calls,
@@ -424,61 +421,198 @@ fn compare(
     }
 }
 
+/// One call of a scenario: the method's path and the framed request.
+type Call = (&'static str, Bytes);
+
+#[derive(Clone)]
 struct Scenario {
     name: String,
-    path: &'static str,
-    body: Bytes,
+    /// What each caller makes, in turn.
+    calls: Arc<[Call]>,
     concurrency: usize,
     big: bool,
 }
 
-fn scenarios() -> Vec<Scenario> {
-    let version = grpc_frame(
-        &criguard::cri::VersionRequest {
-            version: "v1".into(),
+impl Scenario {
+    fn new(name: String, calls: Vec<Call>, concurrency: usize, big: bool) -> Scenario {
+        Scenario {
+            name,
+            calls: calls.into(),
+            concurrency,
+            big,
         }
-        .encode_to_vec(),
+    }
+}
+
+fn framed(message: &impl Message) -> Bytes {
+    grpc_frame(&message.encode_to_vec())
+}
+
+fn scenarios() -> Vec<Scenario> {
+    use criguard::cri::*;
+    let version: Call = (
+        "/runtime.v1.RuntimeService/Version",
+        framed(&VersionRequest {
+            version: "v1".into(),
+        }),
     );
-    let list = grpc_frame(&criguard::cri::ListContainersRequest::default().encode_to_vec());
-    let create = grpc_frame(&criguard::fake::samples::create_container_request().encode_to_vec());
+    let list: Call = (
+        "/runtime.v1.RuntimeService/ListContainers",
+        framed(&ListContainersRequest::default()),
+    );
+    let create: Call = (
+        "/runtime.v1.RuntimeService/CreateContainer",
+        framed(&criguard::fake::samples::create_container_request()),
+    );
     let mut all = Vec::new();
     for c in [1, 64] {
-        all.push(Scenario {
-            name: format!("Version c={c}"),
-            path: "/runtime.v1.RuntimeService/Version",
-            body: version.clone(),
-            concurrency: c,
-            big: false,
-        });
+        all.push(Scenario::new(
+            format!("Version c={c}"),
+            vec![version.clone()],
+            c,
+            false,
+        ));
     }
-    for c in [1, 16] {
-        all.push(Scenario {
-            name: format!("ListContainers 100 c={c}"),
-            path: "/runtime.v1.RuntimeService/ListContainers",
-            body: list.clone(),
-            concurrency: c,
-            big: false,
-        });
-    }
-    for c in [1, 16] {
-        all.push(Scenario {
-            name: format!("ListContainers 5000 c={c}"),
-            path: "/runtime.v1.RuntimeService/ListContainers",
-            body: list.clone(),
-            concurrency: c,
-            big: true,
-        });
+    for (containers, big) in [(100, false), (5000, true)] {
+        for c in [1, 16] {
+            all.push(Scenario::new(
+                format!("ListContainers {containers} c={c}"),
+                vec![list.clone()],
+                c,
+                big,
+            ));
+        }
     }
     for c in [1, 64] {
-        all.push(Scenario {
-            name: format!("CreateContainer {}B c={c}", create.len() - 5),
-            path: "/runtime.v1.RuntimeService/CreateContainer",
-            body: create.clone(),
-            concurrency: c,
-            big: false,
-        });
+        all.push(Scenario::new(
+            format!("CreateContainer {}B c={c}", create.1.len() - 5),
+            vec![create.clone()],
+            c,
+            false,
+        ));
     }
     all
+}
+
+/// The calls of a kubelet on a node that runs pods, as in its sync loops: container and
+/// sandbox status (the PLEG's relist), lists, stats, an exec probe, runtime status, image file
+/// systems and, now and then, a container created after its image's status. Made on the
+/// runtime at `socket`, where it starts a sandbox for the status calls to find; the container
+/// is one of the canned runtime's running ones.
+fn kubelet_mix(runtime: &tokio::runtime::Runtime, socket: &Path) -> Scenario {
+    use criguard::cri::*;
+    let (pod, container) = runtime.block_on(async {
+        let mut client = RawClient::connect(socket).await.expect("connect");
+        let sandbox = RunPodSandboxRequest {
+            config: Some(criguard::fake::samples::pod_config()),
+            ..Default::default()
+        };
+        let answer = unary(&mut client, "RunPodSandbox", framed(&sandbox)).await;
+        let pod = RunPodSandboxResponse::decode(answer)
+            .expect("RunPodSandbox answer")
+            .pod_sandbox_id;
+        let list = framed(&ListContainersRequest::default());
+        let answer = unary(&mut client, "ListContainers", list).await;
+        let container = ListContainersResponse::decode(answer)
+            .expect("ListContainers answer")
+            .containers
+            .into_iter()
+            .find(|c| c.state == ContainerState::ContainerRunning as i32)
+            .expect("a running container")
+            .id;
+        (pod, container)
+    });
+    let create = criguard::fake::samples::create_container_request();
+    let image = create.config.as_ref().and_then(|c| c.image.clone());
+    let container_status = framed(&ContainerStatusRequest {
+        container_id: container.clone(),
+        verbose: false,
+    });
+    let sandbox_status = framed(&PodSandboxStatusRequest {
+        pod_sandbox_id: pod,
+        verbose: false,
+    });
+    let calls: Vec<Call> = vec![
+        (RUNTIME_CONTAINER_STATUS, container_status.clone()),
+        (RUNTIME_POD_SANDBOX_STATUS, sandbox_status.clone()),
+        (
+            "/runtime.v1.RuntimeService/ListPodSandbox",
+            framed(&ListPodSandboxRequest::default()),
+        ),
+        (RUNTIME_CONTAINER_STATUS, container_status.clone()),
+        (RUNTIME_POD_SANDBOX_STATUS, sandbox_status.clone()),
+        (
+            "/runtime.v1.RuntimeService/ExecSync",
+            exec_probe(&container),
+        ),
+        (RUNTIME_CONTAINER_STATUS, container_status.clone()),
+        (
+            "/runtime.v1.RuntimeService/ListContainers",
+            framed(&ListContainersRequest::default()),
+        ),
+        (
+            "/runtime.v1.RuntimeService/ContainerStats",
+            framed(&ContainerStatsRequest {
+                container_id: container.clone(),
+            }),
+        ),
+        (RUNTIME_POD_SANDBOX_STATUS, sandbox_status),
+        (
+            "/runtime.v1.RuntimeService/Status",
+            framed(&StatusRequest::default()),
+        ),
+        (RUNTIME_CONTAINER_STATUS, container_status),
+        (
+            "/runtime.v1.ImageService/ImageFsInfo",
+            framed(&ImageFsInfoRequest::default()),
+        ),
+        (
+            "/runtime.v1.ImageService/ImageStatus",
+            framed(&ImageStatusRequest {
+                image,
+                verbose: false,
+            }),
+        ),
+        (
+            "/runtime.v1.RuntimeService/CreateContainer",
+            framed(&create),
+        ),
+        (
+            "/runtime.v1.RuntimeService/Version",
+            framed(&VersionRequest {
+                version: "v1".into(),
+            }),
+        ),
+    ];
+    Scenario::new(
+        format!("kubelet mix of {} c=16", calls.len()),
+        calls,
+        16,
+        false,
+    )
+}
+
+const RUNTIME_CONTAINER_STATUS: &str = "/runtime.v1.RuntimeService/ContainerStatus";
+const RUNTIME_POD_SANDBOX_STATUS: &str = "/runtime.v1.RuntimeService/PodSandboxStatus";
+
+/// A RuntimeService call that must succeed; its answer's message.
+async fn unary(client: &mut RawClient, method: &str, body: Bytes) -> Bytes {
+    let path = format!("/runtime.v1.RuntimeService/{method}");
+    let answer = client
+        .call(&path, body, &HeaderMap::new())
+        .await
+        .expect(method);
+    assert_eq!(answer.grpc_status(), Some(0), "{method}");
+    answer.body.slice(5..)
+}
+
+/// ExecSync of `echo ok` in `container`, as an exec probe runs.
+fn exec_probe(container: &str) -> Bytes {
+    framed(&criguard::cri::ExecSyncRequest {
+        container_id: container.into(),
+        cmd: vec!["echo".into(), "ok".into()],
+        timeout: 1,
+    })
 }
 
 fn main() {
@@ -504,6 +638,7 @@ fn main() {
     let big = pair(dir.path(), "big", 5000);
     std::thread::sleep(Duration::from_millis(300));
     let idle_rss = [&small, &big].map(|p| status_kib(p.proxy_process.0.id(), "VmRSS:"));
+    let mix = kubelet_mix(&runtime, &small.runtime);
 
     println!(
         "criguard load generator: {seconds} s per side per scenario, {rounds} alternating rounds, one HTTP/2 connection"
@@ -513,7 +648,7 @@ fn main() {
         "| scenario | direct req/s | criguard req/s | ratio | direct p50 / p99 (µs) | criguard p50 / p99 (µs) | p50 ratio | criguard CPU µs/call | socat ratio, p50 ratio, CPU µs/call | HAProxy ratio, p50 ratio, CPU µs/call |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for s in scenarios() {
+    for s in scenarios().into_iter().chain([mix.clone()]) {
         if filter.iter().any(|f| {
             [
                 "metrics",
@@ -550,23 +685,11 @@ fn main() {
         let mut direct: Option<Run> = None;
         let mut through: Vec<(Option<Run>, u64)> = sides.iter().map(|_| (None, 0)).collect();
         for _ in 0..rounds {
-            let d = runtime.block_on(drive(
-                &p.runtime,
-                s.path,
-                s.body.clone(),
-                s.concurrency,
-                per_round,
-            ));
+            let d = runtime.block_on(drive(&p.runtime, &s, per_round));
             add(&mut direct, d);
             for ((_, socket, pid), (acc, cpu)) in sides.iter().zip(&mut through) {
                 let before = cpu_micros(*pid);
-                let run = runtime.block_on(drive(
-                    socket,
-                    s.path,
-                    s.body.clone(),
-                    s.concurrency,
-                    per_round,
-                ));
+                let run = runtime.block_on(drive(socket, &s, per_round));
                 *cpu += cpu_micros(*pid) - before;
                 add(acc, run);
             }
@@ -728,7 +851,15 @@ fn main() {
         println!("audit events written: {events}");
     }
     if wanted("hardened") {
-        compare_hardened(&runtime, dir.path(), &small, per_round);
+        let cases: Vec<&String> = filter.iter().filter(|f| *f != "hardened").collect();
+        compare_hardened(
+            &runtime,
+            dir.path(),
+            [&small, &big],
+            &mix,
+            &cases,
+            per_round,
+        );
     }
     if wanted("authority") {
         compare_authorities(&small, per_round);
@@ -816,11 +947,14 @@ fn compare_authorities(pair: &Pair, per_round: Duration) {
 /// default rules (CreateContainer and exec at Request level), pss-baseline, restrict-exec and
 /// image-registries (allowing the canned runtime's registry), and a read-only second listener
 /// with a rate limit. Direct, default and hardened in the same alternating rounds: ratios to
-/// direct, CPU per call of both stacks, and the hardened criguard's peak memory.
+/// direct, CPU per call of both stacks, and the hardened criguards' peak memory. `only`, when
+/// not empty, picks scenarios by name.
 fn compare_hardened(
     runtime: &tokio::runtime::Runtime,
     dir: &Path,
-    pair: &Pair,
+    pairs: [&Pair; 2],
+    mix: &Scenario,
+    only: &[&String],
     per_round: Duration,
 ) {
     let policies = dir.join("hardened-policies");
@@ -837,121 +971,51 @@ fn compare_hardened(
         );
     assert!(registries.contains("registry.example.com"));
     std::fs::write(policies.join("image-registries.yaml"), registries).unwrap();
-    let socket = dir.join("small-criguard-hardened.sock");
-    let readonly = dir.join("small-criguard-hardened-ro.sock");
-    let config = dir.join("hardened.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners:\n  - path: {}\n  - path: {}\n    role: read-only\n\
-             limits:\n  - name: monitoring\n    listener: {}\n    methods: [read]\n    rate: 50\n\
-             audit:\n  path: {}\n\
-             policies: {}\n",
-            socket.display(),
-            readonly.display(),
-            readonly.display(),
-            dir.join("hardened-audit.log").display(),
-            policies.display(),
-        ),
-    )
-    .unwrap();
-    let process = spawn(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--runtime-endpoint",
-            &format!("unix://{}", pair.runtime.display()),
-            "--admin-address",
-            dir.join("small-hardened-admin.sock").to_str().unwrap(),
-        ],
-        &socket,
+    // One hardened criguard in front of each canned runtime (100 and 5000 containers).
+    let hardened = pairs.map(|pair| spawn_hardened(runtime, dir, &policies, pair));
+    let exec = Scenario::new(
+        "ExecSync c=64".into(),
+        vec![(
+            "/runtime.v1.RuntimeService/ExecSync",
+            mix.calls
+                .iter()
+                .find(|(path, _)| path.ends_with("/ExecSync"))
+                .expect("the mix execs")
+                .1
+                .clone(),
+        )],
+        64,
+        false,
     );
-    // As the kubelet does before every CreateContainer: ImageStatus of the image's id, from
-    // whose answer criguard learns the names the registry rule checks the id against.
-    runtime.block_on(async {
-        let mut client = RawClient::connect(&socket).await.expect("connect");
-        let request = criguard::cri::ImageStatusRequest {
-            image: criguard::fake::samples::create_container_request()
-                .config
-                .and_then(|c| c.image),
-            verbose: false,
-        };
-        let answer = client
-            .call(
-                "/runtime.v1.ImageService/ImageStatus",
-                grpc_frame(&request.encode_to_vec()),
-                &HeaderMap::new(),
-            )
-            .await
-            .expect("ImageStatus");
-        assert_eq!(answer.grpc_status(), Some(0));
-    });
-    let exec = runtime.block_on(async {
-        // ExecSync into a running container of the canned runtime, as an exec probe does.
-        let mut client = RawClient::connect(&pair.runtime).await.expect("connect");
-        let list = grpc_frame(&criguard::cri::ListContainersRequest::default().encode_to_vec());
-        let answer = client
-            .call(
-                "/runtime.v1.RuntimeService/ListContainers",
-                list,
-                &HeaderMap::new(),
-            )
-            .await
-            .expect("ListContainers");
-        let containers =
-            criguard::cri::ListContainersResponse::decode(&answer.body[5..]).expect("answer");
-        let running = containers
-            .containers
-            .iter()
-            .find(|c| c.state == criguard::cri::ContainerState::ContainerRunning as i32)
-            .expect("a running container");
-        grpc_frame(
-            &criguard::cri::ExecSyncRequest {
-                container_id: running.id.clone(),
-                cmd: vec!["echo".into(), "ok".into()],
-                timeout: 1,
-            }
-            .encode_to_vec(),
-        )
-    });
-    let mut cases: Vec<Scenario> = scenarios()
+    let cases = scenarios()
         .into_iter()
-        .filter(|s| !s.big && s.concurrency > 1)
-        .collect();
-    cases.push(Scenario {
-        name: "ExecSync c=64".into(),
-        path: "/runtime.v1.RuntimeService/ExecSync",
-        body: exec,
-        concurrency: 64,
-        big: false,
-    });
-    let (default, hardened) = (pair.proxy_process.0.id(), process.0.id());
+        .filter(|s| s.concurrency > 1)
+        .chain([exec, mix.clone()])
+        .filter(|s| only.is_empty() || only.iter().any(|f| s.name.contains(f.as_str())));
     println!();
     println!(
         "| scenario | direct req/s | default / direct | hardened / direct | hardened p50 / p99 (µs) | CPU µs/call default | CPU µs/call hardened | hardened / default CPU |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in cases {
+        let pair = pairs[usize::from(s.big)];
+        let (socket, process) = &hardened[usize::from(s.big)];
         let (mut direct, mut through) = (None, [None, None]);
         let mut cpu = [(0u64, 0u64); 2];
         for _ in 0..rounds() {
-            let run = |socket: &Path| {
-                runtime.block_on(drive(
-                    socket,
-                    s.path,
-                    s.body.clone(),
-                    s.concurrency,
-                    per_round,
-                ))
-            };
-            add(&mut direct, run(&pair.runtime));
-            for (i, (socket, pid)) in [(&pair.proxy, default), (&socket, hardened)]
-                .into_iter()
-                .enumerate()
+            add(
+                &mut direct,
+                runtime.block_on(drive(&pair.runtime, &s, per_round)),
+            );
+            for (i, (socket, pid)) in [
+                (&pair.proxy, pair.proxy_process.0.id()),
+                (socket, process.0.id()),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 let before = cpu_micros(pid);
-                let r = run(socket);
+                let r = runtime.block_on(drive(socket, &s, per_round));
                 cpu[i] = (cpu[i].0 + cpu_micros(pid) - before, cpu[i].1 + r.calls);
                 add(&mut through[i], r);
             }
@@ -974,9 +1038,77 @@ fn compare_hardened(
             per_call(cpu[1]) / per_call(cpu[0]),
         );
     }
-    println!(
-        "hardened criguard: peak RSS (VmHWM) {} KiB, now {} KiB",
-        status_kib(process.0.id(), "VmHWM:"),
-        status_kib(process.0.id(), "VmRSS:"),
+    for ((_, process), containers) in hardened.iter().zip([100, 5000]) {
+        println!(
+            "hardened criguard ({containers} containers): peak RSS (VmHWM) {} KiB, now {} KiB",
+            status_kib(process.0.id(), "VmHWM:"),
+            status_kib(process.0.id(), "VmRSS:"),
+        );
+    }
+}
+
+/// A hardened criguard in front of `pair`'s runtime (see `compare_hardened`), told the canned
+/// image's names by one ImageStatus, as the kubelet's call before every CreateContainer does.
+fn spawn_hardened(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    policies: &Path,
+    pair: &Pair,
+) -> (PathBuf, Process) {
+    let name = pair
+        .runtime
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("runtime socket name");
+    let socket = dir.join(format!("{name}-hardened.sock"));
+    let readonly = dir.join(format!("{name}-hardened-ro.sock"));
+    let config = dir.join(format!("{name}-hardened.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listeners:\n  - path: {}\n  - path: {}\n    role: read-only\n\
+             limits:\n  - name: monitoring\n    listener: {}\n    methods: [read]\n    rate: 50\n\
+             audit:\n  path: {}\n\
+             policies: {}\n",
+            socket.display(),
+            readonly.display(),
+            readonly.display(),
+            dir.join(format!("{name}-hardened-audit.log")).display(),
+            policies.display(),
+        ),
+    )
+    .unwrap();
+    let process = spawn(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--runtime-endpoint",
+            &format!("unix://{}", pair.runtime.display()),
+            "--admin-address",
+            dir.join(format!("{name}-hardened-admin.sock"))
+                .to_str()
+                .unwrap(),
+        ],
+        &socket,
     );
+    runtime.block_on(async {
+        let mut client = RawClient::connect(&socket).await.expect("connect");
+        let request = criguard::cri::ImageStatusRequest {
+            image: criguard::fake::samples::create_container_request()
+                .config
+                .and_then(|c| c.image),
+            verbose: false,
+        };
+        let answer = client
+            .call(
+                "/runtime.v1.ImageService/ImageStatus",
+                framed(&request),
+                &HeaderMap::new(),
+            )
+            .await
+            .expect("ImageStatus");
+        assert_eq!(answer.grpc_status(), Some(0));
+    });
+    (socket, process)
 }

@@ -16,7 +16,7 @@ use crate::cri::image_service_client::ImageServiceClient;
 use crate::cri::runtime_service_client::RuntimeServiceClient;
 
 /// Matches the kubelet's receive limit for the typed clients of tests and demo.
-const CLIENT_MESSAGE_LIMIT: usize = 64 << 20;
+pub(crate) const CLIENT_MESSAGE_LIMIT: usize = 64 << 20;
 
 /// A tonic channel to a unix socket, as the kubelet dials it (authority `localhost`).
 pub async fn channel(path: impl AsRef<Path>) -> Result<Channel, tonic::transport::Error> {
