@@ -578,6 +578,25 @@ fn unknown_field(rng: &mut fastrand::Rng, depth: usize) -> Vec<u8> {
     }
 }
 
+/// `bytes` with the fields of the message, and of its embedded messages `depth` levels down,
+/// in a random order: the same message to a decoder, in an order no encoder writes.
+pub fn shuffle(rng: &mut fastrand::Rng, bytes: &[u8], depth: usize) -> Vec<u8> {
+    let Some(mut fields) = split_fields(bytes) else {
+        return bytes.to_vec();
+    };
+    if depth > 0 {
+        for (number, wire, field) in &mut fields {
+            if *wire == 2
+                && let Some(content) = message_content(field)
+            {
+                *field = length_delimited(*number, &shuffle(rng, content, depth - 1));
+            }
+        }
+    }
+    rng.shuffle(&mut fields);
+    fields.into_iter().flat_map(|f| f.2).collect()
+}
+
 fn mutate_once(rng: &mut fastrand::Rng, bytes: &[u8], depth: usize) -> Vec<u8> {
     let Some(mut fields) = split_fields(bytes) else {
         return bytes.to_vec();
