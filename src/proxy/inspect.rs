@@ -61,7 +61,7 @@ impl Subject {
             // kubelet puts the image's id in image.image and the pod spec's name in
             // image.user_specified_image (18): the name is what an operator recognises.
             CreateContainer => {
-                let [m, n, u, ns, sandbox, name, named, image] = bytes_at_each(
+                let [metadata, pod, uid, namespace, sandbox, name, named, image] = bytes_at_each(
                     message,
                     [
                         &[3, 1],
@@ -75,7 +75,7 @@ impl Subject {
                     ],
                 );
                 Subject {
-                    pod: pod_ref([m, n, u, ns]),
+                    pod: pod_ref([metadata, pod, uid, namespace]),
                     sandbox_id: owned(sandbox),
                     container_name: owned(name),
                     image: owned(named.filter(|name| !name.is_empty())).or_else(|| owned(image)),
@@ -84,12 +84,12 @@ impl Subject {
             }
             // image = 1 → image = 1; sandbox_config = 3 → metadata = 1
             PullImage => {
-                let [m, n, u, ns, image] = bytes_at_each(
+                let [metadata, pod, uid, namespace, image] = bytes_at_each(
                     message,
                     [&[3, 1], &[3, 1, 1], &[3, 1, 2], &[3, 1, 3], &[1, 1]],
                 );
                 Subject {
-                    pod: pod_ref([m, n, u, ns]),
+                    pod: pod_ref([metadata, pod, uid, namespace]),
                     image: owned(image),
                     ..Subject::default()
                 }
