@@ -116,14 +116,21 @@ impl ImageRef {
     /// Whether the repository matches `pattern`: a registry (`registry.k8s.io`), a repository
     /// prefix (`docker.io/library`), or a glob (`ghcr.io/acme/*`).
     pub fn matches(&self, pattern: &str) -> bool {
-        let repository = self.repository();
-        let pattern = pattern.trim_end_matches('/');
-        if pattern.contains('*') {
-            return crate::audit::rules::glob_match(pattern, &repository);
-        }
-        let pattern = pattern.strip_suffix(':').unwrap_or(pattern);
-        repository == pattern || repository.starts_with(&format!("{pattern}/"))
+        repository_matches(&self.repository(), pattern)
     }
+}
+
+/// Whether `repository` (`registry/path`, see [`ImageRef::repository`]) matches `pattern`, as
+/// [`ImageRef::matches`] says: for checking one image against many patterns.
+pub fn repository_matches(repository: &str, pattern: &str) -> bool {
+    let pattern = pattern.trim_end_matches('/');
+    if pattern.contains('*') {
+        return crate::audit::rules::glob_match(pattern, repository);
+    }
+    let pattern = pattern.strip_suffix(':').unwrap_or(pattern);
+    repository
+        .strip_prefix(pattern)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// distribution/reference's `splitDockerDomain`, before normalisation.

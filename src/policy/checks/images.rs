@@ -1,7 +1,7 @@
 //! Image registries: the image a call runs or pulls, read as containerd normalises names.
 
 use super::{ImageParams, Target};
-use crate::policy::image_ref::ImageRef;
+use crate::policy::image_ref::{ImageRef, repository_matches};
 use crate::policy::view::text;
 
 /// An image outside the allowlist, on the denylist, or named so that its registry cannot be
@@ -79,12 +79,13 @@ impl ImageParams {
             }
         };
         let repository = reference.repository();
-        if self.deny.iter().any(|p| reference.matches(p)) {
+        let matches = |pattern: &String| repository_matches(&repository, pattern);
+        if self.deny.iter().any(matches) {
             return Some(format!(
                 "uses image {image} from a denied registry ({repository})"
             ));
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|p| reference.matches(p)) {
+        if !self.allow.is_empty() && !self.allow.iter().any(matches) {
             return Some(format!(
                 "uses image {image} from a registry outside the allowlist ({repository})"
             ));
