@@ -5,7 +5,11 @@
 //! cargo bench --bench loadgen                     # every scenario, 3 s per side
 //! CRIGUARD_BENCH_SECONDS=1 cargo bench --bench loadgen -- Version
 //! CRIGUARD_BENCH_SECONDS=16 CRIGUARD_BENCH_ROUNDS=8 cargo bench --bench loadgen -- policies audit
+//! cargo bench --bench loadgen -- hardened CreateContainer kubelet   # named scenarios only
 //! ```
+//!
+//! Scenarios: Version, ListContainers (100 and 5000 containers), CreateContainer (5 KB) and a
+//! kubelet-like mix of status, list, stats, exec, image and create calls (`kubelet_mix`).
 //!
 //! The fake runtime and criguard run as their own processes (the release binary), so
 //! criguard's CPU time and memory are read from /proc for criguard alone. The client sends

@@ -345,9 +345,10 @@ impl Inventory {
 
 /// The runtime's lists as the inventory reads them: only the fields it keeps. prost skips the
 /// others (labels and annotations are most of a list's bytes: 6.6 MB for 5,000 containers)
-/// without allocating them, where decoding whole `Container`s at start-up tripled criguard's
-/// peak memory on a large node. Same field numbers and types as the CRI's messages, so what is
-/// kept is read exactly as a full decode reads it (a test compares them).
+/// without allocating them: decoding whole `Container`s at start-up put criguard's peak memory
+/// at 33.8 MiB in front of 5,000 containers, against 20.6 MiB now. Same field numbers and
+/// types as the CRI's messages, so what is kept is read exactly as a full decode reads it (a
+/// test compares them).
 mod listed {
     use http::uri::PathAndQuery;
     use tonic::transport::Channel;
