@@ -299,11 +299,14 @@ impl<'m> Writer<'_, '_, 'm> {
         if depth > MAX_DEPTH {
             return Err(Irregular);
         }
-        let start = self.out.len();
+        let (start, keys) = (self.out.len(), self.keys.len());
         if self.fields_in_order(index, bytes, hidden, depth)? {
             return Ok(());
         }
+        // Nothing of the abandoned pass stays: its output, nor the keys of a map it had open
+        // (an enclosing map would take them for keys of its own).
         self.out.truncate(start);
+        self.keys.truncate(keys);
         self.fields_sorted(index, bytes, hidden, depth)
     }
 
