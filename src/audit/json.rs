@@ -59,6 +59,8 @@ struct Schema {
     enums: Vec<EnumInfo>,
     /// Request and answer message of each `Method`, by its index.
     methods: Vec<Option<(usize, usize)>>,
+    /// [`REDACTED`] as a JSON string.
+    redacted: Box<str>,
 }
 
 struct MessageInfo {
@@ -240,6 +242,7 @@ impl Schema {
             messages: infos,
             enums,
             methods,
+            redacted: json_string(REDACTED).into(),
         }
     }
 }
@@ -410,7 +413,7 @@ impl<'m> Writer<'_, '_, 'm> {
                 self.out.push(b',');
             }
             self.out.extend_from_slice(field.key.as_bytes());
-            self.out.extend_from_slice(json_string(REDACTED).as_bytes());
+            self.out.extend_from_slice(self.schema.redacted.as_bytes());
         }
         self.out.push(b'}');
     }
@@ -475,6 +478,7 @@ impl<'m> Writer<'_, '_, 'm> {
     }
 
     /// A singular field; `false` when it holds its default and is not shown.
+    #[inline(always)]
     fn single(
         &mut self,
         field: &FieldInfo,
@@ -489,7 +493,7 @@ impl<'m> Writer<'_, '_, 'm> {
             if text.is_empty() {
                 return Ok(false);
             }
-            self.out.extend_from_slice(json_string(REDACTED).as_bytes());
+            self.out.extend_from_slice(self.schema.redacted.as_bytes());
             return Ok(true);
         }
         self.value(field.kind, value, true, depth)
@@ -497,6 +501,7 @@ impl<'m> Writer<'_, '_, 'm> {
 
     /// One value of a repeated field (a packed value holds several); `count` counts what the
     /// list holds so far.
+    #[inline(always)]
     fn element(
         &mut self,
         field: &FieldInfo,
@@ -592,6 +597,7 @@ impl<'m> Writer<'_, '_, 'm> {
     }
 
     /// One value of `kind`. With `skip_default`, a default scalar is not written (`false`).
+    #[inline(always)]
     fn value(
         &mut self,
         kind: Kind,
@@ -672,18 +678,20 @@ impl<'m> Writer<'_, '_, 'm> {
         }
     }
 
+    #[inline(always)]
     fn string(&mut self, text: &[u8]) -> Result<(), Irregular> {
-        let text = std::str::from_utf8(text).map_err(|_| Irregular)?;
-        // Most strings need no escaping: copied as they are (one pass that vectorizes).
-        let plain = text.bytes().fold(true, |plain, b| {
-            plain & (b >= 0x20 && b != b'"' && b != b'\\')
+        // Most strings are ASCII with nothing to escape: one pass that vectorizes finds that
+        // they are (ASCII is UTF-8, so no separate check) and they are copied as they are.
+        let plain = text.iter().fold(true, |plain, &b| {
+            plain & (0x20..0x80).contains(&b) & (b != b'"') & (b != b'\\')
         });
         if plain {
             self.out.reserve(text.len() + 2);
             self.out.push(b'"');
-            self.out.extend_from_slice(text.as_bytes());
+            self.out.extend_from_slice(text);
             self.out.push(b'"');
         } else {
+            let text = std::str::from_utf8(text).map_err(|_| Irregular)?;
             write_json(self.out, text);
         }
         Ok(())
@@ -918,7 +926,11 @@ mod tests {
                 .into(),
                 ..Default::default()
             }),
-            info: [("info".to_string(), "{\"pid\": 1}\n\u{7}é".to_string())].into(),
+            info: [
+                ("info".to_string(), "{\"pid\": 1}\n\u{7}\u{7f}é".to_string()),
+                ("clé".to_string(), "\u{7f}".to_string()),
+            ]
+            .into(),
             ..Default::default()
         };
         let exec = cri::ExecSyncResponse {
