@@ -998,7 +998,7 @@ fn compare_hardened(
         .filter(|s| only.is_empty() || only.iter().any(|f| s.name.contains(f.as_str())));
     println!();
     println!(
-        "| scenario | direct req/s | default / direct | hardened / direct | hardened p50 / p99 (µs) | CPU µs/call default | CPU µs/call hardened | hardened / default CPU |"
+        "| scenario | direct req/s | default / direct | hardened / direct | hardened p50 / p99 (µs) | CPU µs/call default | CPU µs/call hardened | hardened / default CPU (rounds' range) |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for s in cases {
@@ -1006,11 +1006,15 @@ fn compare_hardened(
         let (socket, process) = &hardened[usize::from(s.big)];
         let (mut direct, mut through) = (None, [None, None]);
         let mut cpu = [(0u64, 0u64); 2];
+        let per_call = |(micros, calls): (u64, u64)| micros as f64 / calls.max(1) as f64;
+        // Each round's hardened / default CPU ratio: how far one round can be from the whole.
+        let (mut lowest, mut highest) = (f64::INFINITY, 0f64);
         for _ in 0..rounds() {
             add(
                 &mut direct,
                 runtime.block_on(drive(&pair.runtime, &s, per_round)),
             );
+            let mut round = [(0u64, 0u64); 2];
             for (i, (socket, pid)) in [
                 (&pair.proxy, pair.proxy_process.0.id()),
                 (socket, process.0.id()),
@@ -1020,17 +1024,19 @@ fn compare_hardened(
             {
                 let before = cpu_micros(pid);
                 let r = runtime.block_on(drive(socket, &s, per_round));
-                cpu[i] = (cpu[i].0 + cpu_micros(pid) - before, cpu[i].1 + r.calls);
+                round[i] = (cpu_micros(pid) - before, r.calls);
+                cpu[i] = (cpu[i].0 + round[i].0, cpu[i].1 + r.calls);
                 add(&mut through[i], r);
             }
+            let ratio = per_call(round[1]) / per_call(round[0]);
+            (lowest, highest) = (lowest.min(ratio), highest.max(ratio));
         }
         let direct = direct.unwrap();
         let [Some(base), Some(hard)] = through else {
             unreachable!("every round ran")
         };
-        let per_call = |(micros, calls): (u64, u64)| micros as f64 / calls.max(1) as f64;
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {} / {} | {:.1} | {:.1} | {:.2} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {} / {} | {:.1} | {:.1} | {:.2} ({lowest:.2}–{highest:.2}) |",
             s.name,
             direct.rate(),
             base.rate() / direct.rate(),

@@ -6,7 +6,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
 use serde::Serialize;
 
@@ -20,7 +19,9 @@ use crate::proxy::rpc::Rpc;
 /// A decoded message of a call, with how to show it.
 #[derive(Debug)]
 pub struct Payload {
-    pub message: Bytes,
+    /// A copy of the message's bytes (a slice would keep the HTTP/2 read buffer it came in
+    /// alive while the event waits to be written).
+    pub message: Vec<u8>,
     /// The whole message's size, when only its head was kept.
     pub cut_from: Option<usize>,
 }
@@ -99,6 +100,14 @@ struct ContainerLine<'a> {
 }
 
 impl Event {
+    /// The buffers of its messages, once written.
+    pub fn into_messages(self) -> impl Iterator<Item = Vec<u8>> {
+        [self.request, self.response]
+            .into_iter()
+            .flatten()
+            .map(|payload| payload.message)
+    }
+
     /// The bytes of the messages it holds, counted against the queue's budget.
     pub fn payload_bytes(&self) -> usize {
         [&self.request, &self.response]
@@ -220,7 +229,7 @@ impl Event {
         let undecoded = |reason: String| serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {reason}", payload.message.len()) });
         let descriptor =
             message_type(&self.rpc, input).ok_or_else(|| undecoded("no message type".into()))?;
-        let mut message = DynamicMessage::decode(descriptor, payload.message.clone())
+        let mut message = DynamicMessage::decode(descriptor, &payload.message[..])
             .map_err(|err| undecoded(err.to_string()))?;
         redact(&mut message, self.redact_env_values);
         serde_json::to_writer(&mut *out, &message).map_err(|err| undecoded(err.to_string()))
@@ -322,7 +331,7 @@ mod tests {
             latency_ms: 1.5,
             decision: Decision::allowed(),
             request: Some(Payload {
-                message: request.into(),
+                message: request,
                 cut_from: None,
             }),
             response: None,

@@ -85,6 +85,11 @@ impl AuditTrail {
         })
     }
 
+    /// A copy of a message for an event (see [`Backlog::copy`]).
+    pub fn copy(&self, message: &[u8]) -> Vec<u8> {
+        self.backlog.copy(message)
+    }
+
     /// The rules in force.
     pub fn rules(&self) -> arc_swap::Guard<Arc<Rules>> {
         self.rules.load()

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -69,12 +69,29 @@ impl Health {
 /// The bytes of requests and answers queued for the writer, against their budget. A soft
 /// bound: a call waits for room before it starts, so calls already running may pass it, by at
 /// most their own messages (each cut to four times `maxPayloadBytes`).
+///
+/// It also keeps the buffers of written messages for the next events' copies: a burst of
+/// audited calls then reuses memory that is already mapped, instead of allocating on the
+/// proxy's thread what the writer's thread frees (and the allocator hands back to the system
+/// at once, to be mapped again for the next burst).
 #[derive(Debug)]
 pub struct Backlog {
     bytes: AtomicUsize,
     budget: usize,
     room: Notify,
+    spare: Mutex<Spare>,
 }
+
+/// Buffers kept for reuse, and their capacity in all.
+#[derive(Debug, Default)]
+struct Spare {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// What the spare buffers may hold in all, and in one buffer (a larger one is freed).
+const SPARE_BYTES: usize = 256 << 10;
+const SPARE_BUFFER_BYTES: usize = 64 << 10;
 
 impl Backlog {
     pub fn new(budget: usize) -> Backlog {
@@ -82,6 +99,38 @@ impl Backlog {
             bytes: AtomicUsize::new(0),
             budget,
             room: Notify::new(),
+            spare: Mutex::default(),
+        }
+    }
+
+    /// A copy of `message` for an event, in a buffer a written event left when there is one.
+    pub fn copy(&self, message: &[u8]) -> Vec<u8> {
+        let reused = {
+            let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+            let buffer = spare.buffers.pop();
+            if let Some(buffer) = &buffer {
+                spare.bytes -= buffer.capacity();
+            }
+            buffer
+        };
+        let mut buffer = reused.unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(message);
+        buffer
+    }
+
+    /// Keeps the buffers of written messages for [`Backlog::copy`], within the bounds.
+    fn keep(&self, buffers: &mut Vec<Vec<u8>>) {
+        if buffers.is_empty() {
+            return;
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        for buffer in buffers.drain(..) {
+            let size = buffer.capacity();
+            if size <= SPARE_BUFFER_BYTES && spare.bytes + size <= SPARE_BYTES {
+                spare.bytes += size;
+                spare.buffers.push(buffer);
+            }
         }
     }
 
@@ -133,6 +182,8 @@ struct Writer {
     backlog: Arc<Backlog>,
     /// Bytes of the events taken since the backlog was last told.
     taken_bytes: usize,
+    /// The message buffers of those events, handed back to the backlog with their bytes.
+    emptied: Vec<Vec<u8>>,
     file: Option<File>,
     size: u64,
     /// Lines waiting to be written, and how many events they hold.
@@ -159,6 +210,7 @@ impl Writer {
             health,
             backlog,
             taken_bytes: 0,
+            emptied: Vec::new(),
             file: None,
             size: 0,
             batch: Vec::with_capacity(64 << 10),
@@ -214,6 +266,7 @@ impl Writer {
             Entry::Event(event) => {
                 event.write_json_line(&mut self.batch);
                 self.taken_bytes += event.payload_bytes();
+                self.emptied.extend(event.into_messages());
                 self.pending += 1;
                 // Bound the batch: a long queue is written in pieces.
                 if self.batch.len() > 1 << 20 {
@@ -247,6 +300,7 @@ impl Writer {
         if self.taken_bytes > 0 {
             self.backlog.release(std::mem::take(&mut self.taken_bytes));
         }
+        self.backlog.keep(&mut self.emptied);
         if self.pending == 0 && self.batch.is_empty() {
             return;
         }
@@ -384,6 +438,46 @@ mod tests {
             redact_env_values: true,
             max_payload_bytes: 1024,
         }))
+    }
+
+    /// Copies made for events come back once the events are written, and serve the next copies;
+    /// a buffer over the bound is freed instead.
+    #[tokio::test]
+    async fn written_messages_leave_their_buffers_for_the_next_copies_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let sinks = Sinks {
+            path: Some(dir.path().join("audit.log")),
+            stdout: false,
+            max_size: None,
+            max_files: 0,
+        };
+        let backlog = Arc::new(Backlog::new(1 << 20));
+        let (sender, _) = start(sinks, 16, backlog.clone()).unwrap();
+        let small = backlog.copy(&[b'a'; 5000]);
+        let large = backlog.copy(&vec![b'a'; SPARE_BUFFER_BYTES + 1]);
+        let kept = small.as_ptr();
+        for message in [small, large] {
+            let Entry::Event(mut event) = event() else {
+                unreachable!()
+            };
+            event.level = Level::Request;
+            event.request = Some(crate::audit::event::Payload {
+                message,
+                cut_from: None,
+            });
+            sender.send(Entry::Event(event)).await.unwrap();
+        }
+        close(&sender).await;
+        let written = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        assert_eq!(written.lines().count(), 2);
+        let again = backlog.copy(b"next");
+        assert_eq!(again, b"next");
+        assert_eq!(again.as_ptr(), kept, "the first event's buffer is reused");
+        let fresh = backlog.copy(b"after");
+        assert!(
+            fresh.capacity() < SPARE_BUFFER_BYTES,
+            "the buffer over the bound was kept"
+        );
     }
 
     async fn close(sender: &mpsc::Sender<Entry>) {

@@ -235,7 +235,7 @@ impl Record {
             return;
         }
         let payload = |message: &[u8], whole: usize| Payload {
-            message: Bytes::copy_from_slice(message),
+            message: trail.copy(message),
             cut_from: (whole > message.len()).then_some(whole),
         };
         let request = (choice.level >= Level::Request)
