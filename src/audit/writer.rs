@@ -465,6 +465,8 @@ mod tests {
                 message,
                 cut_from: None,
             });
+            // As a place in the queue submits it: counted until written.
+            backlog.add(event.payload_bytes());
             sender.send(Entry::Event(event)).await.unwrap();
         }
         close(&sender).await;
