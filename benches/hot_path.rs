@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the work criguard does on every call: parsing the method, reading
 //! the request head, following the gRPC framing of an answer, observing its final status,
-//! evaluating policies on a CreateContainer, and writing its audit event's request as JSON.
+//! evaluating policies on a CreateContainer, writing its audit event's request as JSON, and
+//! reading a caller's connection at the HTTP/2 edge (passed as it came, or rewritten).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -186,8 +187,84 @@ fn audit_payload(c: &mut Criterion) {
     );
 }
 
+/// A kubelet's connection as grpc-go writes it: preface, SETTINGS, then `calls` unary calls
+/// (HEADERS with a kubelet's metadata, DATA with END_STREAM), its HPACK table in use.
+fn kubelet_connection(authority: &[u8], calls: u32) -> Vec<u8> {
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]);
+    let mut encoder = loona_hpack::Encoder::new();
+    let methods = [
+        "ContainerStatus",
+        "PodSandboxStatus",
+        "ListContainers",
+        "Status",
+    ];
+    for call in 0..calls {
+        let path = format!("/runtime.v1.RuntimeService/{}", methods[call as usize % 4]);
+        let timeout = format!("{}u", 119_999_000 + call % 997);
+        let block = encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", path.as_bytes()),
+            (b":authority", authority),
+            (b"content-type", b"application/grpc"),
+            (b"user-agent", b"grpc-go/1.65.0"),
+            (b"te", b"trailers"),
+            (b"grpc-timeout", timeout.as_bytes()),
+        ]);
+        let stream = 2 * call + 1;
+        frame(&mut out, 0x1, 0x4, stream, &block);
+        frame(
+            &mut out,
+            0x0,
+            0x1,
+            stream,
+            &grpc_frame(b"\n\x40abcdef0123456789"),
+        );
+    }
+    out
+}
+
+/// The caller's edge (`proxy::authority::CallerStream`) reading a kubelet's connection of 200
+/// calls: as kubelets 1.31+ dial (`localhost`: the first block is decoded, the rest passes), and
+/// as kubelets up to 1.30 dial (the socket path: every header block decoded and encoded again).
+fn caller_edge(c: &mut Criterion) {
+    use criguard::proxy::authority::{CallerStream, EdgeLimits};
+    use tokio::io::AsyncReadExt;
+    const LIMITS: EdgeLimits = EdgeLimits {
+        max_frame_size: 1 << 20,
+        max_header_list_size: 16 << 10,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for (name, authority) in [
+        ("localhost, passed as it came", &b"localhost"[..]),
+        ("socket path, rewritten", b"/run/criguard/criguard.sock"),
+    ] {
+        let input = kubelet_connection(authority, 200);
+        c.bench_function(&format!("caller edge: 200 calls, {name}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut stream = CallerStream::new(&input[..], LIMITS);
+                    let mut out = Vec::with_capacity(input.len() + 4096);
+                    stream.read_to_end(&mut out).await.unwrap();
+                    black_box(out.len())
+                })
+            })
+        });
+    }
+}
+
 criterion_group!(
     benches,
+    caller_edge,
     method_parsing,
     framing,
     bodies,

@@ -1,30 +1,43 @@
-//! Makes every `:authority` a real client sends acceptable to the HTTP/2 server.
+//! The caller's HTTP/2 edge: makes every `:authority` a real client sends acceptable to the
+//! HTTP/2 server, and holds under hostile header blocks exactly as h2 holds.
 //!
 //! grpc-go, dialled as kubelets up to 1.30 dial the runtime (a bare socket path and a context
 //! dialer), sends the socket path as `:authority` (`/run/criguard/criguard.sock`); grpc-java
 //! sends the path too, other clients an empty one. The h2 crate's server resets every such
-//! stream with PROTOCOL_ERROR, and a value that is not UTF-8 fails the whole connection; h2 has
-//! no setting for this.
+//! stream with PROTOCOL_ERROR; h2 has no setting for this.
 //!
-//! [`CallerStream`] sits between a caller's socket and h2's server. It decodes the connection's
-//! first header block with the caller's HPACK state. When h2 accepts its `:authority` (absent,
-//! or a valid URI authority), as with kubelets 1.31+, crictl 1.31+ and grpc C-core, the reader
-//! gets out of the way: that block and every later byte pass as they came, at the cost of one
-//! HPACK decode per connection. When h2 would refuse it, the connection is rewritten for its
-//! whole life: every header block is decoded with the caller's HPACK state and handed to h2
-//! encoded afresh (one HEADERS frame and CONTINUATIONs of at most 16 KiB, padding dropped,
-//! priority and END_STREAM kept), an `:authority` h2 refuses replaced by `localhost` — what
-//! kubelets 1.31+ send, and so what the runtime sees for such a caller. Every other frame
-//! passes as it came. A header block the caller's HPACK state cannot decode ends a rewritten
-//! connection; on a connection not yet rewritten it passes on, for h2 to answer.
+//! [`CallerStream`] sits between a caller's socket and h2's server. It reads the connection's
+//! header blocks with h2's own frame codec and HPACK decoder (`h2::Codec`, given the server's
+//! limits: frame size, header list size), so that what it takes, what it refuses and what each
+//! costs are h2's: decoded sizes counted while decoding (a block decoding past 4× the header
+//! list size is refused at once), at most a handful of CONTINUATION frames per block, size
+//! updates only at a block's start, bounded integers and strings, Huffman by table.
+//!
+//! - The first header block is decoded with its frames held. When h2 takes its `:authority`
+//!   (absent, or a valid URI authority), as with kubelets 1.31+, crictl 1.31+ and grpc C-core,
+//!   or when h2 will refuse the block anyway, the held frames and every later byte pass as they
+//!   came: h2 answers the caller's own bytes.
+//! - When h2 would refuse the `:authority`, the connection is rewritten for its whole life:
+//!   every header block is decoded with the caller's HPACK state and handed to h2 encoded
+//!   afresh by h2's encoder, an `:authority` h2 refuses replaced by `localhost` — what kubelets
+//!   1.31+ send, and so what the runtime sees for such a caller. Every other frame passes as it
+//!   came. A block the caller's state refuses is refused by h2 itself: criguard hands h2 the
+//!   few bytes that make it refuse in the same way (the same GOAWAY code and debug data, the
+//!   same stream reset, the same 431), then ends the connection's reading and frees its state.
+//!
+//! Memory per connection is bounded before it is allocated: a frame over the maximum frame
+//! size is h2's to refuse (FRAME_SIZE_ERROR) before its payload is read, frames are copied
+//! out of the read buffer, and a block is at most the few frames h2 allows.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use loona_hpack::{Decoder, Encoder};
+use futures_util::Stream;
+use h2::Reason;
+use h2::frame::{Frame, Headers};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::telemetry::metrics as names;
@@ -33,35 +46,40 @@ use crate::telemetry::metrics as names;
 const PREFACE_LEN: usize = 24;
 const FRAME_HEAD_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// Stream dependency and weight, after the pad length in a HEADERS frame with PRIORITY.
-const PRIORITY_LEN: usize = 5;
-/// The HPACK table a caller may use: h2's default `SETTINGS_HEADER_TABLE_SIZE`, which criguard
-/// leaves as it is; h2's decoder is kept to the same size.
-const HEADER_TABLE_SIZE: usize = 4096;
-/// Largest frame written towards h2: the size every HTTP/2 peer accepts.
-const FRAME_OUT_MAX: usize = 16 << 10;
-/// Largest header block held while its CONTINUATION frames arrive. h2 refuses header lists
-/// over 16 KiB anyway; a longer block on a rewritten connection ends it.
-const MAX_HEADER_BLOCK: usize = 256 << 10;
 /// What a refused `:authority` becomes.
 const REPLACEMENT: &[u8] = b"localhost";
+/// Largest frame written towards h2: the size every HTTP/2 peer accepts.
+const FRAME_OUT_MAX: usize = 16 << 10;
 const READ_CHUNK: usize = 16 << 10;
+/// Buffers kept between header blocks of a rewritten connection, at most; a larger one (after
+/// a large block) is freed.
+const KEPT_BUFFER: usize = 64 << 10;
 
-/// Whether h2's server takes this `:authority`: it must be UTF-8 (or the connection fails) and
-/// parse as a URI authority (or the stream is reset). The same parser h2 uses.
+/// Whether h2's server takes this `:authority`: it must parse as a URI authority (or the
+/// stream is reset). The same parser h2 uses.
 pub fn accepted_by_h2(authority: &[u8]) -> bool {
     std::str::from_utf8(authority).is_ok() && http::uri::Authority::try_from(authority).is_ok()
+}
+
+/// The limits h2's server reads a caller's frames with; the edge reads with the same.
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeLimits {
+    /// SETTINGS_MAX_FRAME_SIZE the server advertises.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE the server advertises.
+    pub max_header_list_size: u32,
 }
 
 /// A caller's connection as h2's server reads it; writes pass straight through.
 pub struct CallerStream<IO> {
     io: IO,
     mode: Mode,
+    limits: EdgeLimits,
     /// Bytes read from the caller, not yet looked at or handed on.
     input: BytesMut,
     /// Bytes ready for h2, in order.
@@ -69,12 +87,17 @@ pub struct CallerStream<IO> {
     preface_seen: bool,
     /// Payload bytes still to come of a frame that passes as it is.
     passing: usize,
-    /// A header block waiting for its END_HEADERS.
-    block: Option<HeaderBlock>,
-    /// HPACK both ways while the first block is read and on a rewritten connection.
-    hpack: Option<Box<Hpack>>,
-    max_frame_size: usize,
-    /// The caller closed its side; what was read has been handed on.
+    /// A header block has started and not ended: every frame goes to the codec until it ends.
+    in_block: bool,
+    /// The stream of the block being read.
+    block_stream: u32,
+    /// h2's codec on the caller's frames (and our encoder towards h2), while the first block is
+    /// read and on a rewritten connection.
+    edge: Option<Box<Edge>>,
+    /// The first block's frames as they came, until the connection's reading is decided.
+    held: Vec<Bytes>,
+    /// The caller closed its side, or its connection was refused: what was read has been
+    /// handed on.
     ended: bool,
 }
 
@@ -88,28 +111,198 @@ enum Mode {
     Rewrite,
 }
 
-struct Hpack {
-    /// The caller's HPACK state.
-    decoder: Decoder<'static>,
-    /// Ours towards h2 on a rewritten connection.
-    encoder: Encoder<'static>,
+/// h2's frame codec over an in-memory buffer: it reads the caller's header frames as h2's
+/// server reads them. (It never writes: blocks towards h2 are encoded by [`encode_request`].)
+struct Edge {
+    codec: h2::Codec<Pipe, Bytes>,
 }
 
-struct HeaderBlock {
-    stream: u32,
-    /// END_STREAM of the HEADERS frame.
-    end_stream: bool,
-    priority: Option<[u8; PRIORITY_LEN]>,
-    fragment: BytesMut,
-    /// The frames as they came, for a block that passes unchanged.
-    frames: Vec<Bytes>,
+/// The caller's header frames, as the codec's input.
+#[derive(Default)]
+struct Pipe {
+    inbox: BytesMut,
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.inbox.is_empty() {
+            // More when the caller sends it; the codec is polled again then.
+            return Poll::Pending;
+        }
+        let n = this.inbox.len().min(buf.remaining());
+        buf.put_slice(&this.inbox[..n]);
+        this.inbox.advance(n);
+        if this.inbox.is_empty() && this.inbox.capacity() > KEPT_BUFFER {
+            this.inbox = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Nothing is written through the codec.
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What the codec made of one frame of the caller's. Only ever a local value: a boxed frame
+/// would cost an allocation per block.
+#[allow(clippy::large_enum_variant)]
+enum Read {
+    /// A header block that is not over yet.
+    More,
+    Frame(Frame),
+    Refused(h2::proto::Error),
+}
+
+impl Edge {
+    fn new(limits: EdgeLimits) -> Edge {
+        let mut codec = h2::Codec::new(Pipe::default());
+        // As h2's server sets up its own codec (server::Builder::handshake).
+        codec.set_max_recv_frame_size(limits.max_frame_size as usize);
+        codec.set_max_recv_header_list_size(limits.max_header_list_size as usize);
+        Edge { codec }
+    }
+
+    /// Hands one whole frame of the caller's to the codec.
+    fn read(&mut self, frame: &[u8]) -> Read {
+        self.codec.get_mut().inbox.extend_from_slice(frame);
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut self.codec).poll_next(&mut cx) {
+            Poll::Pending => Read::More,
+            Poll::Ready(Some(Ok(frame))) => Read::Frame(frame),
+            Poll::Ready(Some(Err(err))) => Read::Refused(err),
+            // The pipe never ends.
+            Poll::Ready(None) => Read::More,
+        }
+    }
+}
+
+/// A request's header block towards h2: every field a literal that h2's table does not keep
+/// (so the block needs no HPACK state of ours, and a value the caller marked never-indexed
+/// stays so), the pseudo-headers first, an `:authority` h2 refuses replaced by `localhost`;
+/// in one HEADERS frame and as many CONTINUATION frames as it needs.
+fn encode_request(headers: Headers) -> Bytes {
+    let stream = headers.stream_id().into();
+    let end_stream = headers.is_end_stream();
+    let (pseudo, fields) = headers.into_parts();
+    let mut block = BytesMut::with_capacity(512);
+    // Static-table indexes of the pseudo-headers' names (RFC 7541, appendix A).
+    if let Some(method) = &pseudo.method {
+        put_field(
+            &mut block,
+            Name::Indexed(2),
+            method.as_str().as_bytes(),
+            false,
+        );
+    }
+    if let Some(scheme) = &pseudo.scheme {
+        put_field(&mut block, Name::Indexed(6), scheme.as_bytes(), false);
+    }
+    if let Some(authority) = &pseudo.authority {
+        let authority = match authority.as_bytes() {
+            a if accepted_by_h2(a) => a,
+            _ => REPLACEMENT,
+        };
+        put_field(&mut block, Name::Indexed(1), authority, false);
+    }
+    if let Some(path) = &pseudo.path {
+        put_field(&mut block, Name::Indexed(4), path.as_bytes(), false);
+    }
+    if let Some(protocol) = &pseudo.protocol {
+        put_field(
+            &mut block,
+            Name::New(b":protocol"),
+            protocol.as_str().as_bytes(),
+            false,
+        );
+    }
+    if let Some(status) = &pseudo.status {
+        put_field(
+            &mut block,
+            Name::Indexed(8),
+            status.as_str().as_bytes(),
+            false,
+        );
+    }
+    for (name, value) in &fields {
+        put_field(
+            &mut block,
+            Name::New(name.as_str().as_bytes()),
+            value.as_bytes(),
+            value.is_sensitive(),
+        );
+    }
+    block_frames(stream, end_stream, &block)
+}
+
+enum Name<'a> {
+    /// A name of the static table.
+    Indexed(u8),
+    New(&'a [u8]),
+}
+
+/// An HPACK literal field without indexing, or never indexed (RFC 7541, 6.2.2, 6.2.3).
+fn put_field(out: &mut BytesMut, name: Name<'_>, value: &[u8], never_indexed: bool) {
+    let flags = if never_indexed { 0x10 } else { 0x00 };
+    match name {
+        Name::Indexed(index) => put_int(out, 0x0f, flags, u64::from(index)),
+        Name::New(name) => {
+            out.put_u8(flags);
+            put_int(out, 0x7f, 0, name.len() as u64);
+            out.put_slice(name);
+        }
+    }
+    put_int(out, 0x7f, 0, value.len() as u64);
+    out.put_slice(value);
+}
+
+/// One HEADERS frame and as many CONTINUATION frames as the block needs.
+fn block_frames(stream: u32, end_stream: bool, block: &[u8]) -> Bytes {
+    let frames = block.len() / FRAME_OUT_MAX + 1;
+    let mut out = BytesMut::with_capacity(block.len() + frames * FRAME_HEAD_LEN);
+    let mut chunks = block.chunks(FRAME_OUT_MAX).peekable();
+    let first = chunks.next().unwrap_or_default();
+    let mut flags = if end_stream { END_STREAM } else { 0 };
+    if chunks.peek().is_none() {
+        flags |= END_HEADERS;
+    }
+    put_head(&mut out, first.len(), HEADERS, flags, stream);
+    out.put_slice(first);
+    while let Some(chunk) = chunks.next() {
+        let flags = if chunks.peek().is_none() {
+            END_HEADERS
+        } else {
+            0
+        };
+        put_head(&mut out, chunk.len(), CONTINUATION, flags, stream);
+        out.put_slice(chunk);
+    }
+    out.freeze()
 }
 
 #[derive(Clone, Copy, Debug)]
 struct FrameHead {
     len: usize,
     kind: u8,
-    flags: u8,
     stream: u32,
 }
 
@@ -118,37 +311,33 @@ impl FrameHead {
         FrameHead {
             len: usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]),
             kind: head[3],
-            flags: head[4],
             stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
         }
     }
+}
 
-    fn write(&self, out: &mut BytesMut) {
-        out.put_uint(self.len as u64, 3);
-        out.put_u8(self.kind);
-        out.put_u8(self.flags);
-        out.put_u32(self.stream);
-    }
+/// Writes a frame head.
+fn put_head(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
+    out.put_uint(len as u64, 3);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    out.put_u32(stream);
 }
 
 impl<IO> CallerStream<IO> {
-    /// `max_frame_size` is the SETTINGS_MAX_FRAME_SIZE h2's server advertises.
-    pub fn new(io: IO, max_frame_size: u32) -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+    pub fn new(io: IO, limits: EdgeLimits) -> Self {
         CallerStream {
             io,
             mode: Mode::FirstBlock,
+            limits,
             input: BytesMut::new(),
             output: VecDeque::new(),
             preface_seen: false,
             passing: 0,
-            block: None,
-            hpack: Some(Box::new(Hpack {
-                decoder,
-                encoder: Encoder::new(),
-            })),
-            max_frame_size: max_frame_size as usize,
+            in_block: false,
+            block_stream: 0,
+            edge: Some(Box::new(Edge::new(limits))),
+            held: Vec::new(),
             ended: false,
         }
     }
@@ -158,233 +347,281 @@ impl<IO> CallerStream<IO> {
         self.mode == Mode::Rewrite
     }
 
-    /// Looks at what has been read; true when it moved bytes towards h2.
-    fn advance(&mut self) -> io::Result<bool> {
+    /// Looks at what has been read; true when it took bytes from it.
+    fn advance(&mut self) -> bool {
         if !self.preface_seen {
             if self.input.len() < PREFACE_LEN {
-                return Ok(false);
+                return false;
             }
             self.output
                 .push_back(self.input.split_to(PREFACE_LEN).freeze());
             self.preface_seen = true;
-            return Ok(true);
+            return true;
         }
         if self.passing > 0 {
             if self.input.is_empty() {
-                return Ok(false);
+                return false;
             }
             let n = self.passing.min(self.input.len());
             self.output.push_back(self.input.split_to(n).freeze());
             self.passing -= n;
-            return Ok(true);
+            return true;
         }
         if self.input.len() < FRAME_HEAD_LEN {
-            return Ok(false);
+            return false;
         }
         let head = FrameHead::parse(&self.input[..FRAME_HEAD_LEN]);
-        let header_frame = head.kind == HEADERS || head.kind == CONTINUATION;
-        if !header_frame && self.block.is_none() {
+        if head.len > self.limits.max_frame_size as usize {
+            // h2 refuses it from its head (FRAME_SIZE_ERROR); h2 stands between frames and
+            // outside any block here, so the caller's own bytes make it do so.
+            self.pass();
+            return true;
+        }
+        let block_frame =
+            self.in_block || matches!(head.kind, HEADERS | PUSH_PROMISE | CONTINUATION);
+        if !block_frame {
             self.output
                 .push_back(self.input.split_to(FRAME_HEAD_LEN).freeze());
             self.passing = head.len;
-            return Ok(true);
+            return true;
         }
-        if !header_frame {
-            return self.give_up("a frame inside a header block");
+        let len = FRAME_HEAD_LEN + head.len;
+        if self.input.len() < len {
+            self.input.reserve(len - self.input.len());
+            return false;
         }
-        if head.len > self.max_frame_size {
-            return self.give_up("a header frame over the maximum frame size");
+        if matches!(head.kind, HEADERS | PUSH_PROMISE) {
+            self.block_stream = head.stream;
         }
-        if self.input.len() < FRAME_HEAD_LEN + head.len {
-            self.input
-                .reserve(FRAME_HEAD_LEN + head.len - self.input.len());
-            return Ok(false);
+        let edge = self
+            .edge
+            .as_mut()
+            .expect("h2's codec while blocks are read");
+        let read = edge.read(&self.input[..len]);
+        if self.mode == Mode::FirstBlock {
+            // A copy: a slice would keep the whole read buffer.
+            self.held.push(Bytes::copy_from_slice(&self.input[..len]));
         }
-        let frame = self.input.split_to(FRAME_HEAD_LEN + head.len).freeze();
-        self.header_frame(head, frame)
+        self.input.advance(len);
+        self.in_block = matches!(read, Read::More);
+        match read {
+            Read::More => {}
+            Read::Frame(frame) => self.block(frame),
+            Read::Refused(err) => self.refused(&err),
+        }
+        true
     }
 
-    /// Takes one HEADERS or CONTINUATION frame.
-    fn header_frame(&mut self, head: FrameHead, frame: Bytes) -> io::Result<bool> {
-        let payload = &frame[FRAME_HEAD_LEN..];
-        if head.kind == HEADERS {
-            if self.block.is_some() {
-                return self.give_up_with("HEADERS inside a header block", frame);
+    /// A whole header block, decoded.
+    fn block(&mut self, frame: Frame) {
+        let Frame::Headers(mut headers) = frame else {
+            // A caller's PUSH_PROMISE: h2's server refuses every one with PROTOCOL_ERROR.
+            match self.mode {
+                Mode::FirstBlock => self.pass(),
+                _ => self.refuse(Refusal::Protocol),
             }
-            let Some((priority, fragment)) = headers_payload(head.flags, payload) else {
-                return self.give_up_with("a HEADERS frame with bad padding", frame);
-            };
-            self.block = Some(HeaderBlock {
-                stream: head.stream,
-                end_stream: head.flags & END_STREAM != 0,
-                priority,
-                fragment: BytesMut::from(fragment),
-                frames: Vec::new(),
-            });
-        } else {
-            match &mut self.block {
-                Some(block) if block.stream == head.stream => {
-                    if block.fragment.len() + payload.len() > MAX_HEADER_BLOCK {
-                        return self.give_up_with("a header block over 256 KiB", frame);
-                    }
-                    block.fragment.extend_from_slice(payload);
-                }
-                _ => return self.give_up_with("CONTINUATION outside its header block", frame),
-            }
-        }
-        if let Some(block) = &mut self.block {
-            block.frames.push(frame);
-        }
-        if head.flags & END_HEADERS != 0 {
-            self.end_block()?;
-        }
-        Ok(true)
-    }
-
-    /// A whole header block: decoded with the caller's state, then passed or rewritten.
-    fn end_block(&mut self) -> io::Result<()> {
-        let Some(block) = self.block.take() else {
-            return Ok(());
+            return;
         };
-        let Some(hpack) = self.hpack.as_mut() else {
-            self.output.extend(block.frames);
-            return Ok(());
-        };
-        let mut fields = Vec::new();
-        let mut refused = None;
-        let decoded = hpack
-            .decoder
-            .decode_with_cb(&block.fragment, |name, value| {
-                if &*name == b":authority" && !accepted_by_h2(&value) {
-                    refused.get_or_insert_with(|| String::from_utf8_lossy(&value).into_owned());
-                    fields.push((name.into_owned(), REPLACEMENT.to_vec()));
-                } else {
-                    fields.push((name.into_owned(), value.into_owned()));
-                }
-            });
-        match (self.mode, decoded, &refused) {
-            (Mode::Rewrite, Err(err), _) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("a header block the caller's HPACK state cannot decode: {err:?}"),
-                ));
-            }
-            (Mode::FirstBlock, Err(_), _) | (Mode::FirstBlock, Ok(()), None) => {
-                // h2 takes this connection as it is (or answers its bad HPACK itself).
-                self.output.extend(block.frames);
+        let over_size = headers.is_over_size();
+        let refused_authority = headers
+            .pseudo_mut()
+            .authority
+            .as_deref()
+            .filter(|a| !accepted_by_h2(a.as_bytes()))
+            .map(str::to_owned);
+        if self.mode == Mode::FirstBlock {
+            let Some(authority) = refused_authority.filter(|_| !over_size) else {
+                // h2 takes this connection as it is, or answers this block itself.
                 self.pass();
-                return Ok(());
-            }
-            (Mode::FirstBlock, Ok(()), Some(authority)) => {
-                tracing::debug!(
-                    authority,
-                    "caller sends an :authority h2 refuses; rewriting this connection's header blocks"
-                );
-                metrics::counter!(names::CALLER_AUTHORITY_REWRITES_TOTAL).increment(1);
-                self.mode = Mode::Rewrite;
-            }
-            _ => {}
+                return;
+            };
+            tracing::debug!(
+                authority,
+                "caller sends an :authority h2 refuses; rewriting this connection's header blocks"
+            );
+            metrics::counter!(names::CALLER_AUTHORITY_REWRITES_TOTAL).increment(1);
+            self.mode = Mode::Rewrite;
+            self.held = Vec::new();
         }
-        let encoded = hpack
-            .encoder
-            .encode(fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
-        self.output.push_back(encode_block(&block, &encoded));
-        Ok(())
+        let out = if over_size {
+            // h2 kept only part of it: what h2 needs to see is a block over its size.
+            over_size_block(
+                headers.stream_id().into(),
+                headers.is_end_stream(),
+                self.limits,
+            )
+        } else {
+            encode_request(headers)
+        };
+        self.output.push_back(out);
     }
 
-    /// From here on every byte passes as it came.
+    /// A header block h2's codec refuses.
+    fn refused(&mut self, err: &h2::proto::Error) {
+        use h2::proto::Error;
+        if self.mode == Mode::FirstBlock {
+            // The caller's own bytes, held, make h2 refuse them as it just did here.
+            self.pass();
+            return;
+        }
+        tracing::debug!(error = ?err, "a caller's header block refused on a rewritten connection");
+        let refusal = match err {
+            Error::Reset(..) => Refusal::Stream,
+            Error::GoAway(data, Reason::ENHANCE_YOUR_CALM, _)
+                if &data[..] == b"too_many_continuations" =>
+            {
+                Refusal::TooManyContinuations
+            }
+            Error::GoAway(_, Reason::ENHANCE_YOUR_CALM, _) => Refusal::HeaderListWayTooLarge,
+            Error::GoAway(_, Reason::COMPRESSION_ERROR, _) => Refusal::Compression,
+            Error::GoAway(_, Reason::FRAME_SIZE_ERROR, _) => Refusal::FrameSize,
+            Error::GoAway(..) | Error::Io(..) => Refusal::Protocol,
+        };
+        self.refuse(refusal);
+    }
+
+    /// Hands h2 the bytes that make it refuse as `refusal` says; after a connection error
+    /// nothing more is read from the caller and the connection's reading state is freed.
+    fn refuse(&mut self, refusal: Refusal) {
+        self.output
+            .push_back(refusal.frames(self.block_stream, self.limits));
+        if refusal != Refusal::Stream {
+            self.edge = None;
+            self.input = BytesMut::new();
+            self.held = Vec::new();
+            self.ended = true;
+        }
+    }
+
+    /// From here on every byte passes as it came, the held first block first.
     fn pass(&mut self) {
         self.mode = Mode::Pass;
-        self.hpack = None;
+        self.edge = None;
+        self.output.extend(self.held.drain(..));
         let rest = self.input.split().freeze();
         if !rest.is_empty() {
             self.output.push_back(rest);
         }
     }
+}
 
-    fn give_up(&mut self, why: &str) -> io::Result<bool> {
-        self.give_up_with(why, Bytes::new())
-    }
+/// How h2 refuses a caller's header block, and so how it must refuse the block criguard hands
+/// it on a rewritten connection. Each is a few bytes that h2 refuses in that way from any state
+/// between header blocks, whatever its HPACK table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// RST_STREAM PROTOCOL_ERROR (a malformed request): the connection goes on.
+    Stream,
+    /// GOAWAY PROTOCOL_ERROR.
+    Protocol,
+    /// GOAWAY ENHANCE_YOUR_CALM, "too_many_continuations".
+    TooManyContinuations,
+    /// GOAWAY ENHANCE_YOUR_CALM, "header_list_way_too_large".
+    HeaderListWayTooLarge,
+    /// GOAWAY COMPRESSION_ERROR: a block over size whose undecoded rest grows past the limit.
+    Compression,
+    /// GOAWAY FRAME_SIZE_ERROR.
+    FrameSize,
+}
 
-    /// Ends the reading of frames: on a connection not yet rewritten, what was held, `frame`
-    /// and everything after pass as they came, for h2 to answer as it would without criguard
-    /// in between; a rewritten connection ends.
-    fn give_up_with(&mut self, why: &str, frame: Bytes) -> io::Result<bool> {
-        if self.mode == Mode::Rewrite {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{why} on a rewritten connection"),
-            ));
+impl Refusal {
+    fn frames(self, stream: u32, limits: EdgeLimits) -> Bytes {
+        let stream = stream.max(1);
+        let list = limits.max_header_list_size as usize;
+        let mut out = BytesMut::new();
+        match self {
+            Refusal::Stream => {
+                // A HEADERS frame depending on its own stream: reset before anything is decoded.
+                put_head(
+                    &mut out,
+                    5,
+                    HEADERS,
+                    END_HEADERS | END_STREAM | PRIORITY,
+                    stream,
+                );
+                out.put_u32(stream);
+                out.put_u8(0);
+            }
+            Refusal::Protocol => put_head(&mut out, 0, CONTINUATION, END_HEADERS, stream),
+            Refusal::TooManyContinuations => {
+                put_head(&mut out, 0, HEADERS, 0, stream);
+                for _ in 0..=max_continuations(limits) {
+                    put_head(&mut out, 0, CONTINUATION, 0, stream);
+                }
+            }
+            Refusal::HeaderListWayTooLarge => {
+                // Fields not indexed, decoding to more than 4× the list size; one value of
+                // the list size at most, so the frame stays within the frame size.
+                let value = list.min(limits.max_frame_size as usize / 8);
+                let fields = 4 * list / (value + 33) + 1;
+                let mut block = BytesMut::new();
+                for _ in 0..fields {
+                    put_literal(&mut block, b"x", value);
+                }
+                put_head(&mut out, block.len(), HEADERS, END_HEADERS, stream);
+                out.put_slice(&block);
+            }
+            Refusal::Compression => {
+                // Over size, with the start of a field left undecoded; then a CONTINUATION
+                // that would grow that rest past the list size.
+                let mut block = BytesMut::new();
+                put_literal(&mut block, b"x", list);
+                block.put_slice(&[0x00, 0x01, b'y']);
+                put_int(&mut block, 0x7f, 0, list as u64);
+                put_head(&mut out, block.len(), HEADERS, 0, stream);
+                out.put_slice(&block);
+                put_head(&mut out, list, CONTINUATION, 0, stream);
+                out.put_bytes(0, list);
+            }
+            Refusal::FrameSize => {
+                put_head(&mut out, limits.max_frame_size as usize + 1, 0, 0, stream);
+            }
         }
-        if let Some(block) = self.block.take() {
-            self.output.extend(block.frames);
-        }
-        if !frame.is_empty() {
-            self.output.push_back(frame);
-        }
-        self.pass();
-        Ok(true)
+        out.freeze()
     }
 }
 
-/// The PRIORITY fields and the header block fragment of a HEADERS payload, or None when its
-/// padding is longer than the frame.
-fn headers_payload(flags: u8, payload: &[u8]) -> Option<(Option<[u8; PRIORITY_LEN]>, &[u8])> {
-    let mut rest = payload;
-    let mut pad = 0;
-    if flags & PADDED != 0 {
-        let (&len, tail) = rest.split_first()?;
-        pad = usize::from(len);
-        rest = tail;
-    }
-    let mut priority = None;
-    if flags & PRIORITY != 0 {
-        let fields: [u8; PRIORITY_LEN] = rest.get(..PRIORITY_LEN)?.try_into().ok()?;
-        priority = Some(fields);
-        rest = &rest[PRIORITY_LEN..];
-    }
-    let end = rest.len().checked_sub(pad)?;
-    Some((priority, &rest[..end]))
-}
-
-/// One HEADERS frame and as many CONTINUATION frames as the block needs.
-fn encode_block(block: &HeaderBlock, encoded: &[u8]) -> Bytes {
-    let frames = encoded.len() / FRAME_OUT_MAX + 1;
-    let mut out = BytesMut::with_capacity(encoded.len() + frames * FRAME_HEAD_LEN + PRIORITY_LEN);
-    let priority_len = block.priority.map_or(0, |_| PRIORITY_LEN);
-    let first = encoded.len().min(FRAME_OUT_MAX - priority_len);
-    let (head, mut rest) = encoded.split_at(first);
-    let mut flags = if block.end_stream { END_STREAM } else { 0 };
-    if block.priority.is_some() {
-        flags |= PRIORITY;
-    }
-    if rest.is_empty() {
-        flags |= END_HEADERS;
-    }
-    FrameHead {
-        len: priority_len + head.len(),
-        kind: HEADERS,
-        flags,
-        stream: block.stream,
-    }
-    .write(&mut out);
-    if let Some(priority) = block.priority {
-        out.put_slice(&priority);
-    }
-    out.put_slice(head);
-    while !rest.is_empty() {
-        let (chunk, tail) = rest.split_at(rest.len().min(FRAME_OUT_MAX));
-        rest = tail;
-        FrameHead {
-            len: chunk.len(),
-            kind: CONTINUATION,
-            flags: if rest.is_empty() { END_HEADERS } else { 0 },
-            stream: block.stream,
-        }
-        .write(&mut out);
-        out.put_slice(chunk);
-    }
+/// A request block over h2's header list size, with no effect on h2's HPACK table: h2 answers
+/// its stream as it answers the caller's (431, then a reset).
+fn over_size_block(stream: u32, end_stream: bool, limits: EdgeLimits) -> Bytes {
+    let mut block = BytesMut::new();
+    put_literal(&mut block, b"x", limits.max_header_list_size as usize);
+    let mut out = BytesMut::new();
+    let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+    put_head(&mut out, block.len(), HEADERS, flags, stream);
+    out.put_slice(&block);
     out.freeze()
+}
+
+/// The CONTINUATION frames h2 takes in one block before it refuses the next
+/// (`codec::framed_read::calc_max_continuation_frames`).
+fn max_continuations(limits: EdgeLimits) -> usize {
+    let frames = (limits.max_header_list_size as usize / limits.max_frame_size as usize).max(1);
+    (frames + (frames >> 2)).max(5)
+}
+
+/// An HPACK literal field not indexed, with a new name and a value of `len` bytes 'a'.
+fn put_literal(out: &mut BytesMut, name: &[u8], len: usize) {
+    out.put_u8(0x00);
+    put_int(out, 0x7f, 0, name.len() as u64);
+    out.put_slice(name);
+    put_int(out, 0x7f, 0, len as u64);
+    out.put_bytes(b'a', len);
+}
+
+/// An HPACK integer with a prefix of `mask` bits under `flags` (RFC 7541, 5.1).
+fn put_int(out: &mut BytesMut, mask: u8, flags: u8, mut value: u64) {
+    if value < u64::from(mask) {
+        out.put_u8(flags | value as u8);
+        return;
+    }
+    out.put_u8(flags | mask);
+    value -= u64::from(mask);
+    while value >= 0x80 {
+        out.put_u8(0x80 | (value & 0x7f) as u8);
+        value >>= 7;
+    }
+    out.put_u8(value as u8);
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for CallerStream<IO> {
@@ -414,7 +651,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for CallerStream<IO> {
             if this.mode == Mode::Pass {
                 return Pin::new(&mut this.io).poll_read(cx, buf);
             }
-            if this.advance()? {
+            if this.advance() {
                 continue;
             }
             this.input.reserve(READ_CHUNK);
@@ -426,10 +663,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for CallerStream<IO> {
             if read == 0 {
                 // The caller is gone: what is left goes on as it came (h2 sees the connection
                 // end within a frame), then the end.
-                if let Some(block) = this.block.take()
-                    && this.mode == Mode::FirstBlock
-                {
-                    this.output.extend(block.frames);
+                if this.mode == Mode::FirstBlock {
+                    this.output.extend(this.held.drain(..));
                 }
                 let rest = this.input.split().freeze();
                 if !rest.is_empty() {
@@ -473,11 +708,17 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for CallerStream<IO> {
 
 #[cfg(test)]
 mod tests {
+    use loona_hpack::{Decoder, Encoder};
     use tokio::io::AsyncReadExt;
 
     use super::*;
 
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// criguard's server settings.
+    const LIMITS: EdgeLimits = EdgeLimits {
+        max_frame_size: 1 << 20,
+        max_header_list_size: 16 << 10,
+    };
 
     /// Hands its bytes out one at a time, as a slow socket may.
     struct Trickle(Vec<u8>, usize);
@@ -498,13 +739,7 @@ mod tests {
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        FrameHead {
-            len: payload.len(),
-            kind,
-            flags,
-            stream,
-        }
-        .write(&mut out);
+        put_head(&mut out, payload.len(), kind, flags, stream);
         out.put_slice(payload);
         out.to_vec()
     }
@@ -537,7 +772,7 @@ mod tests {
     }
 
     async fn read_through(input: Vec<u8>) -> (Vec<u8>, bool) {
-        let mut stream = CallerStream::new(Trickle(input, 0), 1 << 20);
+        let mut stream = CallerStream::new(Trickle(input, 0), LIMITS);
         let mut out = Vec::new();
         stream.read_to_end(&mut out).await.unwrap();
         (out, stream.rewrites())
@@ -550,10 +785,11 @@ mod tests {
         let (mut blocks, mut block) = (Vec::new(), Vec::new());
         while !rest.is_empty() {
             let head = FrameHead::parse(&rest[..FRAME_HEAD_LEN]);
+            let flags = rest[4];
             let payload = &rest[FRAME_HEAD_LEN..FRAME_HEAD_LEN + head.len];
             if head.kind == HEADERS || head.kind == CONTINUATION {
                 block.extend_from_slice(payload);
-                if head.flags & END_HEADERS != 0 {
+                if flags & END_HEADERS != 0 {
                     blocks.push(decoder.decode(&block).unwrap());
                     block.clear();
                 }
@@ -575,9 +811,13 @@ mod tests {
     async fn a_socket_path_authority_becomes_localhost_in_every_block() {
         let (out, rewrites) = read_through(connection(b"/run/criguard/criguard.sock")).await;
         assert!(rewrites);
-        let blocks = header_blocks(&out);
-        let expected = connection(b"localhost");
-        assert_eq!(blocks, header_blocks(&expected));
+        // The same fields; h2's encoder writes the pseudo-headers in an order of its own.
+        let sorted = |bytes: &[u8]| {
+            let mut blocks = header_blocks(bytes);
+            blocks.iter_mut().for_each(|b| b.sort());
+            blocks
+        };
+        assert_eq!(sorted(&out), sorted(&connection(b"localhost")));
         // The DATA frame and END_STREAM flags are kept.
         let data = frame(0x0, END_STREAM, 1, &[0; 5]);
         assert!(out.windows(data.len()).any(|w| w == data), "{out:?}");

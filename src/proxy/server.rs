@@ -25,7 +25,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::authority::CallerStream;
+use super::authority::{CallerStream, EdgeLimits};
 use super::h2io::{RecvBody, send_body};
 use super::identity::Caller;
 use crate::layers::access::ListenerAccess;
@@ -160,7 +160,13 @@ where
             .max_frame_size(MAX_FRAME_SIZE)
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .handshake::<_, Bytes>(CallerStream::new(stream, MAX_FRAME_SIZE));
+            .handshake::<_, Bytes>(CallerStream::new(
+                stream,
+                EdgeLimits {
+                    max_frame_size: MAX_FRAME_SIZE,
+                    max_header_list_size: MAX_HEADER_LIST_SIZE,
+                },
+            ));
         let mut stop = std::pin::pin!(drain.cancelled());
         // An accepted connection is served even when a drain starts now: its handshake
         // completes (within a bound), then it gets its GOAWAY below.
