@@ -42,9 +42,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::telemetry::metrics as names;
 
-/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`, which starts every HTTP/2 connection.
-const PREFACE_LEN: usize = 24;
+/// What starts every HTTP/2 connection.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEAD_LEN: usize = 9;
+/// The length at the start of a frame head.
+const FRAME_LEN_LEN: usize = 3;
 const HEADERS: u8 = 0x1;
 const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
@@ -99,6 +102,9 @@ pub struct CallerStream<IO> {
     /// The caller closed its side, or its connection was refused: what was read has been
     /// handed on.
     ended: bool,
+    /// Whether a refused `:authority` is replaced (always, but in the differential check).
+    replace: bool,
+    rewritten: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +206,7 @@ impl Edge {
 /// (so the block needs no HPACK state of ours, and a value the caller marked never-indexed
 /// stays so), the pseudo-headers first, an `:authority` h2 refuses replaced by `localhost`;
 /// in one HEADERS frame and as many CONTINUATION frames as it needs.
-fn encode_request(headers: Headers) -> Bytes {
+fn encode_request(headers: Headers, replace: bool) -> Bytes {
     let stream = headers.stream_id().into();
     let end_stream = headers.is_end_stream();
     let (pseudo, fields) = headers.into_parts();
@@ -219,7 +225,7 @@ fn encode_request(headers: Headers) -> Bytes {
     }
     if let Some(authority) = &pseudo.authority {
         let authority = match authority.as_bytes() {
-            a if accepted_by_h2(a) => a,
+            a if accepted_by_h2(a) || !replace => a,
             _ => REPLACEMENT,
         };
         put_field(&mut block, Name::Indexed(1), authority, false);
@@ -306,10 +312,15 @@ struct FrameHead {
     stream: u32,
 }
 
+/// A frame's payload length, from the first 3 bytes of its head.
+fn frame_len(head: &[u8]) -> u32 {
+    u32::from(head[0]) << 16 | u32::from(head[1]) << 8 | u32::from(head[2])
+}
+
 impl FrameHead {
     fn parse(head: &[u8]) -> FrameHead {
         FrameHead {
-            len: usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]),
+            len: frame_len(head) as usize,
             kind: head[3],
             stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
         }
@@ -326,6 +337,18 @@ fn put_head(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
 
 impl<IO> CallerStream<IO> {
     pub fn new(io: IO, limits: EdgeLimits) -> Self {
+        CallerStream::with_replacement(io, limits, true)
+    }
+
+    /// The edge as [`CallerStream::new`], but an `:authority` h2 refuses is kept on the
+    /// connections it rewrites: every block decoded and encoded as it would be, h2 then resetting
+    /// what it resets without the edge. The differential check (`proxy::edge_agreement`) holds
+    /// this to exactly what h2 alone does.
+    pub fn verbatim(io: IO, limits: EdgeLimits) -> Self {
+        CallerStream::with_replacement(io, limits, false)
+    }
+
+    fn with_replacement(io: IO, limits: EdgeLimits, replace: bool) -> Self {
         CallerStream {
             io,
             mode: Mode::FirstBlock,
@@ -339,18 +362,26 @@ impl<IO> CallerStream<IO> {
             edge: Some(Box::new(Edge::new(limits))),
             held: Vec::new(),
             ended: false,
+            replace,
+            rewritten: false,
         }
     }
 
-    /// Whether this connection's header blocks are rewritten.
+    /// Whether this connection's header blocks are (or were, until it was refused) rewritten.
     pub fn rewrites(&self) -> bool {
-        self.mode == Mode::Rewrite
+        self.rewritten
     }
 
     /// Looks at what has been read; true when it took bytes from it.
     fn advance(&mut self) -> bool {
         if !self.preface_seen {
-            if self.input.len() < PREFACE_LEN {
+            let n = self.input.len().min(PREFACE_LEN);
+            if self.input[..n] != PREFACE[..n] {
+                // Not HTTP/2: h2 refuses it as soon as it differs.
+                self.pass();
+                return true;
+            }
+            if n < PREFACE_LEN {
                 return false;
             }
             self.output
@@ -367,16 +398,17 @@ impl<IO> CallerStream<IO> {
             self.passing -= n;
             return true;
         }
-        if self.input.len() < FRAME_HEAD_LEN {
-            return false;
-        }
-        let head = FrameHead::parse(&self.input[..FRAME_HEAD_LEN]);
-        if head.len > self.limits.max_frame_size as usize {
-            // h2 refuses it from its head (FRAME_SIZE_ERROR); h2 stands between frames and
+        if self.input.len() >= FRAME_LEN_LEN && frame_len(&self.input) > self.limits.max_frame_size
+        {
+            // h2 refuses it from its length (FRAME_SIZE_ERROR); h2 stands between frames and
             // outside any block here, so the caller's own bytes make it do so.
             self.pass();
             return true;
         }
+        if self.input.len() < FRAME_HEAD_LEN {
+            return false;
+        }
+        let head = FrameHead::parse(&self.input[..FRAME_HEAD_LEN]);
         let block_frame =
             self.in_block || matches!(head.kind, HEADERS | PUSH_PROMISE | CONTINUATION);
         if !block_frame {
@@ -407,7 +439,7 @@ impl<IO> CallerStream<IO> {
         match read {
             Read::More => {}
             Read::Frame(frame) => self.block(frame),
-            Read::Refused(err) => self.refused(&err),
+            Read::Refused(err) => self.block_refused(&err),
         }
         true
     }
@@ -441,6 +473,7 @@ impl<IO> CallerStream<IO> {
             );
             metrics::counter!(names::CALLER_AUTHORITY_REWRITES_TOTAL).increment(1);
             self.mode = Mode::Rewrite;
+            self.rewritten = true;
             self.held = Vec::new();
         }
         let out = if over_size {
@@ -451,13 +484,13 @@ impl<IO> CallerStream<IO> {
                 self.limits,
             )
         } else {
-            encode_request(headers)
+            encode_request(headers, self.replace)
         };
         self.output.push_back(out);
     }
 
     /// A header block h2's codec refuses.
-    fn refused(&mut self, err: &h2::proto::Error) {
+    fn block_refused(&mut self, err: &h2::proto::Error) {
         use h2::proto::Error;
         if self.mode == Mode::FirstBlock {
             // The caller's own bytes, held, make h2 refuse them as it just did here.
@@ -713,7 +746,6 @@ mod tests {
 
     use super::*;
 
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     /// criguard's server settings.
     const LIMITS: EdgeLimits = EdgeLimits {
         max_frame_size: 1 << 20,

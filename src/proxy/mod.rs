@@ -4,6 +4,7 @@
 pub mod authority;
 pub mod body;
 pub mod decision;
+pub mod edge_agreement;
 pub mod error;
 pub mod h2io;
 pub mod identity;

@@ -49,6 +49,25 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How long a connection accepted before shutdown may still take to send its preface.
 const DRAIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The limits h2's server reads callers' frames with, which the caller's edge shares.
+pub const EDGE_LIMITS: EdgeLimits = EdgeLimits {
+    max_frame_size: MAX_FRAME_SIZE,
+    max_header_list_size: MAX_HEADER_LIST_SIZE,
+};
+
+/// h2's server as criguard serves callers with it.
+pub fn caller_h2() -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(EDGE_LIMITS.max_frame_size)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(EDGE_LIMITS.max_header_list_size);
+    builder
+}
+
 /// Serves the listeners until `shutdown` fires, then drains within `grace`. `watchdog` is
 /// fed from the accept loop, so it stops when the loop is stuck.
 pub async fn serve<S, B>(
@@ -153,20 +172,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
 {
     async fn serve(mut self, stream: UnixStream, drain: CancellationToken) {
-        let handshake = h2::server::Builder::new()
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .max_send_buffer_size(MAX_SEND_BUFFER)
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .handshake::<_, Bytes>(CallerStream::new(
-                stream,
-                EdgeLimits {
-                    max_frame_size: MAX_FRAME_SIZE,
-                    max_header_list_size: MAX_HEADER_LIST_SIZE,
-                },
-            ));
+        let handshake = caller_h2().handshake::<_, Bytes>(CallerStream::new(stream, EDGE_LIMITS));
         let mut stop = std::pin::pin!(drain.cancelled());
         // An accepted connection is served even when a drain starts now: its handshake
         // completes (within a bound), then it gets its GOAWAY below.
