@@ -289,6 +289,18 @@ struct Open {
     keys: usize,
 }
 
+/// A value written as the redaction marker is not written, but read as the reference reads
+/// it: an env value that is not UTF-8 leaves the message to the reference.
+fn hidden_value(field: &FieldInfo, value: &Value<'_>) -> Result<(), Irregular> {
+    match (field.kind, value) {
+        (Kind::String, Value::Bytes(text)) => {
+            std::str::from_utf8(text).map_err(|_| Irregular)?;
+            Ok(())
+        }
+        _ => Err(Irregular),
+    }
+}
+
 impl<'m> Writer<'_, '_, 'm> {
     /// Writes message `index` from `bytes` as a JSON object; `hidden` is a field written as
     /// the redaction marker whatever its value (an env value).
@@ -334,6 +346,7 @@ impl<'m> Writer<'_, '_, 'm> {
                 continue;
             };
             if hidden == Some(number) {
+                hidden_value(&info.fields[at], &value)?;
                 continue;
             }
             let field = &info.fields[at];
@@ -432,10 +445,12 @@ impl<'m> Writer<'_, '_, 'm> {
         let base = self.pending.len();
         for field in Fields::new(bytes) {
             let (number, value) = field.map_err(|_| Irregular)?;
-            if let Some(at) = info.position(number)
-                && hidden != Some(number)
-            {
-                self.pending.push((at, value));
+            if let Some(at) = info.position(number) {
+                if hidden == Some(number) {
+                    hidden_value(&info.fields[at], &value)?;
+                } else {
+                    self.pending.push((at, value));
+                }
             }
         }
         // Fields in number order (the reference's), each field's values in wire order.
@@ -983,6 +998,32 @@ mod tests {
             .unwrap();
         assert_eq!(line["auth"]["password"], REDACTED);
         assert!(!line.to_string().contains("hunter2"));
+    }
+
+    /// Found by the `audit_json` fuzz target: an env value is shown as the marker, but read
+    /// as reflection reads it, which refuses a string that is not UTF-8.
+    #[test]
+    fn an_env_value_not_utf8_is_left_to_reflection_though_not_shown() {
+        let request = cri::CreateContainerRequest {
+            config: Some(cri::ContainerConfig {
+                envs: vec![cri::KeyValue {
+                    key: "A".into(),
+                    value: "\u{1}".into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut bytes = request.encode_to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] = 0xff;
+        for env in [true, false] {
+            assert_eq!(
+                written(Method::CreateContainer, true, &bytes, env),
+                Ok(Err(Irregular))
+            );
+        }
+        assert_eq!(check(Method::CreateContainer, true, &bytes), Ok(false));
     }
 
     #[test]

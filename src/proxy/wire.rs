@@ -208,7 +208,8 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-/// Reads a base-128 varint from the front of `buf`; `None` when truncated or over 10 bytes.
+/// Reads a base-128 varint from the front of `buf`; `None` when truncated, over 10 bytes, or
+/// over 64 bits (a 10th byte above 1), which Go's decoders and prost refuse alike.
 #[inline]
 pub fn varint(buf: &mut &[u8]) -> Option<u64> {
     // Field keys and the lengths of short strings: one byte.
@@ -224,6 +225,9 @@ pub fn varint(buf: &mut &[u8]) -> Option<u64> {
 fn long_varint(buf: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for (index, &byte) in buf.iter().enumerate().take(10) {
+        if index == 9 && byte > 1 {
+            return None;
+        }
         value |= u64::from(byte & 0x7f) << (7 * index);
         if byte & 0x80 == 0 {
             *buf = &buf[index + 1..];
@@ -265,6 +269,7 @@ mod tests {
             &b"\x0a\x05hi"[..],                                  // longer than the message
             b"\x08",                                             // value missing
             b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", // varint over 10 bytes
+            b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02",     // varint over 64 bits
             b"\x0b\x14",                                         // a group ended by another
             b"\x0b\x08\x01",                                     // a group never ended
             b"\x0c",                                             // an end without a start
