@@ -13,7 +13,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "installing what the tests need"
 # shellcheck source=tests/lib/debian.sh
 . tests/lib/debian.sh
-install_missing_packages systemd gcc libc6-dev python3 prometheus logrotate shellcheck
+install_missing_packages systemd gcc g++ libc6-dev python3 prometheus logrotate shellcheck
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
@@ -26,7 +26,7 @@ cargo clippy --locked --all-targets -- -D warnings
 
 step "shellcheck: the installer and the test scripts"
 shellcheck -x deploy/kubernetes/criguard-install tests/run.sh tests/e2e/containerd-lab.sh \
-  tests/clients/install.sh tests/lib/debian.sh .ci/run
+  tests/clients/install.sh tests/lib/debian.sh tests/fuzz.sh .ci/run
 
 step "deploy/: promtool checks the Prometheus config and alert rules"
 promtool check config deploy/prometheus/prometheus.yml
@@ -40,8 +40,8 @@ step "real client stacks: grpc-go (Debian) and grpc C-core (Debian's and PyPI's 
 tests/clients/install.sh
 cargo test --locked --test clients -- --ignored --skip containerd_
 
-step "fuzz/: the differential fuzz target still builds (cargo fuzz runs it: README)"
-CARGO_TARGET_DIR=target/fuzz-check cargo check --quiet --manifest-path fuzz/Cargo.toml
+step "fuzz/: every fuzz target for ${CRIGUARD_FUZZ_SECONDS:-60} s (the caller's HTTP/2 edge and the audit JSON writer against their references, the policies)"
+tests/fuzz.sh
 
 step "policies/: every shipped policy against its test cases"
 cargo run --locked --quiet -- policy test policies
