@@ -19,9 +19,9 @@
 //!   came: h2 answers the caller's own bytes.
 //! - When h2 would refuse the `:authority`, the connection is rewritten for its whole life:
 //!   every header block is decoded with the caller's HPACK state and handed to h2 encoded
-//!   afresh by h2's encoder, an `:authority` h2 refuses replaced by `localhost` — what kubelets
-//!   1.31+ send, and so what the runtime sees for such a caller. Every other frame passes as it
-//!   came. A block the caller's state refuses is refused by h2 itself: criguard hands h2 the
+//!   afresh with criguard's own HPACK state towards h2, an `:authority` h2 refuses replaced by
+//!   `localhost` — what kubelets 1.31+ send, and so what the runtime sees
+//!   for such a caller. Every other frame passes as it came. A block the caller's state refuses is refused by h2 itself: criguard hands h2 the
 //!   few bytes that make it refuse in the same way (the same GOAWAY code and debug data, the
 //!   same stream reset, the same 431), then ends the connection's reading and frees its state.
 //!
@@ -59,8 +59,8 @@ const REPLACEMENT: &[u8] = b"localhost";
 /// Largest frame written towards h2: the size every HTTP/2 peer accepts.
 const FRAME_OUT_MAX: usize = 16 << 10;
 const READ_CHUNK: usize = 16 << 10;
-/// Buffers kept between header blocks of a rewritten connection, at most; a larger one (after
-/// a large block) is freed.
+/// The codec's input buffer kept between header blocks, at most; a larger one (after a large
+/// block) is freed.
 const KEPT_BUFFER: usize = 64 << 10;
 
 /// Whether h2's server takes this `:authority`: it must parse as a URI authority (or the
@@ -94,8 +94,8 @@ pub struct CallerStream<IO> {
     in_block: bool,
     /// The stream of the block being read.
     block_stream: u32,
-    /// h2's codec on the caller's frames (and our encoder towards h2), while the first block is
-    /// read and on a rewritten connection.
+    /// h2's codec on the caller's frames, while the first block is read and on a rewritten
+    /// connection.
     edge: Option<Box<Edge>>,
     /// The first block's frames as they came, until the connection's reading is decided.
     held: Vec<Bytes>,
@@ -104,7 +104,10 @@ pub struct CallerStream<IO> {
     ended: bool,
     /// Whether a refused `:authority` is replaced (always, but in the differential check).
     replace: bool,
+    /// Whether the connection's header blocks are (or were, until refused) rewritten.
     rewritten: bool,
+    /// Our HPACK state towards h2 on a rewritten connection.
+    indexer: Indexer,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +121,7 @@ enum Mode {
 }
 
 /// h2's frame codec over an in-memory buffer: it reads the caller's header frames as h2's
-/// server reads them. (It never writes: blocks towards h2 are encoded by [`encode_request`].)
+/// server reads them. (It never writes: blocks towards h2 are encoded by [`Indexer`].)
 struct Edge {
     codec: h2::Codec<Pipe, Bytes>,
 }
@@ -202,83 +205,111 @@ impl Edge {
     }
 }
 
-/// A request's header block towards h2: every field a literal that h2's table does not keep
-/// (so the block needs no HPACK state of ours, and a value the caller marked never-indexed
-/// stays so), the pseudo-headers first, an `:authority` h2 refuses replaced by `localhost`;
-/// in one HEADERS frame and as many CONTINUATION frames as it needs.
-fn encode_request(headers: Headers, replace: bool) -> Bytes {
-    let stream = headers.stream_id().into();
-    let end_stream = headers.is_end_stream();
-    let (pseudo, fields) = headers.into_parts();
-    let mut block = BytesMut::with_capacity(512);
-    // Static-table indexes of the pseudo-headers' names (RFC 7541, appendix A).
-    if let Some(method) = &pseudo.method {
-        put_field(
-            &mut block,
-            Name::Indexed(2),
-            method.as_str().as_bytes(),
-            false,
-        );
-    }
-    if let Some(scheme) = &pseudo.scheme {
-        put_field(&mut block, Name::Indexed(6), scheme.as_bytes(), false);
-    }
-    if let Some(authority) = &pseudo.authority {
-        let authority = match authority.as_bytes() {
-            a if accepted_by_h2(a) || !replace => a,
-            _ => REPLACEMENT,
-        };
-        put_field(&mut block, Name::Indexed(1), authority, false);
-    }
-    if let Some(path) = &pseudo.path {
-        put_field(&mut block, Name::Indexed(4), path.as_bytes(), false);
-    }
-    if let Some(protocol) = &pseudo.protocol {
-        put_field(
-            &mut block,
-            Name::New(b":protocol"),
-            protocol.as_str().as_bytes(),
-            false,
-        );
-    }
-    if let Some(status) = &pseudo.status {
-        put_field(
-            &mut block,
-            Name::Indexed(8),
-            status.as_str().as_bytes(),
-            false,
-        );
-    }
-    for (name, value) in &fields {
-        put_field(
-            &mut block,
-            Name::New(name.as_str().as_bytes()),
-            value.as_bytes(),
-            value.is_sensitive(),
-        );
-    }
-    block_frames(stream, end_stream, &block)
+/// Our HPACK state towards h2 on a rewritten connection: the entries h2's table holds because
+/// criguard sent them to be indexed, newest first (RFC 7541, 2.3, 4.4). Fields repeat from call
+/// to call, so a block is mostly one-byte references, which h2 decodes by cloning its entry.
+#[derive(Default)]
+struct Indexer {
+    entries: VecDeque<(Bytes, Bytes)>,
+    size: usize,
 }
 
-enum Name<'a> {
-    /// A name of the static table.
-    Indexed(u8),
-    New(&'a [u8]),
-}
+/// h2's table size (SETTINGS_HEADER_TABLE_SIZE, which criguard leaves as it is).
+const TABLE_SIZE: usize = 4096;
+/// Fields larger than this are sent without indexing: they would evict the table.
+const INDEXED_MAX: usize = 512;
 
-/// An HPACK literal field without indexing, or never indexed (RFC 7541, 6.2.2, 6.2.3).
-fn put_field(out: &mut BytesMut, name: Name<'_>, value: &[u8], never_indexed: bool) {
-    let flags = if never_indexed { 0x10 } else { 0x00 };
-    match name {
-        Name::Indexed(index) => put_int(out, 0x0f, flags, u64::from(index)),
-        Name::New(name) => {
-            out.put_u8(flags);
-            put_int(out, 0x7f, 0, name.len() as u64);
-            out.put_slice(name);
+impl Indexer {
+    /// A request's header block towards h2, the pseudo-headers first, an `:authority` h2
+    /// refuses replaced by `localhost` (when `replace`); in one HEADERS frame and as many
+    /// CONTINUATION frames as it needs.
+    fn encode(&mut self, headers: Headers, replace: bool) -> Bytes {
+        let stream = headers.stream_id().into();
+        let end_stream = headers.is_end_stream();
+        let (pseudo, fields) = headers.into_parts();
+        let mut block = BytesMut::with_capacity(256);
+        if let Some(method) = &pseudo.method {
+            match method.as_str() {
+                // The static table's whole entries (RFC 7541, appendix A).
+                "GET" => block.put_u8(0x82),
+                "POST" => block.put_u8(0x83),
+                other => self.field(&mut block, b":method", other.as_bytes(), false),
+            }
+        }
+        if let Some(scheme) = &pseudo.scheme {
+            match scheme.as_bytes() {
+                b"http" => block.put_u8(0x86),
+                b"https" => block.put_u8(0x87),
+                other => self.field(&mut block, b":scheme", other, false),
+            }
+        }
+        if let Some(authority) = &pseudo.authority {
+            let authority = match authority.as_bytes() {
+                a if accepted_by_h2(a) || !replace => a,
+                _ => REPLACEMENT,
+            };
+            self.field(&mut block, b":authority", authority, false);
+        }
+        if let Some(path) = &pseudo.path {
+            self.field(&mut block, b":path", path.as_bytes(), false);
+        }
+        if let Some(protocol) = &pseudo.protocol {
+            self.field(
+                &mut block,
+                b":protocol",
+                protocol.as_str().as_bytes(),
+                false,
+            );
+        }
+        if let Some(status) = &pseudo.status {
+            self.field(&mut block, b":status", status.as_str().as_bytes(), false);
+        }
+        for (name, value) in &fields {
+            self.field(
+                &mut block,
+                name.as_str().as_bytes(),
+                value.as_bytes(),
+                value.is_sensitive(),
+            );
+        }
+        block_frames(stream, end_stream, &block)
+    }
+
+    /// One field: a reference to h2's entry, or a literal h2 adds to its table, or (large, or
+    /// marked never-indexed by the caller) a literal it does not.
+    fn field(&mut self, out: &mut BytesMut, name: &[u8], value: &[u8], never_indexed: bool) {
+        let size = name.len() + value.len() + 32;
+        if never_indexed || size > INDEXED_MAX {
+            out.put_u8(if never_indexed { 0x10 } else { 0x00 });
+            put_string(out, name);
+            put_string(out, value);
+            return;
+        }
+        if let Some(at) = self
+            .entries
+            .iter()
+            .position(|(n, v)| n.as_ref() == name && v.as_ref() == value)
+        {
+            put_int(out, 0x7f, 0x80, 62 + at as u64);
+            return;
+        }
+        out.put_u8(0x40);
+        put_string(out, name);
+        put_string(out, value);
+        self.entries
+            .push_front((Bytes::copy_from_slice(name), Bytes::copy_from_slice(value)));
+        self.size += size;
+        while self.size > TABLE_SIZE {
+            let (n, v) = self.entries.pop_back().expect("entries while size > 0");
+            self.size -= n.len() + v.len() + 32;
         }
     }
-    put_int(out, 0x7f, 0, value.len() as u64);
-    out.put_slice(value);
+}
+
+/// An HPACK string, not Huffman-coded.
+fn put_string(out: &mut BytesMut, text: &[u8]) {
+    put_int(out, 0x7f, 0, text.len() as u64);
+    out.put_slice(text);
 }
 
 /// One HEADERS frame and as many CONTINUATION frames as the block needs.
@@ -364,6 +395,7 @@ impl<IO> CallerStream<IO> {
             ended: false,
             replace,
             rewritten: false,
+            indexer: Indexer::default(),
         }
     }
 
@@ -484,7 +516,7 @@ impl<IO> CallerStream<IO> {
                 self.limits,
             )
         } else {
-            encode_request(headers, self.replace)
+            self.indexer.encode(headers, self.replace)
         };
         self.output.push_back(out);
     }
