@@ -210,7 +210,8 @@ impl Edge {
 /// to call, so a block is mostly one-byte references, which h2 decodes by cloning its entry.
 #[derive(Default)]
 struct Indexer {
-    entries: VecDeque<(Bytes, Bytes)>,
+    /// Each entry's fingerprint, name and value.
+    entries: VecDeque<(u64, Bytes, Bytes)>,
     size: usize,
 }
 
@@ -285,10 +286,11 @@ impl Indexer {
             put_string(out, value);
             return;
         }
+        let print = fingerprint(name, value);
         if let Some(at) = self
             .entries
             .iter()
-            .position(|(n, v)| n.as_ref() == name && v.as_ref() == value)
+            .position(|(p, n, v)| *p == print && n.as_ref() == name && v.as_ref() == value)
         {
             put_int(out, 0x7f, 0x80, 62 + at as u64);
             return;
@@ -296,14 +298,35 @@ impl Indexer {
         out.put_u8(0x40);
         put_string(out, name);
         put_string(out, value);
-        self.entries
-            .push_front((Bytes::copy_from_slice(name), Bytes::copy_from_slice(value)));
+        self.entries.push_front((
+            print,
+            Bytes::copy_from_slice(name),
+            Bytes::copy_from_slice(value),
+        ));
         self.size += size;
         while self.size > TABLE_SIZE {
-            let (n, v) = self.entries.pop_back().expect("entries while size > 0");
+            let (_, n, v) = self.entries.pop_back().expect("entries while size > 0");
             self.size -= n.len() + v.len() + 32;
         }
     }
+}
+
+/// A quick fingerprint of a field (FxHash's mixing, 8 bytes at a time): entries are compared
+/// byte for byte only when theirs is the same.
+fn fingerprint(name: &[u8], value: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut hash = (name.len() as u64) << 32 | value.len() as u64;
+    for part in [name, value] {
+        let mut words = part.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            hash = (hash.rotate_left(5) ^ word).wrapping_mul(K);
+        }
+        for &byte in words.remainder() {
+            hash = (hash.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+        }
+    }
+    hash
 }
 
 /// An HPACK string, not Huffman-coded.
