@@ -510,14 +510,14 @@ impl<IO> CallerStream<IO> {
             return;
         };
         let over_size = headers.is_over_size();
-        let refused_authority = headers
-            .pseudo_mut()
-            .authority
-            .as_deref()
-            .filter(|a| !accepted_by_h2(a.as_bytes()))
-            .map(str::to_owned);
         if self.mode == Mode::FirstBlock {
-            let Some(authority) = refused_authority.filter(|_| !over_size) else {
+            let refused_authority = headers
+                .pseudo_mut()
+                .authority
+                .as_deref()
+                .filter(|a| !over_size && !accepted_by_h2(a.as_bytes()))
+                .map(str::to_owned);
+            let Some(authority) = refused_authority else {
                 // h2 takes this connection as it is, or answers this block itself.
                 self.pass();
                 return;
