@@ -698,7 +698,7 @@ fn put_literal(out: &mut BytesMut, name: &[u8], len: usize) {
 }
 
 /// An HPACK integer with a prefix of `mask` bits under `flags` (RFC 7541, 5.1).
-fn put_int(out: &mut BytesMut, mask: u8, flags: u8, mut value: u64) {
+pub(crate) fn put_int(out: &mut BytesMut, mask: u8, flags: u8, mut value: u64) {
     if value < u64::from(mask) {
         out.put_u8(flags | value as u8);
         return;

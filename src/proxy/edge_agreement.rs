@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::authority::CallerStream;
+use super::authority::{CallerStream, put_int};
 use super::server::{EDGE_LIMITS, caller_h2};
 
 /// What h2's server made of a connection.
@@ -233,7 +233,7 @@ pub fn connection(rng: &mut fastrand::Rng) -> Vec<u8> {
         let mut block = BytesMut::new();
         if rng.u8(0..8) == 0 {
             let size = [0, 100, 4096, 5000][rng.usize(0..4)];
-            put_int(&mut block, 0x1f, 0x20, size);
+            put_int(&mut block, 0x1f, 0x20, size as u64);
             table.clear();
         }
         block.put_u8(0x83); // :method POST
@@ -261,7 +261,12 @@ pub fn connection(rng: &mut fastrand::Rng) -> Vec<u8> {
             let value = vec![b'a' + rng.u8(0..26); [0, 1, 30, 700, 3000][rng.usize(0..5)]];
             if !table.is_empty() && rng.bool() {
                 // A reference to an entry the caller's table holds.
-                put_int(&mut block, 0x7f, 0x80, 62 + rng.usize(0..table.len()));
+                put_int(
+                    &mut block,
+                    0x7f,
+                    0x80,
+                    (62 + rng.usize(0..table.len())) as u64,
+                );
             } else {
                 field(rng, &mut block, &mut table, name.as_bytes(), &value);
             }
@@ -313,11 +318,11 @@ fn field(
     } else {
         out.put_u8(flags);
     }
-    put_int(out, 0x7f, 0, name.len());
+    put_int(out, 0x7f, 0, name.len() as u64);
     out.put_slice(name);
     // Now and then a string flagged Huffman, which it is not: h2 decides what it makes of it.
     let huffman = if rng.u8(0..64) == 0 { 0x80 } else { 0 };
-    put_int(out, 0x7f, huffman, value.len());
+    put_int(out, 0x7f, huffman, value.len() as u64);
     out.put_slice(value);
 }
 
@@ -357,21 +362,6 @@ fn frame(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.put_u8(flags);
     out.put_u32(stream);
     out.put_slice(payload);
-}
-
-/// An HPACK integer under a prefix of `mask` bits with `flags` above it (RFC 7541, 5.1).
-fn put_int(out: &mut BytesMut, mask: u8, flags: u8, mut value: usize) {
-    if value < usize::from(mask) {
-        out.put_u8(flags | value as u8);
-        return;
-    }
-    out.put_u8(flags | mask);
-    value -= usize::from(mask);
-    while value >= 0x80 {
-        out.put_u8(0x80 | (value & 0x7f) as u8);
-        value >>= 7;
-    }
-    out.put_u8(value as u8);
 }
 
 #[cfg(test)]
