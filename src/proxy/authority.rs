@@ -37,7 +37,8 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use h2::Reason;
-use h2::frame::{Frame, Headers};
+use h2::frame::{Frame, Pseudo};
+use http::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::telemetry::metrics as names;
@@ -221,13 +222,17 @@ const TABLE_SIZE: usize = 4096;
 const INDEXED_MAX: usize = 512;
 
 impl Indexer {
-    /// A request's header block towards h2, the pseudo-headers first, an `:authority` h2
-    /// refuses replaced by `localhost` (when `replace`); in one HEADERS frame and as many
-    /// CONTINUATION frames as it needs.
-    fn encode(&mut self, headers: Headers, replace: bool) -> Bytes {
-        let stream = headers.stream_id().into();
-        let end_stream = headers.is_end_stream();
-        let (pseudo, fields) = headers.into_parts();
+    /// A header block towards h2 (a request's, or a caller's PUSH_PROMISE, which h2 judges),
+    /// the pseudo-headers first, an `:authority` h2 refuses replaced by `localhost` (when
+    /// `replace`); in one HEADERS or PUSH_PROMISE frame and as many CONTINUATION frames as it
+    /// needs.
+    fn encode(
+        &mut self,
+        head: BlockHead,
+        pseudo: Pseudo,
+        fields: HeaderMap,
+        replace: bool,
+    ) -> Bytes {
         let mut block = BytesMut::with_capacity(256);
         if let Some(method) = &pseudo.method {
             match method.as_str() {
@@ -273,7 +278,7 @@ impl Indexer {
                 value.is_sensitive(),
             );
         }
-        block_frames(stream, end_stream, &block)
+        block_frames(head, &block)
     }
 
     /// One field: a reference to h2's entry, or a literal h2 adds to its table, or (large, or
@@ -335,17 +340,38 @@ fn put_string(out: &mut BytesMut, text: &[u8]) {
     out.put_slice(text);
 }
 
-/// One HEADERS frame and as many CONTINUATION frames as the block needs.
-fn block_frames(stream: u32, end_stream: bool, block: &[u8]) -> Bytes {
+/// The frame a header block starts with, as h2 must see it.
+#[derive(Clone, Copy, Debug)]
+struct BlockHead {
+    /// HEADERS or PUSH_PROMISE.
+    kind: u8,
+    stream: u32,
+    /// PUSH_PROMISE's promised stream.
+    promised: Option<u32>,
+    end_stream: bool,
+}
+
+/// The block's first frame and as many CONTINUATION frames as it needs.
+fn block_frames(head: BlockHead, block: &[u8]) -> Bytes {
     let frames = block.len() / FRAME_OUT_MAX + 1;
-    let mut out = BytesMut::with_capacity(block.len() + frames * FRAME_HEAD_LEN);
+    let mut out = BytesMut::with_capacity(block.len() + frames * FRAME_HEAD_LEN + 4);
     let mut chunks = block.chunks(FRAME_OUT_MAX).peekable();
     let first = chunks.next().unwrap_or_default();
-    let mut flags = if end_stream { END_STREAM } else { 0 };
+    let mut flags = if head.end_stream { END_STREAM } else { 0 };
     if chunks.peek().is_none() {
         flags |= END_HEADERS;
     }
-    put_head(&mut out, first.len(), HEADERS, flags, stream);
+    let promised = head.promised.map_or(0, |_| 4);
+    put_head(
+        &mut out,
+        promised + first.len(),
+        head.kind,
+        flags,
+        head.stream,
+    );
+    if let Some(id) = head.promised {
+        out.put_u32(id);
+    }
     out.put_slice(first);
     while let Some(chunk) = chunks.next() {
         let flags = if chunks.peek().is_none() {
@@ -353,7 +379,7 @@ fn block_frames(stream: u32, end_stream: bool, block: &[u8]) -> Bytes {
         } else {
             0
         };
-        put_head(&mut out, chunk.len(), CONTINUATION, flags, stream);
+        put_head(&mut out, chunk.len(), CONTINUATION, flags, head.stream);
         out.put_slice(chunk);
     }
     out.freeze()
@@ -501,45 +527,64 @@ impl<IO> CallerStream<IO> {
 
     /// A whole header block, decoded.
     fn block(&mut self, frame: Frame) {
-        let Frame::Headers(mut headers) = frame else {
-            // A caller's PUSH_PROMISE: h2's server refuses every one with PROTOCOL_ERROR.
-            match self.mode {
-                Mode::FirstBlock => self.pass(),
-                _ => self.refuse(Refusal::Protocol),
+        let (head, over_size, (pseudo, fields)) = match frame {
+            Frame::Headers(mut headers) => {
+                let over_size = headers.is_over_size();
+                if self.mode == Mode::FirstBlock {
+                    let refused_authority = headers
+                        .pseudo_mut()
+                        .authority
+                        .as_deref()
+                        .filter(|a| !over_size && !accepted_by_h2(a.as_bytes()))
+                        .map(str::to_owned);
+                    let Some(authority) = refused_authority else {
+                        // h2 takes this connection as it is, or answers this block itself.
+                        self.pass();
+                        return;
+                    };
+                    tracing::debug!(
+                        authority,
+                        "caller sends an :authority h2 refuses; rewriting this connection's header blocks"
+                    );
+                    metrics::counter!(names::CALLER_AUTHORITY_REWRITES_TOTAL).increment(1);
+                    self.mode = Mode::Rewrite;
+                    self.rewritten = true;
+                    self.held = Vec::new();
+                }
+                let head = BlockHead {
+                    kind: HEADERS,
+                    stream: headers.stream_id().into(),
+                    promised: None,
+                    end_stream: headers.is_end_stream(),
+                };
+                (head, over_size, headers.into_parts())
             }
-            return;
-        };
-        let over_size = headers.is_over_size();
-        if self.mode == Mode::FirstBlock {
-            let refused_authority = headers
-                .pseudo_mut()
-                .authority
-                .as_deref()
-                .filter(|a| !over_size && !accepted_by_h2(a.as_bytes()))
-                .map(str::to_owned);
-            let Some(authority) = refused_authority else {
-                // h2 takes this connection as it is, or answers this block itself.
+            // A caller's PUSH_PROMISE: h2 judges it (by the state of the streams it names).
+            Frame::PushPromise(promise) if self.mode == Mode::Rewrite => {
+                let head = BlockHead {
+                    kind: PUSH_PROMISE,
+                    stream: promise.stream_id().into(),
+                    promised: Some(promise.promised_id().into()),
+                    end_stream: false,
+                };
+                (head, promise.is_over_size(), promise.into_parts())
+            }
+            // A first block that is a PUSH_PROMISE is h2's to answer as it came (the codec
+            // makes nothing else of header frames).
+            _ if self.mode == Mode::FirstBlock => {
                 self.pass();
                 return;
-            };
-            tracing::debug!(
-                authority,
-                "caller sends an :authority h2 refuses; rewriting this connection's header blocks"
-            );
-            metrics::counter!(names::CALLER_AUTHORITY_REWRITES_TOTAL).increment(1);
-            self.mode = Mode::Rewrite;
-            self.rewritten = true;
-            self.held = Vec::new();
-        }
+            }
+            _ => {
+                self.refuse(Refusal::Protocol);
+                return;
+            }
+        };
         let out = if over_size {
             // h2 kept only part of it: what h2 needs to see is a block over its size.
-            over_size_block(
-                headers.stream_id().into(),
-                headers.is_end_stream(),
-                self.limits,
-            )
+            over_size_block(head, self.limits)
         } else {
-            self.indexer.encode(headers, self.replace)
+            self.indexer.encode(head, pseudo, fields, self.replace)
         };
         self.output.push_back(out);
     }
@@ -669,16 +714,12 @@ impl Refusal {
     }
 }
 
-/// A request block over h2's header list size, with no effect on h2's HPACK table: h2 answers
-/// its stream as it answers the caller's (431, then a reset).
-fn over_size_block(stream: u32, end_stream: bool, limits: EdgeLimits) -> Bytes {
+/// A block over h2's header list size, with no effect on h2's HPACK table: h2 answers its
+/// stream as it answers the caller's (a request: 431, then a reset).
+fn over_size_block(head: BlockHead, limits: EdgeLimits) -> Bytes {
     let mut block = BytesMut::new();
     put_literal(&mut block, b"x", limits.max_header_list_size as usize);
-    let mut out = BytesMut::new();
-    let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
-    put_head(&mut out, block.len(), HEADERS, flags, stream);
-    out.put_slice(&block);
-    out.freeze()
+    block_frames(head, &block)
 }
 
 /// The CONTINUATION frames h2 takes in one block before it refuses the next
