@@ -248,14 +248,14 @@ async fn drive(dir: &std::path::Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let answer = raw
         .call(
-            "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+            "/runtime.v1.RuntimeService/NotYetInTheCri",
             crate::client::grpc_frame(b""),
             &Default::default(),
         )
         .await?;
     println!(
         "  pass {:<26} {:>7.2} ms  not in criguard's proto: forwarded; the runtime answered {:?}",
-        "UpdatePodSandboxResources",
+        "NotYetInTheCri",
         started.elapsed().as_secs_f64() * 1e3,
         tonic::Code::from_i32(answer.grpc_status().unwrap_or(2)),
     );

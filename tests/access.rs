@@ -105,7 +105,7 @@ async fn the_read_only_socket_lists_but_cannot_create_or_exec() {
     let mut raw = RawClient::connect(&node.monitor).await.unwrap();
     let unknown = raw
         .call(
-            "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+            "/runtime.v1.RuntimeService/NotYetInTheCri",
             grpc_frame(b""),
             &HeaderMap::new(),
         )
@@ -119,7 +119,7 @@ async fn the_read_only_socket_lists_but_cannot_create_or_exec() {
     assert_eq!(reached(&node.runtime, "ListContainers"), 1);
     assert_eq!(reached(&node.runtime, "CreateContainer"), 0);
     assert_eq!(reached(&node.runtime, "ExecSync"), 0);
-    assert_eq!(reached(&node.runtime, "UpdatePodSandboxResources"), 0);
+    assert_eq!(reached(&node.runtime, "NotYetInTheCri"), 0);
     let mut kubelet = client::runtime(client::channel(&node.kubelet).await.unwrap());
     kubelet
         .create_container(CreateContainerRequest::default())

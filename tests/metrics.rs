@@ -67,7 +67,7 @@ async fn scrapes_show_exact_counts_by_method_and_code() {
             .unwrap();
     }
     client
-        .call(&rt("UpdatePodSandboxResources"), grpc_frame(b""), &none)
+        .call(&rt("NotYetInTheCri"), grpc_frame(b""), &none)
         .await
         .unwrap();
     client
@@ -93,7 +93,7 @@ async fn scrapes_show_exact_counts_by_method_and_code() {
         2.0,
         "methods our proto does not know count as unknown, never by their own name"
     );
-    assert!(!text.contains("UpdatePodSandboxResources") && !text.contains("YetAnotherNewMethod"));
+    assert!(!text.contains("NotYetInTheCri") && !text.contains("YetAnotherNewMethod"));
     assert_eq!(
         value(
             &s,

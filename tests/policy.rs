@@ -584,7 +584,7 @@ async fn a_v1alpha2_call_is_judged_like_its_v1_twin() {
 #[tokio::test]
 async fn while_policies_are_in_force_only_cri_calls_pass() {
     const TASKS: &str = "/containerd.services.tasks.v1.Tasks/Create";
-    const NEWER_CRI: &str = "/runtime.v1.RuntimeService/UpdatePodSandboxResources";
+    const NEWER_CRI: &str = "/runtime.v1.RuntimeService/NotYetInTheCri";
     let sockets = Sockets::new();
     let dir = baseline_dir(&sockets);
     let (runtime, criguard) = start(&sockets, &dir, "").await;

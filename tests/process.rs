@@ -289,7 +289,7 @@ fn the_demo_runs_with_no_runtime_and_shows_the_calls_passing() {
         );
     }
     assert!(
-        stdout.contains("UpdatePodSandboxResources") && stdout.contains("Unimplemented"),
+        stdout.contains("NotYetInTheCri") && stdout.contains("Unimplemented"),
         "{stdout}"
     );
     assert!(

@@ -33,8 +33,7 @@ async fn every_method_known_or_not_reaches_the_runtime_with_the_callers_bytes() 
     let mut client = RawClient::connect(&criguard.socket).await.unwrap();
 
     let mut paths: Vec<String> = Method::ALL.iter().map(|&m| method_path(m)).collect();
-    paths.push("/runtime.v1.RuntimeService/UpdatePodSandboxResources".into());
-    paths.push("/runtime.v1.RuntimeService/StreamContainers".into());
+    paths.push("/runtime.v1.RuntimeService/NotYetInTheCri".into());
     paths.push("/runtime.v1.RuntimeService/MadeUpMethod".into());
     paths.push("/some.other.Service/Anything".into());
     for (i, path) in paths.iter().enumerate() {
@@ -186,7 +185,7 @@ async fn unimplemented_from_the_runtime_comes_back_as_is() {
     let criguard = Criguard::start(&sockets).await;
     let mut client = RawClient::connect(&criguard.socket).await.unwrap();
     for path in [
-        "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+        "/runtime.v1.RuntimeService/NotYetInTheCri",
         "/runtime.v1.RuntimeService/CheckpointContainer", // known to us, not to the fake runtime
     ] {
         let answer = client

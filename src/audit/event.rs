@@ -229,10 +229,11 @@ impl Event {
         let undecoded = |reason: String| serde_json::json!({ "undecoded": format!("{} bytes that are not a valid message: {reason}", payload.message.len()) });
         let descriptor =
             message_type(&self.rpc, input).ok_or_else(|| undecoded("no message type".into()))?;
-        let mut message = DynamicMessage::decode(descriptor, &payload.message[..])
+        let message = DynamicMessage::decode(descriptor, &payload.message[..])
             .map_err(|err| undecoded(err.to_string()))?;
-        redact(&mut message, self.redact_env_values);
-        serde_json::to_writer(&mut *out, &message).map_err(|err| undecoded(err.to_string()))
+        let json = reflected_json(message, self.redact_env_values)
+            .map_err(|err| undecoded(err.to_string()))?;
+        serde_json::to_writer(&mut *out, &json).map_err(|err| undecoded(err.to_string()))
     }
 }
 
@@ -274,8 +275,33 @@ pub fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
     })
 }
 
-/// Replaces pull credentials and (if `env_values`) environment variable values, at any depth.
-pub fn redact(message: &mut DynamicMessage, env_values: bool) {
+/// The reference form of a decoded message: proto JSON with pull credentials and (if
+/// `env_values`) environment variable values replaced by the marker, at any depth. An env
+/// value is `bytes` since CRI 1.36: the marker stands as a JSON string in its place, as the
+/// one-pass writer writes it, never as base64.
+pub fn reflected_json(
+    mut message: DynamicMessage,
+    env_values: bool,
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut hidden = Vec::new();
+    redact(&mut message, env_values, &mut Vec::new(), &mut hidden);
+    let mut json = serde_json::to_value(&message)?;
+    for entry in hidden {
+        if let Some(entry) = json.pointer_mut(&entry).and_then(|e| e.as_object_mut()) {
+            entry.insert("value".into(), serde_json::Value::String(REDACTED.into()));
+        }
+    }
+    Ok(json)
+}
+
+/// Replaces pull credentials in place, and collects the JSON pointers of the env values to
+/// entries whose value to hide (`at` is the pointer of `message`, as segments).
+fn redact(
+    message: &mut DynamicMessage,
+    env_values: bool,
+    at: &mut Vec<String>,
+    hidden: &mut Vec<String>,
+) {
     let descriptor = message.descriptor();
     let type_name = descriptor.full_name();
     for (field, value) in message.fields_mut() {
@@ -288,27 +314,56 @@ pub fn redact(message: &mut DynamicMessage, env_values: bool) {
             continue;
         }
         let env = env_values && type_name == "runtime.v1.ContainerConfig" && field.name() == "envs";
+        at.push(field.json_name().to_string());
         match value {
-            Value::Message(inner) => redact(inner, env_values),
+            Value::Message(inner) => redact(inner, env_values, at, hidden),
             Value::List(items) => {
-                for item in items {
+                for (index, item) in items.iter_mut().enumerate() {
                     if let Value::Message(inner) = item {
+                        at.push(index.to_string());
                         if env {
-                            inner.set_field_by_name("value", Value::String(REDACTED.into()));
+                            hidden.push(pointer(at));
                         }
-                        redact(inner, env_values);
+                        redact(inner, env_values, at, hidden);
+                        at.pop();
                     }
                 }
             }
             Value::Map(entries) => {
-                for entry in entries.values_mut() {
+                for (key, entry) in entries.iter_mut() {
                     if let Value::Message(inner) = entry {
-                        redact(inner, env_values);
+                        at.push(map_key(key));
+                        redact(inner, env_values, at, hidden);
+                        at.pop();
                     }
                 }
             }
             _ => {}
         }
+        at.pop();
+    }
+}
+
+/// A JSON pointer (RFC 6901) from its segments.
+fn pointer(at: &[String]) -> String {
+    let mut out = String::new();
+    for segment in at {
+        out.push('/');
+        out.push_str(&segment.replace('~', "~0").replace('/', "~1"));
+    }
+    out
+}
+
+/// A map key as proto JSON writes it (an object's key).
+fn map_key(key: &prost_reflect::MapKey) -> String {
+    use prost_reflect::MapKey;
+    match key {
+        MapKey::Bool(b) => b.to_string(),
+        MapKey::I32(n) => n.to_string(),
+        MapKey::I64(n) => n.to_string(),
+        MapKey::U32(n) => n.to_string(),
+        MapKey::U64(n) => n.to_string(),
+        MapKey::String(s) => s.clone(),
     }
 }
 
@@ -392,10 +447,11 @@ mod tests {
         assert!(!line.to_string().contains("s3cret-value"));
         assert_eq!(line["request"]["config"]["envs"][0]["key"], "DB_PASSWORD");
         assert_eq!(line["request"]["config"]["envs"][0]["value"], REDACTED);
+        // An env value is `bytes` since CRI 1.36: shown as proto JSON shows bytes, base64.
         let line = event(path, bytes, false);
         assert_eq!(
             line["request"]["config"]["envs"][0]["value"],
-            "s3cret-value"
+            "czNjcmV0LXZhbHVl"
         );
     }
 

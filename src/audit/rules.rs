@@ -176,7 +176,10 @@ mod tests {
         assert_eq!(level("Version"), Level::None);
         assert_eq!(level("UpdateRuntimeConfig"), Level::Metadata);
         assert_eq!(level("ReopenContainerLog"), Level::Metadata);
-        assert_eq!(level("UpdatePodSandboxResources"), Level::Metadata);
+        // A pod's resources resized in place (CRI 1.35): a lifecycle change, with its request.
+        assert_eq!(level("UpdatePodSandboxResources"), Level::Request);
+        assert_eq!(level("StreamContainers"), Level::None);
+        assert_eq!(level("NotYetInTheCri"), Level::Metadata);
     }
 
     #[test]

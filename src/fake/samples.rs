@@ -105,7 +105,7 @@ pub fn create_container_request() -> CreateContainerRequest {
     let envs = (0..38)
         .map(|i| KeyValue {
             key: format!("WEB_SERVICE_SETTING_{i}"),
-            value: format!("value-{i}-for-the-web-service-with-some-length"),
+            value: format!("value-{i}-for-the-web-service-with-some-length").into_bytes(),
         })
         .collect();
     let mounts = [

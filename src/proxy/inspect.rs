@@ -289,6 +289,12 @@ requests! {
     ListImages => ListImagesRequest, ImageStatus => ImageStatusRequest,
     PullImage => PullImageRequest, RemoveImage => RemoveImageRequest,
     ImageFsInfo => ImageFsInfoRequest,
+    StreamPodSandboxes => StreamPodSandboxesRequest, StreamContainers => StreamContainersRequest,
+    StreamContainerStats => StreamContainerStatsRequest,
+    StreamPodSandboxStats => StreamPodSandboxStatsRequest,
+    StreamPodSandboxMetrics => StreamPodSandboxMetricsRequest,
+    UpdatePodSandboxResources => UpdatePodSandboxResourcesRequest,
+    StreamImages => StreamImagesRequest,
 }
 
 #[cfg(test)]

@@ -122,6 +122,14 @@ methods! {
         ListMetricDescriptors = Facts::read(),
         ListPodSandboxMetrics = Facts::read(),
         RuntimeConfig = Facts::read(),
+        // CRI 1.34-1.36: the list calls' streaming twins (each answer a stream of pages, ended
+        // by the runtime once the list is sent) and in-place pod resize at the sandbox level.
+        StreamPodSandboxes = Facts::read().server_streaming(),
+        StreamContainers = Facts::read().server_streaming(),
+        StreamContainerStats = Facts::read().server_streaming(),
+        StreamPodSandboxStats = Facts::read().server_streaming(),
+        StreamPodSandboxMetrics = Facts::read().server_streaming(),
+        UpdatePodSandboxResources = Facts::lifecycle(Names::Sandbox),
     ],
     Image => [
         ListImages = Facts::read(),
@@ -129,6 +137,7 @@ methods! {
         PullImage = Facts::images(Names::Described).creates(Object::Image).learned(),
         RemoveImage = Facts::images(Names::Image).ends_object(),
         ImageFsInfo = Facts::read(),
+        StreamImages = Facts::read().server_streaming(),
     ],
 }
 
@@ -179,7 +188,8 @@ pub struct Facts {
     pub creates: Option<Object>,
     /// After it the object is gone (log reduction forgets its errors).
     pub ends_object: bool,
-    /// The answer is a stream that can stay open for hours: ended cleanly at shutdown.
+    /// The answer is a stream of messages (GetContainerEvents stays open for hours; the
+    /// `Stream*` lists end once sent): ended cleanly at shutdown, outside in-flight bounds.
     pub server_streaming: bool,
     /// The pod inventory learns from the call and its answer.
     pub learned: bool,
@@ -280,8 +290,8 @@ pub enum MethodClass {
     Exec,
     /// Every ImageService method.
     Image,
-    /// Calls that change nothing: Version, Status, RuntimeConfig, List*, *Status, *Stats,
-    /// ImageFsInfo, ListMetricDescriptors, ListPodSandboxMetrics, GetContainerEvents.
+    /// Calls that change nothing: Version, Status, RuntimeConfig, List*, Stream*, *Status,
+    /// *Stats, ImageFsInfo, ListMetricDescriptors, ListPodSandboxMetrics, GetContainerEvents.
     Read,
 }
 
@@ -315,7 +325,7 @@ impl MethodClass {
 }
 
 /// A set of methods as configuration writes it: method names (`ExecSync`, or a name our proto
-/// does not know yet, such as `UpdatePodSandboxResources`), classes (`lifecycle`, `exec`,
+/// does not know yet), classes (`lifecycle`, `exec`,
 /// `image`, `read`), or `"*"` for every call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MethodSet {
@@ -516,14 +526,11 @@ mod tests {
 
     #[test]
     fn unknown_methods_keep_their_service_and_path() {
-        let rpc = Rpc::from_path("/runtime.v1.RuntimeService/UpdatePodSandboxResources");
+        let rpc = Rpc::from_path("/runtime.v1.RuntimeService/NotYetInTheCri");
         assert_eq!(rpc.service, Service::Runtime);
         assert_eq!(rpc.method, Method::Unknown);
-        assert_eq!(rpc.method_name(), "UpdatePodSandboxResources");
-        assert_eq!(
-            &*rpc.path,
-            "/runtime.v1.RuntimeService/UpdatePodSandboxResources"
-        );
+        assert_eq!(rpc.method_name(), "NotYetInTheCri");
+        assert_eq!(&*rpc.path, "/runtime.v1.RuntimeService/NotYetInTheCri");
     }
 
     #[test]
@@ -550,12 +557,12 @@ mod tests {
 
     #[test]
     fn method_sets_match_names_classes_and_unknown_names() {
-        let set = MethodSet::parse(&["exec", "PullImage", "UpdatePodSandboxResources"]).unwrap();
+        let set = MethodSet::parse(&["exec", "PullImage", "NotYetInTheCri"]).unwrap();
         let call = |m: &str| Rpc::from_path(&format!("/runtime.v1.RuntimeService/{m}"));
         assert!(set.contains(&call("ExecSync")));
         assert!(set.contains(&call("PortForward")));
         assert!(set.contains(&Rpc::from_path("/runtime.v1.ImageService/PullImage")));
-        assert!(set.contains(&call("UpdatePodSandboxResources")));
+        assert!(set.contains(&call("NotYetInTheCri")));
         assert!(!set.contains(&call("CreateContainer")));
         assert!(
             MethodSet::parse(&["*"])
@@ -576,10 +583,11 @@ mod tests {
             .filter(|m| MethodClass::Read.contains(**m))
             .map(|m| m.as_str())
             .collect();
-        assert_eq!(reads.len(), 17, "{reads:?}");
+        assert_eq!(reads.len(), 23, "{reads:?}");
         for m in Method::ALL {
             let name = m.as_str();
             let looks_read = name.starts_with("List")
+                || name.starts_with("Stream")
                 || name.ends_with("Status")
                 || name.ends_with("Stats")
                 || matches!(
@@ -593,7 +601,7 @@ mod tests {
 
     #[test]
     fn every_method_round_trips_through_its_path() {
-        assert_eq!(Method::ALL.len(), 34);
+        assert_eq!(Method::ALL.len(), 41);
         for &m in Method::ALL {
             let service = m.service().proto_name().unwrap();
             assert_eq!(Rpc::from_path(&format!("/{service}/{m}")).method, m);
