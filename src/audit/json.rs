@@ -1018,9 +1018,13 @@ mod tests {
         };
         let bytes = request.encode_to_vec();
         assert_eq!(check(Method::CreateContainer, true, &bytes), Ok(true));
-        let shown = written(Method::CreateContainer, true, &bytes, false).unwrap().unwrap();
+        let shown = written(Method::CreateContainer, true, &bytes, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(shown["config"]["envs"][0]["value"], "Af8=");
-        let hidden = written(Method::CreateContainer, true, &bytes, true).unwrap().unwrap();
+        let hidden = written(Method::CreateContainer, true, &bytes, true)
+            .unwrap()
+            .unwrap();
         assert_eq!(hidden["config"]["envs"][0]["value"], REDACTED);
     }
 

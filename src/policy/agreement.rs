@@ -150,7 +150,7 @@ fn image_facts(name: &str, image: Option<&ImageView<'_>>, facts: &mut Facts) {
     }
 }
 
-fn container_facts(c: &ContainerView<'_>, facts: &mut Facts) {
+fn container_facts<'a>(c: &ContainerView<'a>, facts: &mut Facts) {
     facts.add("container.metadata", c.metadata.is_some());
     if let Some(m) = &c.metadata {
         facts.text("container.name", m.name);
@@ -162,9 +162,15 @@ fn container_facts(c: &ContainerView<'_>, facts: &mut Facts) {
         .mounts
         .iter()
         .map(|m| {
+            let image = m.image.as_ref();
+            let text = |field: Option<&'a [u8]>| String::from_utf8_lossy(field.unwrap_or_default());
             (
                 String::from_utf8_lossy(m.container_path),
                 String::from_utf8_lossy(m.host_path),
+                image.is_some(),
+                text(image.map(|i| i.image)),
+                text(image.map(|i| i.user_specified_image)),
+                String::from_utf8_lossy(m.image_sub_path),
             )
         })
         .collect();
@@ -309,7 +315,17 @@ fn prost_container_facts(c: &cri::ContainerConfig, facts: &mut Facts) {
     let mounts: Vec<_> = c
         .mounts
         .iter()
-        .map(|m| (m.container_path.as_str(), m.host_path.as_str()))
+        .map(|m| {
+            let image = m.image.as_ref();
+            (
+                m.container_path.as_str(),
+                m.host_path.as_str(),
+                image.is_some(),
+                image.map_or("", |i| i.image.as_str()),
+                image.map_or("", |i| i.user_specified_image.as_str()),
+                m.image_sub_path.as_str(),
+            )
+        })
         .collect();
     facts.add("mounts", mounts);
     facts.add("container.linux", c.linux.is_some());
@@ -473,6 +489,9 @@ fn first_string(method: Method, bytes: &[u8]) -> Option<(String, IdKind)> {
         Method::PodSandboxStatus => id!(PodSandboxStatusRequest, pod_sandbox_id, Sandbox),
         Method::PortForward => id!(PortForwardRequest, pod_sandbox_id, Sandbox),
         Method::PodSandboxStats => id!(PodSandboxStatsRequest, pod_sandbox_id, Sandbox),
+        Method::UpdatePodSandboxResources => {
+            id!(UpdatePodSandboxResourcesRequest, pod_sandbox_id, Sandbox)
+        }
         _ => None,
     }
 }
@@ -740,8 +759,40 @@ pub fn seeds() -> Vec<(Method, Vec<u8>)> {
             seeds.push((method, std::fs::read(&file).unwrap()));
         }
     }
+    // Fields of CRI 1.31-1.36 the recorded kubelet (1.32) did not send: image volumes (with a
+    // sub path) on a recorded CreateContainer.
+    let recorded = |wanted: Method| seeds.iter().find(|(m, _)| *m == wanted).cloned();
+    if let Some((_, bytes)) = recorded(Method::CreateContainer) {
+        let mut create = cri::CreateContainerRequest::decode(&bytes[..]).unwrap();
+        let config = create.config.get_or_insert_default();
+        config.mounts.push(cri::Mount {
+            container_path: "/models".into(),
+            image: Some(cri::ImageSpec {
+                image: "sha256:1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1"
+                    .into(),
+                user_specified_image: "registry.k8s.io/e2e-data:1.0".into(),
+                ..Default::default()
+            }),
+            image_sub_path: "v2".into(),
+            readonly: true,
+            ..Default::default()
+        });
+        seeds.push((Method::CreateContainer, create.encode_to_vec()));
+    }
     let id = "3f9a1c0d2b7e".to_string();
     seeds.extend([
+        (
+            Method::UpdatePodSandboxResources,
+            cri::UpdatePodSandboxResourcesRequest {
+                pod_sandbox_id: id.clone(),
+                resources: Some(cri::LinuxContainerResources {
+                    cpu_shares: 512,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ),
         (
             Method::StopContainer,
             cri::StopContainerRequest {

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Optional: `client` (the caller), `pod` (what the inventory knows of the request's ids) and
-//! `image_names` (the names the runtime gives the request's image id).
+//! `image_names` (the names the runtime gives the request's image ids: the container's and
+//! its image volumes').
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,8 +43,9 @@ pub struct Case {
     pub client: Option<CaseClient>,
     /// The pod criguard knows the request's container or sandbox id belongs to.
     pub pod: Option<PodRef>,
-    /// The names the runtime gives the image id in the request's `image` field (what
-    /// criguard learns from ImageStatus answers); absent: criguard has not seen them.
+    /// The names the runtime gives the image ids of the request (its `image`, its image
+    /// volumes' `mounts.image`: what criguard learns from ImageStatus answers); absent:
+    /// criguard has not seen them.
     pub image_names: Option<Vec<String>>,
 }
 
@@ -119,17 +121,25 @@ pub fn evaluate(
 ) -> Evaluation {
     let inventory = Inventory::new();
     if let Some(names) = known.image_names {
-        let image = match rpc.method {
+        // The request's image ids: the container's (or the pull's) and its image volumes'.
+        let images: Vec<crate::cri::ImageSpec> = match rpc.method {
             Method::CreateContainer => crate::cri::CreateContainerRequest::decode(bytes.clone())
                 .ok()
-                .and_then(|r| r.config?.image),
+                .and_then(|r| r.config)
+                .map(|c| {
+                    let mounted = c.mounts.into_iter().filter_map(|m| m.image);
+                    c.image.into_iter().chain(mounted).collect()
+                })
+                .unwrap_or_default(),
             Method::PullImage => crate::cri::PullImageRequest::decode(bytes.clone())
                 .ok()
-                .and_then(|r| r.image),
-            _ => None,
+                .and_then(|r| r.image)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
         };
-        if let Some(image) = image {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        for image in images.iter().filter(|i| !i.image.is_empty()) {
             inventory.learn_image(&image.image, &names);
         }
     }

@@ -305,6 +305,7 @@ impl<'a> Decoded<'a> {
             image: spec.map(ImageView::named),
             runtime_image: spec.map(|s| s.image),
             runtime_image_names: None,
+            mount_image_names: &[],
             creates_sandbox: self.run.is_some(),
             kubelet_pods_dir: "",
         }
@@ -445,6 +446,14 @@ impl PolicySet {
             .filter(|id| target.image.is_some_and(|named| named != *id))
             .and_then(|id| inventory?.image_names(&view::text(id)));
         target.runtime_image_names = image_names.as_deref();
+        // The same for each image a container mounts as a volume (rare: looked up only then).
+        let mount_image_names: Vec<Option<Vec<String>>> = target
+            .container
+            .iter()
+            .flat_map(|c| c.mounts.iter().filter_map(|m| m.mounted_image()))
+            .map(|image| inventory?.image_names(&view::text(image.image)))
+            .collect();
+        target.mount_image_names = &mount_image_names;
         let who = || describe_subject(call.rpc.method, subject());
         // CEL's built-in functions are registered once per thread; each call gets its variables
         // in a scope of its own.

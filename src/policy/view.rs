@@ -147,11 +147,15 @@ impl<'a> ImageView<'a> {
     }
 }
 
-/// `Mount`, the paths.
+/// `Mount`: the paths, and the image an image volume mounts (Kubernetes' `image` volume
+/// source, CRI 1.31+), whose files the container then holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountView<'a> {
     pub container_path: &'a [u8],
     pub host_path: &'a [u8],
+    pub image: Option<ImageView<'a>>,
+    /// The path inside that image that is mounted (CRI 1.33+).
+    pub image_sub_path: &'a [u8],
 }
 
 impl<'a> View<'a> for MountView<'a> {
@@ -159,8 +163,18 @@ impl<'a> View<'a> for MountView<'a> {
         match field {
             1 => string(&mut self.container_path, field, value),
             2 => string(&mut self.host_path, field, value),
+            9 => message(&mut self.image, field, value),
+            10 => string(&mut self.image_sub_path, field, value),
             _ => Ok(()),
         }
+    }
+}
+
+impl<'a> MountView<'a> {
+    /// The image this mount mounts, when it is an image volume: a runtime mounts an image
+    /// when `image.image` is set (an ImageSpec with only `user_specified_image` names none).
+    pub fn mounted_image(&self) -> Option<&ImageView<'a>> {
+        self.image.as_ref().filter(|i| !i.image.is_empty())
     }
 }
 

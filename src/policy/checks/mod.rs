@@ -36,6 +36,9 @@ pub struct Target<'a> {
     /// The names the runtime gives `runtime_image` when it is an id, as far as criguard has
     /// seen them (ImageStatus and PullImage answers); `None` when it has not.
     pub runtime_image_names: Option<&'a [String]>,
+    /// For each image volume of the container (each mount with `image.image`, in order), the
+    /// names the runtime gives its image when it is named by id, as far as criguard has seen.
+    pub mount_image_names: &'a [Option<Vec<String>>],
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
     pub creates_sandbox: bool,
     /// `<kubelet root dir>/pods/`: where the kubelet keeps the volumes it mounts.
@@ -543,6 +546,7 @@ mod tests {
             config.mounts = vec![MountView {
                 host_path: path,
                 container_path: b"/data",
+                ..MountView::default()
             }];
             let target = Target {
                 container: Some(&config),
@@ -588,6 +592,7 @@ mod tests {
         config.mounts = vec![MountView {
             host_path: b"/var/lib/kubelet/pods/uid/volumes/kubernetes.io~empty-dir/data",
             container_path: b"/data",
+            ..MountView::default()
         }];
         let check = Check::HostPaths(HostPathParams::default());
         fn target<'a>(c: &'a ContainerView<'a>) -> Target<'a> {
@@ -649,6 +654,98 @@ mod tests {
         ] {
             assert_eq!(resolve_dots(given), named, "{given}");
         }
+    }
+
+    /// An image volume gives the container the image's whole filesystem: each is judged as
+    /// the container's own image is, by name, or by id through the names the runtime gives it.
+    #[test]
+    fn image_volumes_are_judged_as_the_container_image_is() {
+        use crate::policy::view::ImageView;
+        let check = Check::Images(ImageParams {
+            allow: vec!["registry.k8s.io".into()],
+            ..ImageParams::default()
+        });
+        let id = "sha256:1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1c0ffee1";
+        let mount = |image: &'static str, user: &'static str| MountView {
+            container_path: b"/tools",
+            image: Some(ImageView {
+                image: image.as_bytes(),
+                user_specified_image: user.as_bytes(),
+            }),
+            image_sub_path: b"bin",
+            ..MountView::default()
+        };
+        let judge = |mounts: Vec<MountView<'static>>, names: &[Option<Vec<String>>]| {
+            let mut config = container(restricted());
+            config.image = Some(ImageView {
+                image: b"registry.k8s.io/pause:3.9",
+                user_specified_image: b"",
+            });
+            config.mounts = mounts;
+            check.violation(&Target {
+                image: Some(b"registry.k8s.io/pause:3.9"),
+                container: Some(&config),
+                mount_image_names: names,
+                ..Target::default()
+            })
+        };
+        assert_eq!(
+            judge(vec![mount("registry.k8s.io/data:1", "")], &[None]),
+            None
+        );
+        let foreign = judge(vec![mount("quay.io/evil/miner:1", "")], &[None]).unwrap();
+        assert_eq!(
+            foreign,
+            "mounts an image volume at /tools (its path bin) (mounts.image): uses image quay.io/evil/miner:1 from a registry outside the allowlist (quay.io/evil/miner)"
+        );
+        // An allowed name beside a foreign one in `image`: the runtime mounts `image`.
+        assert!(
+            judge(
+                vec![mount("quay.io/evil/miner:1", "registry.k8s.io/data:1")],
+                &[None]
+            )
+            .is_some()
+        );
+        // By id: one of the names the runtime gives it must pass; unseen names are refused.
+        let allowed = Some(vec!["registry.k8s.io/data:1".to_string()]);
+        let evil = Some(vec!["quay.io/evil/miner:1".to_string()]);
+        assert_eq!(
+            judge(vec![mount(id, "")], std::slice::from_ref(&allowed)),
+            None
+        );
+        assert!(
+            judge(vec![mount(id, "")], &[evil.clone()])
+                .unwrap()
+                .contains("quay.io/evil/miner:1")
+        );
+        assert!(
+            judge(vec![mount(id, "")], &[None])
+                .unwrap()
+                .contains("has not seen")
+        );
+        // By id beside a name: the id must be an image the runtime knows by that name.
+        assert_eq!(
+            judge(
+                vec![mount(id, "registry.k8s.io/data:1")],
+                std::slice::from_ref(&allowed)
+            ),
+            None
+        );
+        assert!(judge(vec![mount(id, "registry.k8s.io/data:1")], &[evil]).is_some());
+        // Every volume is judged, not only the first; a mount without an image is no volume.
+        let plain = MountView {
+            host_path: b"/var/lib/kubelet/pods/u/volumes/v",
+            ..MountView::default()
+        };
+        let second = judge(
+            vec![
+                plain,
+                mount("registry.k8s.io/data:1", ""),
+                mount("quay.io/x/y:1", ""),
+            ],
+            &[None, None],
+        );
+        assert!(second.is_some_and(|v| v.contains("quay.io/x/y:1")));
     }
 
     #[test]
