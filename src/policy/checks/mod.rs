@@ -714,7 +714,7 @@ mod tests {
             None
         );
         assert!(
-            judge(vec![mount(id, "")], &[evil.clone()])
+            judge(vec![mount(id, "")], std::slice::from_ref(&evil))
                 .unwrap()
                 .contains("quay.io/evil/miner:1")
         );
