@@ -19,7 +19,7 @@ use criguard::cri::image_service_client::ImageServiceClient;
 use criguard::cri::runtime_service_client::RuntimeServiceClient;
 use criguard::cri::*;
 use prost::Message;
-use support::e2e::{BUSYBOX, container_config, pod_config};
+use support::e2e::{BUSYBOX, FOREIGN_IMAGE, container_config, containerd_generation, pod_config};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_criguard");
@@ -218,18 +218,26 @@ async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
         ),
     ));
 
-    // containerd 1.6 (Debian 12) answers UNIMPLEMENTED here: the answer must then be the same
-    // through criguard. Newer runtimes stream events; then the events must be seen.
-    let mut events = match c.rt.get_container_events(GetEventsRequest::default()).await {
-        Ok(stream) => Some(stream.into_inner()),
-        Err(status) => {
-            t.push((
+    // containerd 1.6 (Debian 12) answers UNIMPLEMENTED here at once: the answer must then be
+    // the same through criguard. Newer runtimes stream events, and containerd 2.x (grpc-go)
+    // sends the stream's headers only with its first event: the call waits beside the pod's.
+    let mut rt = c.rt.clone();
+    let mut subscription = Some(tokio::spawn(async move {
+        rt.get_container_events(GetEventsRequest::default()).await
+    }));
+    let mut events = None;
+    let early =
+        tokio::time::timeout(Duration::from_millis(500), subscription.as_mut().unwrap()).await;
+    if let Ok(answered) = early {
+        subscription = None;
+        match answered.unwrap() {
+            Ok(stream) => events = Some(stream.into_inner()),
+            Err(status) => t.push((
                 "GetContainerEvents",
                 format!("{:?}: {}", status.code(), status.message()),
-            ));
-            None
+            )),
         }
-    };
+    }
 
     let config = pod_config(name);
     let pod =
@@ -394,6 +402,12 @@ async fn lifecycle(c: &mut Clients, name: &str) -> Transcript {
     .unwrap();
     t.push(("RemovePodSandbox", "ok".into()));
 
+    if let Some(subscription) = subscription {
+        let answered = tokio::time::timeout(Duration::from_secs(10), subscription)
+            .await
+            .expect("the event stream starts with the pod's events");
+        events = Some(answered.unwrap().expect("events are streamed").into_inner());
+    }
     if let Some(events) = events.as_mut() {
         let mut seen = Vec::new();
         while !seen.contains(&ContainerEventType::ContainerDeletedEvent) {
@@ -539,41 +553,60 @@ async fn read_calls_answer_the_same_through_criguard_and_directly() {
     let b = direct.rt.container_status(missing()).await.unwrap_err();
     assert_eq!((a.code(), a.message()), (b.code(), b.message()));
     assert_eq!(a.code(), tonic::Code::NotFound);
-    // A method containerd 1.6 does not know: its own UNIMPLEMENTED comes back.
+    // Methods of CRI 1.34-1.36 that containerd 1.6, 1.7 and 2.1 do not implement: their own
+    // UNIMPLEMENTED comes back, code and message, the streaming list calls included.
     let mut raw = criguard::client::RawClient::connect(&criguard.socket)
         .await
         .unwrap();
-    let answer = raw
-        .call(
-            "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
-            criguard::client::grpc_frame(b""),
-            &Default::default(),
-        )
+    let mut raw_direct = criguard::client::RawClient::connect(&runtime)
         .await
         .unwrap();
-    assert_eq!(
-        answer.grpc_status(),
-        Some(tonic::Code::Unimplemented as i32)
-    );
-    assert!(
-        !answer
-            .grpc_message()
-            .unwrap_or_default()
-            .contains("criguard")
-    );
+    for path in [
+        "/runtime.v1.RuntimeService/UpdatePodSandboxResources",
+        "/runtime.v1.RuntimeService/StreamPodSandboxes",
+        "/runtime.v1.RuntimeService/StreamContainers",
+        "/runtime.v1.ImageService/StreamImages",
+    ] {
+        let frame = criguard::client::grpc_frame(b"");
+        let answer = raw
+            .call(path, frame.clone(), &Default::default())
+            .await
+            .unwrap();
+        let directly = raw_direct
+            .call(path, frame, &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.grpc_status(),
+            Some(tonic::Code::Unimplemented as i32),
+            "{path}"
+        );
+        assert_eq!(answer.grpc_message(), directly.grpc_message(), "{path}");
+    }
     // containerd 1.x also serves CRI v1alpha2, same messages: criguard treats those calls as
-    // their v1 twins (policies, audit), so they must really reach the same runtime.
+    // their v1 twins (policies, audit), so they must really reach the same runtime. containerd
+    // 2.x removed it: its UNIMPLEMENTED comes back as it is.
+    let v1alpha2 = "/runtime.v1alpha2.RuntimeService/Version";
+    let frame = criguard::client::grpc_frame(b"");
     let answer = raw
-        .call(
-            "/runtime.v1alpha2.RuntimeService/Version",
-            criguard::client::grpc_frame(b""),
-            &Default::default(),
-        )
+        .call(v1alpha2, frame.clone(), &Default::default())
         .await
         .unwrap();
-    assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
-    let version = VersionResponse::decode(&answer.body[5..]).unwrap();
-    assert_eq!(version.runtime_name, "containerd");
+    if containerd_generation() < (2, 0) {
+        assert_eq!(answer.grpc_status(), Some(0), "{:?}", answer.grpc_message());
+        let version = VersionResponse::decode(&answer.body[5..]).unwrap();
+        assert_eq!(version.runtime_name, "containerd");
+    } else {
+        let directly = raw_direct
+            .call(v1alpha2, frame, &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.grpc_status(),
+            Some(tonic::Code::Unimplemented as i32)
+        );
+        assert_eq!(answer.grpc_message(), directly.grpc_message());
+    }
     // containerd's own API is on the same socket, and passes too (without policies).
     let answer = raw
         .call(
@@ -1287,6 +1320,138 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     })
     .await
     .unwrap();
+    c.rt.remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    c.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await
+    .unwrap();
+}
+
+/// An image volume (Kubernetes' `image` volume source) gives the container the whole
+/// filesystem of the image it mounts: containerd 2.x mounts it. An allowed container image
+/// with a volume of an image from outside the allowlist is refused; without the volume it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd: run tests/run.sh"]
+async fn an_image_volume_from_outside_the_allowlist_is_refused_in_front_of_containerd() {
+    if containerd_generation() < (2, 0) {
+        eprintln!(
+            "containerd {:?} has no image volumes: nothing to judge",
+            containerd_generation()
+        );
+        return;
+    }
+    let runtime = runtime_socket();
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("registries.yaml"),
+        "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: registries}\nspec:\n  mode: enforce\n  match: {methods: [CreateContainer, PullImage]}\n  rules:\n    - name: trusted\n      images: {allow: [docker.io/library]}\n",
+    )
+    .unwrap();
+    let criguard =
+        Criguard::start(&runtime, &["--policies", policies.path().to_str().unwrap()]).await;
+    let mut c = clients(&criguard.socket).await;
+    let mut direct = clients(&runtime).await;
+    clean_up(&mut direct, "image-volume").await;
+    let pod = pod_config("image-volume");
+    let sandbox =
+        c.rt.run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let mut with_volume = container_config();
+    with_volume.mounts.push(Mount {
+        container_path: "/tools".into(),
+        image: Some(ImageSpec {
+            image: FOREIGN_IMAGE.into(),
+            ..Default::default()
+        }),
+        readonly: true,
+        ..Default::default()
+    });
+    let create = |config: &ContainerConfig| CreateContainerRequest {
+        pod_sandbox_id: sandbox.clone(),
+        config: Some(config.clone()),
+        sandbox_config: Some(pod.clone()),
+    };
+    // Directly, containerd creates it, and the container holds the foreign image's files.
+    let id = direct
+        .rt
+        .create_container(create(&with_volume))
+        .await
+        .expect("containerd 2.x mounts image volumes")
+        .into_inner()
+        .container_id;
+    direct
+        .rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let ran = direct
+        .rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["test".into(), "-x".into(), "/tools/bin/busybox".into()],
+            timeout: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ran.exit_code, 0, "the image volume is mounted at /tools");
+    direct
+        .rt
+        .remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    // Through criguard: refused, naming the volume; containerd made nothing.
+    let before = direct
+        .rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len();
+    let denied =
+        c.rt.create_container(create(&with_volume))
+            .await
+            .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        denied.message(),
+        format!(
+            "criguard: denied by policy \"registries\", rule \"trusted\": container \"app\" in pod \"criguard-e2e/image-volume\" mounts an image volume at /tools (mounts.image): uses image {FOREIGN_IMAGE} from a registry outside the allowlist (quay.io/criguard-e2e/tools)"
+        )
+    );
+    let after = direct
+        .rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len();
+    assert_eq!(after, before);
+    // The same container without the volume passes.
+    let id =
+        c.rt.create_container(create(&container_config()))
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
     c.rt.remove_container(RemoveContainerRequest { container_id: id })
         .await
         .unwrap();

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# A real, offline containerd for criguard's end-to-end tests.
+# A real, offline containerd for criguard's end-to-end tests, of one of three generations.
 #
-#   containerd-lab.sh up     install packages if missing, start containerd (Debian's package,
-#                            CRI plugin, runc, overlayfs, CNI bridge) on $RUN/containerd.sock,
-#                            build the pause and busybox images offline and import them, and
-#                            serve busybox from a local registry that demands credentials
-#                            ($REGISTRY/criguard-e2e/private:1.0, see registry.py)
+#   containerd-lab.sh up [1.6|1.7|2.1]
+#            install packages if missing, start containerd (CRI plugin, runc, overlayfs, CNI
+#            bridge) on $RUN/containerd.sock, build the pause, busybox and data images offline
+#            and import them, and serve busybox from a local registry that demands credentials
+#            ($REGISTRY/criguard-e2e/private:1.0, see registry.py). Prints the endpoint.
 #   containerd-lab.sh down   remove the lab's pods, stop containerd, remove the bridge
+#   containerd-lab.sh bin [1.6|1.7|2.1]   the directory of that generation's containerd and ctr
+#
+# Generations, all Debian's builds: 1.6 is bookworm's package (installed as usual); 1.7 is
+# trixie's and 2.1 sid's, downloaded with a private apt state under $LAB/apt (the system's
+# sources and packages are never touched; nothing from trixie or sid is installed) and unpacked
+# with dpkg-deb into $LAB/containerd-<generation>. Their only dependency is libc >= 2.34;
+# bookworm's runc and CNI plugins serve all three. One lab runs at a time.
 #
 # Idempotent. Everything lives under $LAB (/var/lib/criguard-e2e) and $RUN (/run/criguard-e2e);
 # pod traffic never leaves the host (iptables FORWARD drop on the lab bridge). Needs root.
@@ -19,6 +26,10 @@
 #  - container stats need a cgroup parent in the pod config (the test sets one).
 #  - shim sockets and FIFOs go to /run/containerd whatever the config says; their names are
 #    hashed from our socket path, so they never clash with a system containerd.
+#  - containerd 2.x reads only a `version = 3` config: the CRI plugin is split into
+#    io.containerd.cri.v1.runtime and io.containerd.cri.v1.images, registry hosts come only
+#    from config_path, and NRI is on by default with a system-wide socket: the lab's is its own.
+#  - containerd looks its shim up in PATH: the unpacked generation's directory goes first.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,8 +40,12 @@ REGISTRY=127.0.0.1:5055
 REGISTRY_USER=criguard-e2e
 # A test credential: the e2e test checks that it reaches the registry and never the audit log.
 REGISTRY_PASSWORD=e2e-registry-password-7f3a
+# busybox's files under another registry's name (tests/support/e2e.rs: FOREIGN_IMAGE).
+FOREIGN_IMAGE=quay.io/criguard-e2e/tools:1.0
 BRIDGE=cgtest0
 SUBNET=10.89.0.0/16
+
+GENERATION=${2:-${CRIGUARD_E2E_CONTAINERD:-1.6}}
 
 log() { echo "[containerd-lab] $*" >&2; }
 die() { echo "[containerd-lab] ERROR: $*" >&2; exit 1; }
@@ -43,12 +58,67 @@ install_packages() {
     python3 iproute2
 }
 
+# The Debian suite each generation comes from (bookworm's is the installed package).
+suite_of() {
+  case "$1" in
+    1.6) echo bookworm ;;
+    1.7) echo trixie ;;
+    2.1) echo sid ;;
+    *) die "unknown containerd generation $1 (1.6, 1.7 or 2.1)" ;;
+  esac
+}
+
+bin_dir() {
+  if [ "$1" = 1.6 ]; then echo /usr/bin; else echo "$LAB/containerd-$1/usr/bin"; fi
+}
+
+# apt-get or apt-cache ($1) with a state of its own: trixie and sid known only to it.
+private_apt() {
+  local command=$1
+  shift
+  local apt=$LAB/apt
+  mkdir -p "$apt"/{state/lists/partial,cache/archives/partial,parts}
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  printf 'deb [signed-by=%s] http://deb.debian.org/debian %s main\n' \
+    "$keyring" trixie "$keyring" sid >"$apt/sources.list"
+  "$command" -q -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts="$apt/parts" \
+    -o Dir::State="$apt/state" -o Dir::Cache="$apt/cache" -o Dir::Etc::Preferences=/dev/null \
+    -o Dir::Etc::PreferencesParts="$apt/parts" -o APT::Sandbox::User=root "$@"
+}
+
+# Unpacks the generation's containerd package into $LAB/containerd-<generation>, once.
+fetch_containerd() {
+  local generation=$1 suite prefix
+  [ "$generation" = 1.6 ] && return
+  suite=$(suite_of "$generation")
+  prefix=$LAB/containerd-$generation
+  [ -x "$prefix/usr/bin/containerd" ] && return
+  log "fetching containerd $generation from Debian $suite"
+  private_apt apt-get update >/dev/null
+  local version
+  version=$(private_apt apt-cache show "containerd/$suite" 2>/dev/null | awk '$1=="Version:"{print $2; exit}')
+  case "$version" in
+    "$generation".*) ;;
+    *) die "Debian $suite has containerd ${version:-none}, not $generation.x" ;;
+  esac
+  rm -rf "$LAB/apt/download" && mkdir -p "$LAB/apt/download"
+  ( cd "$LAB/apt/download" && private_apt apt-get download "containerd=$version" >/dev/null )
+  local debs=("$LAB"/apt/download/containerd_*.deb)
+  rm -rf "$prefix.new"
+  dpkg-deb -x "${debs[0]}" "$prefix.new"
+  mv "$prefix.new" "$prefix"
+}
+
 write_configs() {
-  mkdir -p "$LAB"/{cni/net.d,cni/networks,containerd,images,build,log} "$RUN"
+  mkdir -p "$LAB"/{cni/net.d,cni/networks,images,build,log} "$RUN"
+  if [ "${GENERATION%%.*}" -ge 2 ]; then write_config_v3; else write_config_v2; fi
+}
+
+write_config_v2() {
   cat >"$LAB/containerd.toml" <<TOML
 version = 2
-root = "$LAB/containerd"
-state = "$RUN/containerd"
+root = "$LAB/containerd-state-$GENERATION"
+state = "$RUN/containerd-$GENERATION"
 
 [grpc]
   address = "$SOCK"
@@ -82,6 +152,54 @@ state = "$RUN/containerd"
     [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = "$LAB/certs.d"
 TOML
+}
+
+write_config_v3() {
+  cat >"$LAB/containerd.toml" <<TOML
+version = 3
+root = "$LAB/containerd-state-$GENERATION"
+state = "$RUN/containerd-$GENERATION"
+
+[grpc]
+  address = "$SOCK"
+
+[ttrpc]
+  address = "$SOCK.ttrpc"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$LAB/opt"
+  [plugins."io.containerd.nri.v1.nri"]
+    socket_path = "$RUN/nri.sock"
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "registry.k8s.io/pause:3.6"
+    [plugins."io.containerd.cri.v1.images".registry]
+      config_path = "$LAB/certs.d"
+  [plugins."io.containerd.cri.v1.runtime"]
+    enable_selinux = false
+    tolerate_missing_hugetlb_controller = true
+    netns_mounts_under_state_dir = true
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+          Root = "$RUN/runc"
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$LAB/cni/net.d"
+      max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+TOML
+}
+
+write_cni_and_registries() {
   cat >"$LAB/cni/net.d/10-criguard-e2e.conflist" <<JSON
 {
   "cniVersion": "0.4.0",
@@ -130,16 +248,25 @@ start_containerd() {
     log "containerd already running (pid $(cat "$RUN/containerd.pid"))"
     return
   fi
-  setsid /usr/bin/containerd --config "$LAB/containerd.toml" >>"$LAB/log/containerd.log" 2>&1 </dev/null &
+  local bin
+  bin=$(bin_dir "$GENERATION")
+  PATH="$bin:$PATH" setsid "$bin/containerd" --config "$LAB/containerd.toml" \
+    >>"$LAB/log/containerd.log" 2>&1 </dev/null &
   echo $! >"$RUN/containerd.pid"
+  echo "$GENERATION" >"$RUN/generation"
   for _ in $(seq 1 100); do
     ctr --address "$SOCK" version >/dev/null 2>&1 && break
     sleep 0.2
   done
   ctr --address "$SOCK" version >/dev/null 2>&1 || die "containerd did not start; see $LAB/log/containerd.log"
-  ctr --address "$SOCK" plugins ls | awk '$2=="cri"{print $4}' | grep -qx ok \
-    || die "containerd's CRI plugin is not ok; see $LAB/log/containerd.log"
-  log "containerd $(containerd --version | awk '{print $3}') on unix://$SOCK"
+  # 1.x: io.containerd.grpc.v1 cri; 2.x also io.containerd.cri.v1 runtime and images.
+  local statuses
+  statuses=$(ctr --address "$SOCK" plugins ls \
+    | awk '$1 ~ /^io[.]containerd[.](grpc|cri)[.]v1$/ && $2 ~ /^(cri|runtime|images)$/ {print $4}')
+  if [ -z "$statuses" ] || grep -qvx ok <<<"$statuses"; then
+    die "containerd's CRI plugin is not ok; see $LAB/log/containerd.log"
+  fi
+  log "containerd $("$bin/containerd" --version | awk '{print $3}') on unix://$SOCK"
 }
 
 contain_pod_network() {
@@ -166,6 +293,9 @@ build_images() {
     ctr --address "$SOCK" -n k8s.io images import "$archive" >>"$LAB/log/images.log" 2>&1 \
       || die "importing $archive failed; see $LAB/log/images.log"
   done
+  # busybox again under a registry no test policy allows: the image volume of a foreign image.
+  ctr --address "$SOCK" -n k8s.io images tag --force docker.io/library/busybox:1.36 \
+    "$FOREIGN_IMAGE" >>"$LAB/log/images.log" 2>&1 || die "tagging $FOREIGN_IMAGE failed"
   log "images imported: $(ctr --address "$SOCK" -n k8s.io images ls -q | tr '\n' ' ')"
 }
 
@@ -183,7 +313,7 @@ down() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  rm -f "$RUN/containerd.pid" "$SOCK" "$SOCK.ttrpc"
+  rm -f "$RUN/containerd.pid" "$RUN/generation" "$SOCK" "$SOCK.ttrpc" "$RUN/nri.sock"
   if registry_running; then kill -TERM "$(cat "$RUN/registry.pid")" 2>/dev/null || true; fi
   rm -f "$RUN/registry.pid"
   # Shims of this lab's containerd name our socket on their command line.
@@ -200,11 +330,20 @@ down() {
   log "down"
 }
 
+# ctr of the generation that runs (or is about to).
+ctr() {
+  local generation=$GENERATION
+  [ -s "$RUN/generation" ] && generation=$(cat "$RUN/generation")
+  "$(bin_dir "$generation")/ctr" "$@"
+}
+
 [ "$(id -u)" = 0 ] || die "must run as root"
 case "${1:-}" in
   up)
     install_packages
+    fetch_containerd "$GENERATION"
     write_configs
+    write_cni_and_registries
     start_containerd
     contain_pod_network
     build_images
@@ -212,5 +351,6 @@ case "${1:-}" in
     echo "unix://$SOCK"
     ;;
   down) down ;;
-  *) die "usage: $0 up|down" ;;
+  bin) suite_of "$GENERATION" >/dev/null; bin_dir "$GENERATION" ;;
+  *) die "usage: $0 up [1.6|1.7|2.1] | down | bin [1.6|1.7|2.1]" ;;
 esac

@@ -8,6 +8,16 @@ use criguard::cri::*;
 /// Built offline and imported by tests/e2e/containerd-lab.sh.
 pub const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 
+/// busybox's files under the name of a registry no test policy allows (the lab tags it).
+pub const FOREIGN_IMAGE: &str = "quay.io/criguard-e2e/tools:1.0";
+
+/// The containerd generation the lab runs (`CRIGUARD_E2E_CONTAINERD`: 1.6, 1.7 or 2.1).
+pub fn containerd_generation() -> (u32, u32) {
+    let given = std::env::var("CRIGUARD_E2E_CONTAINERD").unwrap_or_else(|_| "1.6".into());
+    let (major, minor) = given.split_once('.').expect("a generation such as 2.1");
+    (major.parse().unwrap(), minor.parse().unwrap())
+}
+
 /// A pod in the `criguard-e2e` namespace, labelled with its name (clean-ups find it by that).
 pub fn pod_config(name: &str) -> PodSandboxConfig {
     let uid = format!("e2e-{name}-uid");
