@@ -96,6 +96,9 @@ struct Shared {
     stale: Notify,
     /// Whether anything reads the inventory now (see [`Inventory::set_needed`]).
     needed: AtomicBool,
+    /// Whether the runtime's last Status answer said every handler runs pods in user
+    /// namespaces: only then does a pod's own user namespace relax the Pod Security checks.
+    user_namespaces: AtomicBool,
 }
 
 /// Sandboxes and containers by id. Cheap to clone; all clones share one table.
@@ -172,6 +175,16 @@ impl Inventory {
         {
             subject.pod = by_id(&tables.sandboxes, sandbox).map(|(_, s)| s.pod.clone());
         }
+    }
+
+    /// Learns from a Status answer whether every runtime handler runs pods in user namespaces.
+    pub fn learn_user_namespaces(&self, everywhere: bool) {
+        self.0.user_namespaces.store(everywhere, Ordering::Relaxed);
+    }
+
+    /// Whether the runtime said so in its last Status answer criguard saw (not before one).
+    pub fn user_namespaces(&self) -> bool {
+        self.0.user_namespaces.load(Ordering::Relaxed)
     }
 
     /// The names the runtime gave image `id` (or the one id it is a prefix of), if criguard

@@ -563,6 +563,47 @@ async fn containerd_lifecycle_by_every_client_stack_matches_direct() {
     }
 }
 
+/// The kubelet 1.36's own CRI client (k8s.io/cri-client 0.36, `:authority: localhost`, the
+/// CRIListStreaming calls on) runs a pod's lifecycle through criguard exactly as directly. The
+/// runtimes of the lab do not implement the `Stream*` lists: their UNIMPLEMENTED must reach
+/// the client unchanged, which then lists with the unary calls, as it says on its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real client stacks and the lab's containerd"]
+async fn containerd_kubelet_1_36_client_lifecycle_matches_direct() {
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clients/kubelet-cri-client");
+    assert!(client.exists(), "{INSTALL}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_criguard, socket) = criguard_before_containerd(dir.path()).await;
+    let run = |socket: &Path, name: &str| {
+        let out = std::process::Command::new(&client)
+            .arg("-endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["-name", name, "-image", BUSYBOX])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}{stderr}");
+        (stdout, stderr)
+    };
+    let (direct, direct_log) = run(&containerd_socket(), "kubelet-136-direct");
+    let (through, through_log) = run(&socket, "kubelet-136-criguard");
+    println!("{through}");
+    assert_eq!(through, direct);
+    assert!(
+        through.contains("ExecSync \"hello from kubelet 1.36\\n\""),
+        "{through}"
+    );
+    assert_eq!(through.lines().count(), 15, "{through}");
+    for fallback in [
+        "StreamPodSandboxes not implemented, falling back to ListPodSandbox",
+        "StreamImages not implemented, falling back to ListImages",
+    ] {
+        assert!(direct_log.contains(fallback), "{direct_log}");
+        assert!(through_log.contains(fallback), "{through_log}");
+    }
+}
+
 /// The kubelet's GetContainerEvents stream, through criguard to grpc-go dialled as kubelets up
 /// to 1.30 dial, ends as it does directly: containerd 1.6 answers UNIMPLEMENTED (the kubelet
 /// then falls back to relisting), newer ones stream the events.

@@ -64,6 +64,7 @@ fn refusals(set: &PolicySet, pod: &str) -> Vec<(String, String)> {
         let known = Known {
             pod: None,
             image_names: names.as_deref(),
+            user_namespaces: false,
         };
         let evaluation = evaluate(set, &rpc, &bytes.into(), None, known);
         for finding in evaluation.findings.iter().filter(|f| f.refuses()) {

@@ -671,3 +671,80 @@ async fn an_image_id_runs_only_under_a_name_the_runtime_gives_it() {
         denied.message()
     );
 }
+
+/// Kubernetes 1.36's Pod Security lets root run in a pod with `hostUsers: false`: its user
+/// namespace maps root to an unprivileged host uid. criguard relaxes run-as-non-root only once
+/// the runtime has said (its Status answer, which the kubelet asks for every few seconds) that
+/// it runs pods so: a runtime that ignores `userns_options` would run the host's root.
+#[tokio::test]
+async fn root_in_a_user_namespace_passes_once_the_runtime_says_it_runs_them() {
+    const STATUS: &str = "/runtime.v1.RuntimeService/Status";
+    let sockets = Sockets::new();
+    let dir = policy_dir(
+        &sockets,
+        &[(
+            "pss-restricted.yaml",
+            include_str!("../policies/pss-restricted.yaml"),
+        )],
+    );
+    let status = StatusResponse {
+        runtime_handlers: vec![RuntimeHandler {
+            name: String::new(),
+            features: Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: true,
+                user_namespaces: true,
+            }),
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let runtime = RecordingRuntime::start(&sockets.runtime(), move |r| {
+        Answer::ok(if r.path == STATUS { &status } else { b"" })
+    })
+    .await;
+    let config = format!("policies: {}\n", dir.display());
+    let criguard = Criguard::start_with_config(&sockets, Some(&config), Overrides::default()).await;
+    let mapping = IdMapping {
+        host_id: 100_000,
+        container_id: 0,
+        length: 65_536,
+    };
+    let root_in_userns = container_with(|security| {
+        security.privileged = false;
+        security.seccomp = Some(SecurityProfile::default());
+        security.masked_paths = vec!["/proc/kcore".into()];
+        security.readonly_paths = vec!["/proc/sys".into()];
+        security.capabilities = Some(Capability {
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        security.no_new_privs = true;
+        security.run_as_user = Some(Int64Value { value: 0 });
+        security.namespace_options = Some(NamespaceOption {
+            userns_options: Some(UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: vec![mapping],
+                gids: vec![mapping],
+            }),
+            ..Default::default()
+        });
+    });
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let (code, message) = create(&mut client, &root_in_userns).await;
+    assert_eq!(
+        code,
+        Some(tonic::Code::PermissionDenied as i32),
+        "{message}"
+    );
+    assert!(message.contains("run-as-non-root"), "{message}");
+    assert_eq!(created(&runtime), 0);
+
+    let answer = client
+        .call(STATUS, grpc_frame(b""), &HeaderMap::new())
+        .await
+        .unwrap();
+    assert_eq!(answer.grpc_status(), Some(0));
+    let (code, message) = create(&mut client, &root_in_userns).await;
+    assert_eq!(code, Some(0), "{message}");
+    assert_eq!(created(&runtime), 1);
+}

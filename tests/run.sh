@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # criguard's whole test suite, on a fresh machine: installs what it needs (Debian packages,
 # Rust components), then runs formatting, lints, unit and integration tests, and the
-# end-to-end run against a real containerd. Needs root (containerd, iptables, apt-get).
+# end-to-end runs against real containerd 2.1, 1.7 and 1.6. Needs root (containerd, iptables,
+# apt-get).
 #
 #   tests/run.sh            everything
-#   CRIGUARD_E2E=0 tests/run.sh   everything but the containerd run
+#   CRIGUARD_E2E=0 tests/run.sh   everything but the containerd runs
+#   CRIGUARD_E2E_CONTAINERDS="2.1" tests/run.sh   the containerd runs on these generations only
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -36,7 +38,7 @@ python3 -c 'import json,sys; json.load(open(sys.argv[1]))' deploy/grafana/crigua
 step "unit and integration tests"
 cargo test --locked
 
-step "real client stacks: grpc-go (Debian) and grpc C-core (Debian's and PyPI's grpcio)"
+step "real client stacks: grpc-go (Debian), grpc C-core (Debian's and PyPI's grpcio), the kubelet 1.36's cri-client"
 tests/clients/install.sh
 cargo test --locked --test clients -- --ignored --skip containerd_
 
@@ -61,12 +63,18 @@ if grep -q '^error' <<<"$rotation" || ! grep -q 'rotating pattern: /var/log/crig
 fi
 
 if [ "${CRIGUARD_E2E:-1}" != 0 ]; then
-  step "end to end: criguard in front of a real containerd, scraped by a real Prometheus"
   trap 'tests/e2e/containerd-lab.sh down || true' EXIT
-  endpoint=$(tests/e2e/containerd-lab.sh up)
-  CRIGUARD_E2E_ENDPOINT=$endpoint cargo test --locked --test containerd -- --ignored --test-threads 1 --nocapture
-  step "end to end: the real client stacks and ctr against containerd through criguard"
-  CRIGUARD_E2E_ENDPOINT=$endpoint cargo test --locked --test clients -- --ignored --test-threads 1 containerd_
+  # Every generation a node runs today, newest first; each gets every end-to-end test.
+  for generation in ${CRIGUARD_E2E_CONTAINERDS:-2.1 1.7 1.6}; do
+    step "end to end on containerd $generation: criguard in front of it, scraped by a real Prometheus"
+    endpoint=$(tests/e2e/containerd-lab.sh up "$generation")
+    bin=$(tests/e2e/containerd-lab.sh bin "$generation")
+    export CRIGUARD_E2E_CONTAINERD=$generation CRIGUARD_E2E_ENDPOINT=$endpoint
+    cargo test --locked --test containerd -- --ignored --test-threads 1 --nocapture
+    step "end to end on containerd $generation: the real client stacks (the kubelet 1.36's among them) and its ctr through criguard"
+    PATH="$bin:$PATH" cargo test --locked --test clients -- --ignored --test-threads 1 containerd_
+    tests/e2e/containerd-lab.sh down
+  done
 fi
 
 step "all tests passed"

@@ -1,6 +1,7 @@
 //! Keeps the inventory of sandboxes and containers (see `inventory.rs`) up to date from the
 //! calls that pass: RunPodSandbox and CreateContainer answers add, RemoveContainer and
-//! RemovePodSandbox remove; ImageStatus and PullImage answers name image ids. It is the
+//! RemovePodSandbox remove; ImageStatus and PullImage answers name image ids; Status answers
+//! say whether the runtime runs pods in user namespaces. It is the
 //! outermost observer, so that the layers inside it still find an object while its Remove call
 //! ends.
 
@@ -30,10 +31,13 @@ impl Observe for Learn {
     type Record = Option<LearnRecord>;
 
     fn start<B>(&self, request: &mut http::Request<B>) -> Option<LearnRecord> {
-        let inventory = self.inventory.as_ref().filter(|i| i.needed())?.clone();
+        let inventory = self.inventory.as_ref()?;
         let method = request.extensions().get::<Rpc>()?.method;
-        method.facts().learned.then(|| LearnRecord {
-            inventory,
+        // Status answers are learned even while nothing else is: whether the runtime runs
+        // user namespaces decides the Pod Security checks of every container in one.
+        let wanted = inventory.needed() || method == Method::Status;
+        (method.facts().learned && wanted).then(|| LearnRecord {
+            inventory: inventory.clone(),
             method,
             message: RequestMessageSlot::attach(request),
             answer: BytesMut::new(),
@@ -75,6 +79,12 @@ impl StatusObserver for Option<LearnRecord> {
         }
         // The answer is one gRPC message: its prefix, then the message (its head, when long).
         let answer = record.answer.get(PREFIX_LEN..);
+        if record.method == Method::Status {
+            if let Some(everywhere) = answer.and_then(inspect::user_namespaces_everywhere) {
+                record.inventory.learn_user_namespaces(everywhere);
+            }
+            return;
+        }
         if record.method == Method::ImageStatus {
             if let Some((id, names)) = answer.and_then(inspect::image_status) {
                 record.inventory.learn_image(id, &names);

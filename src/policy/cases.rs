@@ -14,7 +14,7 @@
 //!
 //! Optional: `client` (the caller), `pod` (what the inventory knows of the request's ids) and
 //! `image_names` (the names the runtime gives the request's image ids: the container's and
-//! its image volumes').
+//! its image volumes'), `user_namespaces` (the runtime said it runs pods in user namespaces).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +47,9 @@ pub struct Case {
     /// volumes' `mounts.image`: what criguard learns from ImageStatus answers); absent:
     /// criguard has not seen them.
     pub image_names: Option<Vec<String>>,
+    /// Whether the runtime said (Status) that it runs pods in user namespaces; absent: no.
+    #[serde(default)]
+    pub user_namespaces: bool,
 }
 
 /// What criguard knows beside a case's request: the pod of its ids, the names of its image id.
@@ -54,6 +57,7 @@ pub struct Case {
 pub struct Known<'a> {
     pub pod: Option<&'a PodRef>,
     pub image_names: Option<&'a [String]>,
+    pub user_namespaces: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -120,6 +124,7 @@ pub fn evaluate(
     known: Known<'_>,
 ) -> Evaluation {
     let inventory = Inventory::new();
+    inventory.learn_user_namespaces(known.user_namespaces);
     if let Some(names) = known.image_names {
         // The request's image ids: the container's (or the pull's) and its image volumes'.
         let images: Vec<crate::cri::ImageSpec> = match rpc.method {
@@ -240,6 +245,7 @@ pub fn test_dir(dir: &Path) -> Result<Report, PolicyError> {
             let known = Known {
                 pod: case.pod.as_ref(),
                 image_names: case.image_names.as_deref(),
+                user_namespaces: case.user_namespaces,
             };
             let evaluation = evaluate(&set, &rpc, &bytes, case.client.as_ref(), known);
             let (got, rule) = decision(&evaluation);

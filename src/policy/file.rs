@@ -143,7 +143,7 @@ struct RuleSpec {
     sysctls: Option<NoParams>,
     no_new_privs: Option<NoParams>,
     run_as_non_root: Option<NoParams>,
-    proc_mount: Option<NoParams>,
+    proc_mount: Option<PssLevelParams>,
     host_paths: Option<HostPathParams>,
     images: Option<ImageParams>,
     deny: Option<NoParams>,
@@ -217,7 +217,7 @@ impl RuleSpec {
         add(self.sysctls.map(|_| Check::Sysctls));
         add(self.no_new_privs.map(|_| Check::NoNewPrivs));
         add(self.run_as_non_root.map(|_| Check::RunAsNonRoot));
-        add(self.proc_mount.map(|_| Check::ProcMount));
+        add(self.proc_mount.map(|p| Check::ProcMount(p.level)));
         add(self.host_paths.map(Check::HostPaths));
         add(self.images.map(Check::Images));
         add(self.deny.map(|_| Check::Deny));

@@ -306,6 +306,7 @@ impl<'a> Decoded<'a> {
             runtime_image: spec.map(|s| s.image),
             runtime_image_names: None,
             mount_image_names: &[],
+            runtime_user_namespaces: false,
             creates_sandbox: self.run.is_some(),
             kubelet_pods_dir: "",
         }
@@ -338,7 +339,8 @@ impl PolicySet {
 
     /// Whether a policy judges calls that name only an id (ExecSync, StopContainer, ...): their
     /// pod is known only from the inventory; or the registry of images that CreateContainer
-    /// names by id: their names are known only from the inventory too.
+    /// names by id: their names are known only from the inventory too. (Whether the runtime
+    /// runs user namespaces is learned from its Status answers whether needed or not.)
     pub fn needs_inventory(&self) -> bool {
         let rpc = |m: &Method| {
             Rpc::from_path(&format!(
@@ -454,6 +456,7 @@ impl PolicySet {
             .map(|image| inventory?.image_names(&view::text(image.image)))
             .collect();
         target.mount_image_names = &mount_image_names;
+        target.runtime_user_namespaces = inventory.is_some_and(Inventory::user_namespaces);
         let who = || describe_subject(call.rpc.method, subject());
         // CEL's built-in functions are registered once per thread; each call gets its variables
         // in a scope of its own.

@@ -219,6 +219,21 @@ pub fn image_status(response: &[u8]) -> Option<(&str, Vec<&str>)> {
     Some((id, names))
 }
 
+/// From a Status answer: whether the runtime says every one of its handlers runs pods in user
+/// namespaces (`runtime_handlers[].features.user_namespaces`, CRI 1.30+; none listed: no).
+/// `None` when the answer cannot be read.
+pub fn user_namespaces_everywhere(response: &[u8]) -> Option<bool> {
+    use prost::Message;
+    let status = crate::cri::StatusResponse::decode(response).ok()?;
+    let handlers = status.runtime_handlers;
+    Some(
+        !handlers.is_empty()
+            && handlers
+                .iter()
+                .all(|h| h.features.is_some_and(|f| f.user_namespaces)),
+    )
+}
+
 /// The string at a path of field numbers through nested messages, as the runtime reads it;
 /// `None` when absent, not UTF-8, or when the message cannot be read.
 fn string_at<'a>(message: &'a [u8], path: &[u32]) -> Option<&'a str> {

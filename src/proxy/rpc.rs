@@ -116,7 +116,8 @@ methods! {
         PodSandboxStats = Facts::read().naming(Names::Sandbox),
         ListPodSandboxStats = Facts::read(),
         UpdateRuntimeConfig = Facts::other(Names::Nothing),
-        Status = Facts::read().throttled_only_by_name(),
+        // Learned: whether every runtime handler runs pods in user namespaces (PSS relaxes).
+        Status = Facts::read().throttled_only_by_name().learned(),
         CheckpointContainer = Facts::lifecycle(Names::Container),
         GetContainerEvents = Facts::read().server_streaming(),
         ListMetricDescriptors = Facts::read(),

@@ -5,6 +5,9 @@
 #                   client stack, dialled as kubelets <= 1.30 and >= 1.31 dial
 #   python3         Debian's python3-grpcio (grpc C-core 1.51), /usr/bin/python3
 #   venv/           PyPI's current grpcio (grpc C-core) in a virtual environment
+#   kubelet-cri-client  k8s.io/cri-client 0.36 (the kubelet 1.36's own CRI client) from Debian
+#                   sid's packages, built with sid's Go 1.27 in GOPATH mode; sid's packages are
+#                   unpacked into kubelet-1.36/ with a private apt state, never installed
 # Idempotent; needs root for apt-get.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -20,6 +23,26 @@ if [ ! -x "$out/cri-go-client" ] || [ tests/clients/go/main.go -nt "$out/cri-go-
     go build -o "$out/cri-go-client" tests/clients/go/main.go
 fi
 
+# The kubelet 1.36's client and what it imports, as Debian packages them (GOPATH trees).
+kubelet_sources=(golang-k8s-cri-client-dev golang-k8s-cri-api-dev golang-k8s-component-base-dev
+  golang-k8s-klog-dev golang-k8s-utils-dev golang-google-grpc-dev golang-google-protobuf-dev
+  golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev golang-golang-x-net-dev
+  golang-golang-x-sys-dev golang-golang-x-text-dev golang-opentelemetry-otel-dev
+  golang-opentelemetry-contrib-dev golang-github-go-logr-logr-dev golang-github-go-logr-stdr-dev
+  golang-github-cespare-xxhash-v2-dev)
+kubelet=$PWD/$out/kubelet-1.36
+if [ ! -x "$out/kubelet-cri-client" ] || [ tests/clients/kubelet/main.go -nt "$out/kubelet-cri-client" ]; then
+  if [ ! -x "$kubelet/usr/lib/go-1.27/bin/go" ]; then
+    rm -rf "$kubelet.new"
+    newer_debian_unpack "$kubelet.new" golang-1.27-go/sid golang-1.27-src/sid \
+      "${kubelet_sources[@]/%//sid}"
+    mv "$kubelet.new" "$kubelet"
+  fi
+  GOROOT="$kubelet/usr/lib/go-1.27" GO111MODULE=off GOPATH="$kubelet/usr/share/gocode" GOFLAGS='' \
+    GOTOOLCHAIN=local GOCACHE="$PWD/$out/go-cache-1.27" \
+    "$kubelet/usr/lib/go-1.27/bin/go" build -o "$out/kubelet-cri-client" tests/clients/kubelet/main.go
+fi
+
 if ! "$out/venv/bin/python" -c 'import grpc' 2>/dev/null; then
   rm -rf "$out/venv"
   /usr/bin/python3 -m venv "$out/venv"
@@ -28,3 +51,4 @@ fi
 /usr/bin/python3 -c 'import grpc; print("grpcio (Debian)", grpc.__version__)'
 "$out/venv/bin/python" -c 'import grpc; print("grpcio (PyPI)", grpc.__version__)'
 echo "grpc-go (Debian) $(sed -n 's/^const Version = "\(.*\)"/\1/p' /usr/share/gocode/src/google.golang.org/grpc/version.go)"
+echo "k8s.io/cri-client (Debian sid) $(newer_debian_version golang-k8s-cri-client-dev sid), $("$kubelet/usr/lib/go-1.27/bin/go" version | awk '{print $3}')"

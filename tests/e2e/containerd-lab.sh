@@ -10,9 +10,9 @@
 #   containerd-lab.sh bin [1.6|1.7|2.1]   the directory of that generation's containerd and ctr
 #
 # Generations, all Debian's builds: 1.6 is bookworm's package (installed as usual); 1.7 is
-# trixie's and 2.1 sid's, downloaded with a private apt state under $LAB/apt (the system's
-# sources and packages are never touched; nothing from trixie or sid is installed) and unpacked
-# with dpkg-deb into $LAB/containerd-<generation>. Their only dependency is libc >= 2.34;
+# trixie's and 2.1 sid's, downloaded with a private apt state (tests/lib/debian.sh: the
+# system's sources and packages are never touched; nothing from trixie or sid is installed) and
+# unpacked with dpkg-deb into $LAB/containerd-<generation>. Their only dependency is libc >= 2.34;
 # bookworm's runc and CNI plugins serve all three. One lab runs at a time.
 #
 # Idempotent. Everything lives under $LAB (/var/lib/criguard-e2e) and $RUN (/run/criguard-e2e);
@@ -72,20 +72,6 @@ bin_dir() {
   if [ "$1" = 1.6 ]; then echo /usr/bin; else echo "$LAB/containerd-$1/usr/bin"; fi
 }
 
-# apt-get or apt-cache ($1) with a state of its own: trixie and sid known only to it.
-private_apt() {
-  local command=$1
-  shift
-  local apt=$LAB/apt
-  mkdir -p "$apt"/{state/lists/partial,cache/archives/partial,parts}
-  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  printf 'deb [signed-by=%s] http://deb.debian.org/debian %s main\n' \
-    "$keyring" trixie "$keyring" sid >"$apt/sources.list"
-  "$command" -q -o Dir::Etc::SourceList="$apt/sources.list" -o Dir::Etc::SourceParts="$apt/parts" \
-    -o Dir::State="$apt/state" -o Dir::Cache="$apt/cache" -o Dir::Etc::Preferences=/dev/null \
-    -o Dir::Etc::PreferencesParts="$apt/parts" -o APT::Sandbox::User=root "$@"
-}
-
 # Unpacks the generation's containerd package into $LAB/containerd-<generation>, once.
 fetch_containerd() {
   local generation=$1 suite prefix
@@ -94,18 +80,14 @@ fetch_containerd() {
   prefix=$LAB/containerd-$generation
   [ -x "$prefix/usr/bin/containerd" ] && return
   log "fetching containerd $generation from Debian $suite"
-  private_apt apt-get update >/dev/null
   local version
-  version=$(private_apt apt-cache show "containerd/$suite" 2>/dev/null | awk '$1=="Version:"{print $2; exit}')
+  version=$(newer_debian_version containerd "$suite")
   case "$version" in
     "$generation".*) ;;
     *) die "Debian $suite has containerd ${version:-none}, not $generation.x" ;;
   esac
-  rm -rf "$LAB/apt/download" && mkdir -p "$LAB/apt/download"
-  ( cd "$LAB/apt/download" && private_apt apt-get download "containerd=$version" >/dev/null )
-  local debs=("$LAB"/apt/download/containerd_*.deb)
   rm -rf "$prefix.new"
-  dpkg-deb -x "${debs[0]}" "$prefix.new"
+  newer_debian_unpack "$prefix.new" "containerd=$version"
   mv "$prefix.new" "$prefix"
 }
 

@@ -39,6 +39,10 @@ pub struct Target<'a> {
     /// For each image volume of the container (each mount with `image.image`, in order), the
     /// names the runtime gives its image when it is named by id, as far as criguard has seen.
     pub mount_image_names: &'a [Option<Vec<String>>],
+    /// Whether the runtime said (its last Status answer) that every handler runs pods in user
+    /// namespaces: only then does a container's own user namespace relax the checks that
+    /// Kubernetes relaxes for `hostUsers: false` (run_as_non_root, Baseline's proc_mount).
+    pub runtime_user_namespaces: bool,
     /// Whether the call creates the sandbox itself (pod-level fields are checked there).
     pub creates_sandbox: bool,
     /// `<kubelet root dir>/pods/`: where the kubelet keeps the volumes it mounts.
@@ -129,7 +133,7 @@ pub enum Check {
     Sysctls,
     NoNewPrivs,
     RunAsNonRoot,
-    ProcMount,
+    ProcMount(PssLevel),
     HostPaths(HostPathParams),
     Images(ImageParams),
     Deny,
@@ -149,7 +153,7 @@ impl Check {
             Check::Sysctls => pss::sysctls(target),
             Check::NoNewPrivs => pss::no_new_privs(target),
             Check::RunAsNonRoot => pss::run_as_non_root(target),
-            Check::ProcMount => pss::proc_mount(target),
+            Check::ProcMount(level) => pss::proc_mount(target, level),
             Check::HostPaths(params) => host_paths::host_paths(target, params),
             Check::Images(params) => images::images(target, params),
             Check::Deny => Some("is not allowed".into()),
@@ -242,7 +246,8 @@ mod tests {
             Check::SELinux,
             Check::NoNewPrivs,
             Check::RunAsNonRoot,
-            Check::ProcMount,
+            Check::ProcMount(PssLevel::Baseline),
+            Check::ProcMount(PssLevel::Restricted),
             Check::HostPaths(HostPathParams::default()),
         ] {
             assert_eq!(check_container(&check, restricted()), None, "{check:?}");
@@ -532,10 +537,62 @@ mod tests {
             ..restricted()
         };
         assert!(
-            check_container(&Check::ProcMount, unmasked)
+            check_container(&Check::ProcMount(PssLevel::Baseline), unmasked)
                 .unwrap()
                 .contains("/proc")
         );
+    }
+
+    /// Kubernetes 1.36's Pod Security (policy version 1.35) for `hostUsers: false`: a pod in
+    /// a user namespace of its own may run as root and, under Baseline, unmask /proc; Restricted
+    /// keeps /proc masked. Only where the runtime runs such pods (its Status answer says so):
+    /// a runtime that ignores `userns_options` runs the container as the host's root.
+    #[test]
+    fn a_user_namespace_relaxes_run_as_non_root_and_baseline_proc_mount() {
+        let pod_userns = |mode: NamespaceMode, mapped: bool| {
+            let mapping = IdMapping {
+                host_id: 100_000,
+                container_id: 0,
+                length: 65_536,
+            };
+            let mappings = if mapped { vec![mapping] } else { vec![] };
+            Some(NamespaceOption {
+                userns_options: Some(UserNamespace {
+                    mode: mode as i32,
+                    uids: mappings.clone(),
+                    gids: mappings,
+                }),
+                ..Default::default()
+            })
+        };
+        let judge = |check: &Check, options: Option<NamespaceOption>, supported: bool| {
+            let config = container(LinuxContainerSecurityContext {
+                run_as_user: Some(Int64Value { value: 0 }),
+                masked_paths: vec![],
+                readonly_paths: vec![],
+                namespace_options: options,
+                ..restricted()
+            });
+            check.violation(&Target {
+                container: Some(&config),
+                runtime_user_namespaces: supported,
+                ..Target::default()
+            })
+        };
+        let root = Check::RunAsNonRoot;
+        let baseline = Check::ProcMount(PssLevel::Baseline);
+        let restricted_proc = Check::ProcMount(PssLevel::Restricted);
+        let own = pod_userns(NamespaceMode::Pod, true);
+        assert_eq!(judge(&root, own.clone(), true), None);
+        assert_eq!(judge(&baseline, own.clone(), true), None);
+        assert!(judge(&restricted_proc, own.clone(), true).is_some());
+        // The runtime has not said it runs user namespaces: as strict as without one.
+        assert!(judge(&root, own.clone(), false).is_some());
+        assert!(judge(&baseline, own, false).is_some());
+        // The host's user namespace, or a pod one without mappings, relaxes nothing.
+        assert!(judge(&root, pod_userns(NamespaceMode::Node, true), true).is_some());
+        assert!(judge(&root, pod_userns(NamespaceMode::Pod, false), true).is_some());
+        assert!(judge(&root, None, true).is_some());
     }
 
     #[test]

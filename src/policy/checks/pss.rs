@@ -189,6 +189,10 @@ pub(super) fn no_new_privs(target: &Target) -> Option<String> {
 /// Running as root, or without saying as whom.
 pub(super) fn run_as_non_root(target: &Target) -> Option<String> {
     target.container?;
+    // Root in a user namespace of the pod's own is not the node's root (Kubernetes 1.35+).
+    if in_user_namespace(target) {
+        return None;
+    }
     let security = target.container_security();
     match security.and_then(|s| s.run_as_user.as_ref()) {
         Some(user) if user.value == 0 => Some("runs as uid 0 (run_as_user)".into()),
@@ -201,11 +205,29 @@ pub(super) fn run_as_non_root(target: &Target) -> Option<String> {
     }
 }
 
-/// /proc unmasked.
-pub(super) fn proc_mount(target: &Target) -> Option<String> {
+/// /proc unmasked: Baseline allows it in a user namespace of the pod's own (Kubernetes
+/// 1.35+), Restricted never.
+pub(super) fn proc_mount(target: &Target, level: &PssLevel) -> Option<String> {
     let security = target.container_security()?;
+    if *level == PssLevel::Baseline && in_user_namespace(target) {
+        return None;
+    }
     (!security.privileged && security.masked_paths.is_empty() && security.readonly_paths.is_empty())
         .then(|| "unmasks /proc (masked_paths and readonly_paths are empty)".into())
+}
+
+/// Whether the container runs in a user namespace of the pod's own, as the runtime will make
+/// it: `userns_options` in mode POD with uid and gid mappings (Kubernetes `hostUsers: false`),
+/// on a runtime that said it runs pods so.
+fn in_user_namespace(target: &Target) -> bool {
+    let userns = target
+        .container_security()
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|o| o.userns_options.as_ref());
+    target.runtime_user_namespaces
+        && userns.is_some_and(|u| {
+            u.mode == NamespaceMode::Pod as i32 && !u.uids.is_empty() && !u.gids.is_empty()
+        })
 }
 
 fn host_namespace(options: &NamespaceOption) -> Option<String> {
