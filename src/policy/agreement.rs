@@ -760,7 +760,7 @@ pub fn seeds() -> Vec<(Method, Vec<u8>)> {
         }
     }
     // Fields of CRI 1.31-1.36 the recorded kubelet (1.32) did not send: image volumes (with a
-    // sub path) on a recorded CreateContainer.
+    // sub path) and a user namespace of the pod's own on a recorded CreateContainer.
     let recorded = |wanted: Method| seeds.iter().find(|(m, _)| *m == wanted).cloned();
     if let Some((_, bytes)) = recorded(Method::CreateContainer) {
         let mut create = cri::CreateContainerRequest::decode(&bytes[..]).unwrap();
@@ -776,6 +776,21 @@ pub fn seeds() -> Vec<(Method, Vec<u8>)> {
             image_sub_path: "v2".into(),
             readonly: true,
             ..Default::default()
+        });
+        let mapping = cri::IdMapping {
+            host_id: 100_000,
+            container_id: 0,
+            length: 65_536,
+        };
+        let linux = config.linux.get_or_insert_default();
+        let security = linux.security_context.get_or_insert_default();
+        security
+            .namespace_options
+            .get_or_insert_default()
+            .userns_options = Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![mapping],
+            gids: vec![mapping],
         });
         seeds.push((Method::CreateContainer, create.encode_to_vec()));
     }

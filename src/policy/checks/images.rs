@@ -85,10 +85,9 @@ fn mounted_image(
     if !image.user_specified_image.is_empty() || !is_image_id(&id) {
         return container_image(image.named(), Some(image.image), names, params);
     }
+    // An id pins the content as a digest does: only the lists need to know its registry.
     if !params.has_lists() {
-        return params
-            .require_digest
-            .then(|| format!("uses image {id} by id, without a digest"));
+        return None;
     }
     let Some(names) = names else {
         return Some(format!(
