@@ -152,6 +152,20 @@ async fn assert_create_denied(
     assert!(denied.message().contains(why), "{}", denied.message());
 }
 
+/// Stops and removes a pod's sandbox, as the kubelet ends a pod.
+async fn remove_pod(c: &mut Clients, sandbox: String) {
+    c.rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await
+    .unwrap();
+    c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await
+    .unwrap();
+}
+
 /// Removes pods left by an earlier, interrupted run.
 async fn clean_up(c: &mut Clients, name: &str) {
     let filter = PodSandboxFilter {
@@ -1323,16 +1337,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
     c.rt.remove_container(RemoveContainerRequest { container_id: id })
         .await
         .unwrap();
-    c.rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: sandbox.clone(),
-    })
-    .await
-    .unwrap();
-    c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, sandbox).await;
 }
 
 /// An image volume (Kubernetes' `image` volume source) gives the container the whole
@@ -1455,16 +1460,7 @@ async fn an_image_volume_from_outside_the_allowlist_is_refused_in_front_of_conta
     c.rt.remove_container(RemoveContainerRequest { container_id: id })
         .await
         .unwrap();
-    c.rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: sandbox.clone(),
-    })
-    .await
-    .unwrap();
-    c.rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, sandbox).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
