@@ -4,8 +4,9 @@
 //! told which image it runs.
 //!
 //! It learns from the answers to RunPodSandbox and CreateContainer that pass through, forgets on
-//! RemoveContainer and RemovePodSandbox, and reads what the runtime runs (ListPodSandbox,
-//! ListContainers): at start-up, so that a restart of criguard loses nothing (retried until the
+//! RemoveContainer and RemovePodSandbox, and reads what the runtime runs (StreamPodSandboxes
+//! and StreamContainers where the runtime has them, else ListPodSandbox and ListContainers,
+//! as the kubelet 1.36 reads them): at start-up, so that a restart of criguard loses nothing (retried until the
 //! runtime answers), and again whenever the tables are full, which on a real node means they
 //! hold objects removed behind criguard's back (`crictl rm` on the runtime's own socket).
 
@@ -388,14 +389,14 @@ mod listed {
         pub image: Option<ImageSpec>,
     }
 
-    /// `ListPodSandboxResponse`.
+    /// `ListPodSandboxResponse`, and a page of `StreamPodSandboxes` (the same field).
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Sandboxes {
         #[prost(message, repeated, tag = "1")]
         pub items: Vec<Sandbox>,
     }
 
-    /// `ListContainersResponse`.
+    /// `ListContainersResponse`, and a page of `StreamContainers` (the same field).
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Containers {
         #[prost(message, repeated, tag = "1")]
@@ -404,19 +405,84 @@ mod listed {
 
     pub async fn sandboxes(channel: Channel) -> Result<Vec<Sandbox>, tonic::Status> {
         let request = crate::cri::ListPodSandboxRequest::default();
-        let path = "/runtime.v1.RuntimeService/ListPodSandbox";
-        Ok(unary::<_, Sandboxes>(channel, path, request).await?.items)
+        let stream = "/runtime.v1.RuntimeService/StreamPodSandboxes";
+        let list = "/runtime.v1.RuntimeService/ListPodSandbox";
+        let pages = read::<_, Sandboxes>(channel, stream, list, request).await?;
+        Ok(pages.into_iter().flat_map(|page| page.items).collect())
     }
 
     pub async fn containers(channel: Channel) -> Result<Vec<Container>, tonic::Status> {
         let request = crate::cri::ListContainersRequest::default();
-        let path = "/runtime.v1.RuntimeService/ListContainers";
-        Ok(unary::<_, Containers>(channel, path, request)
-            .await?
-            .containers)
+        let stream = "/runtime.v1.RuntimeService/StreamContainers";
+        let list = "/runtime.v1.RuntimeService/ListContainers";
+        let pages = read::<_, Containers>(channel, stream, list, request).await?;
+        Ok(pages.into_iter().flat_map(|page| page.containers).collect())
     }
 
-    async fn unary<Q, A>(
+    /// A list by its streaming twin (CRI 1.35+: pages, so that a node's list is not bound by
+    /// one message's size) where the runtime has it, else by the unary call, as the kubelet
+    /// 1.36 reads them. The twins' requests and pages have the List calls' fields.
+    pub(super) async fn read<Q, A>(
+        channel: Channel,
+        stream: &'static str,
+        list: &'static str,
+        request: Q,
+    ) -> Result<Vec<A>, tonic::Status>
+    where
+        Q: prost::Message + Clone + Send + Sync + 'static,
+        A: prost::Message + Default + Send + Sync + 'static,
+    {
+        match streamed(channel.clone(), stream, request.clone()).await {
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                Ok(vec![unary(channel, list, request).await?])
+            }
+            pages => pages,
+        }
+    }
+
+    /// The pages of a streamed list, holding at most [`MAX_KEPT`] bytes of what is kept.
+    async fn streamed<Q, A>(
+        channel: Channel,
+        path: &'static str,
+        request: Q,
+    ) -> Result<Vec<A>, tonic::Status>
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        A: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(crate::client::CLIENT_MESSAGE_LIMIT);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<Q, A>::default();
+        let mut stream = grpc
+            .server_streaming(
+                tonic::Request::new(request),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await?
+            .into_inner();
+        let (mut pages, mut kept) = (Vec::new(), 0);
+        while let Some(page) = stream.message().await? {
+            kept += page.encoded_len();
+            if kept > MAX_KEPT {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "{path}: more than {MAX_KEPT} bytes of ids and names"
+                )));
+            }
+            pages.push(page);
+        }
+        Ok(pages)
+    }
+
+    /// What a streamed list may leave in memory (each page its size once decoded: ids,
+    /// names, images; each page on the wire is bounded by the client's message limit). The
+    /// tables keep `MAX_ENTRIES` of each kind, a few hundred bytes each: far below.
+    const MAX_KEPT: usize = 32 << 20;
+
+    pub(super) async fn unary<Q, A>(
         channel: Channel,
         path: &'static str,
         request: Q,
@@ -723,6 +789,50 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// A runtime with the streamed lists (CRI 1.35+) is read by them, every page; the fake
+    /// sends 100 items a page.
+    #[tokio::test]
+    async fn the_runtime_is_read_by_its_streamed_lists_every_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("runtime.sock");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let runtime = crate::fake::FakeRuntime::with_containers(250);
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(runtime.serve_listener(listener, shutdown.clone()));
+        let channel = crate::client::channel(&socket).await.unwrap();
+        let stream = "/runtime.v1.RuntimeService/StreamContainers";
+        let list = "/runtime.v1.RuntimeService/ListContainers";
+        let request = crate::cri::ListContainersRequest::default();
+        let pages = listed::read::<_, listed::Containers>(channel.clone(), stream, list, request)
+            .await
+            .unwrap();
+        assert_eq!(
+            pages.len(),
+            3,
+            "250 containers in pages of {}",
+            crate::fake::PAGE
+        );
+        let streamed = listed::containers(channel.clone()).await.unwrap();
+        assert_eq!(streamed.len(), 250);
+        // The same containers as the unary list gives.
+        let request = crate::cri::ListContainersRequest::default();
+        let whole = listed::unary::<_, listed::Containers>(channel, list, request)
+            .await
+            .unwrap()
+            .containers;
+        assert_eq!(streamed, whole);
+        // A runtime without them (containerd up to 2.1): their UNIMPLEMENTED, then the list.
+        let missing = "/runtime.v1.RuntimeService/NotYetInTheCri";
+        let channel = crate::client::channel(&socket).await.unwrap();
+        let request = crate::cri::ListContainersRequest::default();
+        let pages = listed::read::<_, listed::Containers>(channel, missing, list, request)
+            .await
+            .unwrap();
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].containers.len(), 250);
+        shutdown.cancel();
     }
 
     #[tokio::test]

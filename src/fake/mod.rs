@@ -95,6 +95,24 @@ impl FakeRuntime {
         }
     }
 
+    fn pods(&self) -> Vec<PodSandbox> {
+        self.state.pods.lock().unwrap().values().cloned().collect()
+    }
+
+    fn containers(&self) -> Vec<Container> {
+        let sandbox_of = self.state.sandbox_of.lock().unwrap();
+        self.state
+            .containers
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| {
+                let sandbox = sandbox_of.get(&c.id).map_or("pod-of-the-container", |s| s);
+                container_of(c, sandbox)
+            })
+            .collect()
+    }
+
     fn events(&self) -> broadcast::Receiver<ContainerEventResponse> {
         let mut slot = self.state.events.lock().unwrap();
         slot.get_or_insert_with(|| broadcast::channel(1024).0)
@@ -134,6 +152,22 @@ impl FakeRuntime {
             .context("fake runtime server")
     }
 }
+
+/// A streamed list (CRI 1.35+): its items in pages of [`PAGE`], as a runtime sends them.
+fn pages<T: Send + 'static, A: Send + 'static>(
+    items: Vec<T>,
+    page: impl Fn(Vec<T>) -> A + Send + 'static,
+) -> Response<tonic::codegen::BoxStream<A>> {
+    let mut items = items.into_iter().peekable();
+    let mut pages = Vec::new();
+    while items.peek().is_some() {
+        pages.push(Ok(page(items.by_ref().take(PAGE).collect())));
+    }
+    Response::new(Box::pin(tokio_stream::iter(pages)))
+}
+
+/// Items per message of a streamed list.
+pub const PAGE: usize = 100;
 
 fn sample_container(i: usize) -> ContainerStatus {
     let name = format!("app-{i}");
@@ -285,8 +319,25 @@ impl RuntimeService for FakeRuntime {
         &self,
         _: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        let items = self.state.pods.lock().unwrap().values().cloned().collect();
-        Ok(Response::new(ListPodSandboxResponse { items }))
+        Ok(Response::new(ListPodSandboxResponse { items: self.pods() }))
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        _: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<StreamPodSandboxesResponse>>, Status> {
+        Ok(pages(self.pods(), |pod_sandboxes| {
+            StreamPodSandboxesResponse { pod_sandboxes }
+        }))
+    }
+
+    async fn stream_containers(
+        &self,
+        _: Request<StreamContainersRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<StreamContainersResponse>>, Status> {
+        Ok(pages(self.containers(), |containers| {
+            StreamContainersResponse { containers }
+        }))
     }
 
     async fn create_container(
@@ -374,19 +425,9 @@ impl RuntimeService for FakeRuntime {
         &self,
         _: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        let sandbox_of = self.state.sandbox_of.lock().unwrap();
-        let containers = self
-            .state
-            .containers
-            .lock()
-            .unwrap()
-            .values()
-            .map(|c| {
-                let sandbox = sandbox_of.get(&c.id).map_or("pod-of-the-container", |s| s);
-                container_of(c, sandbox)
-            })
-            .collect();
-        Ok(Response::new(ListContainersResponse { containers }))
+        Ok(Response::new(ListContainersResponse {
+            containers: self.containers(),
+        }))
     }
 
     async fn container_status(
