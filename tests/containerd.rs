@@ -1450,6 +1450,32 @@ async fn an_image_volume_from_outside_the_allowlist_is_refused_in_front_of_conta
         .containers
         .len();
     assert_eq!(after, before);
+    // A volume of an allowed name the node does not have: containerd's own error, unchanged.
+    let mut missing = container_config();
+    missing.mounts.push(Mount {
+        container_path: "/data".into(),
+        image: Some(ImageSpec {
+            image: "docker.io/library/not-on-this-node:1.0".into(),
+            ..Default::default()
+        }),
+        readonly: true,
+        ..Default::default()
+    });
+    let through = c.rt.create_container(create(&missing)).await.unwrap_err();
+    let directly = direct
+        .rt
+        .create_container(create(&missing))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (through.code(), through.message()),
+        (directly.code(), directly.message())
+    );
+    assert!(
+        !through.message().contains("criguard"),
+        "{}",
+        through.message()
+    );
     // The same container without the volume passes.
     let id =
         c.rt.create_container(create(&container_config()))
