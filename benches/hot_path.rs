@@ -154,7 +154,8 @@ fn policies(c: &mut Criterion) {
 /// The request of a 5 KB CreateContainer in proto JSON form, as a Request-level audit event
 /// shows it: written from its bytes, and by reflection (decode, redact, serialize) as before.
 fn audit_payload(c: &mut Criterion) {
-    use criguard::audit::event::{message_type, reflected_json};
+    use criguard::audit::event::reflected_json;
+    use criguard::proxy::rpc::message_type;
     use criguard::proxy::rpc::Method;
     let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
     let bytes = criguard::fake::samples::create_container_request().encode_to_vec();

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod fake;
+pub mod glob;
 pub mod inventory;
 pub mod layers;
 pub mod policy;

@@ -3,10 +3,10 @@
 //! replaced by a marker before anything is written: written straight from their bytes
 //! (`json.rs`), or, for the rare message that writer leaves alone, decoded by reflection.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 use serde::Serialize;
 
 use super::json::{self, CREDENTIALS, REDACTED};
@@ -14,7 +14,7 @@ use super::rules::Level;
 use crate::proxy::decision::Decision;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
-use crate::proxy::rpc::Rpc;
+use crate::proxy::rpc::{Rpc, message_type};
 
 /// A decoded message of a call, with how to show it.
 #[derive(Debug)]
@@ -154,7 +154,7 @@ impl Event {
             container,
             image: subject.image.as_deref(),
             sandbox_id: subject.sandbox_id.as_deref(),
-            code: crate::layers::metrics::code_name(self.code),
+            code: crate::proxy::status::code_name(self.code),
             message: self.message.as_deref(),
             latency_ms: (self.latency_ms * 1000.0).round() / 1000.0,
             decision: &self.decision,
@@ -255,23 +255,6 @@ fn cut_marker(size: usize, limit: usize, text: Option<&str>) -> serde_json::Valu
         "size": size,
         "limit": limit,
         "head": head,
-    })
-}
-
-/// The request (`input`) or answer type of a call, if the proto knows its method.
-pub fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
-    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
-    let pool = POOL
-        .get_or_init(|| DescriptorPool::decode(crate::cri::DESCRIPTORS).ok())
-        .as_ref()?;
-    let method = pool
-        .get_service_by_name(rpc.service.proto_name()?)?
-        .methods()
-        .find(|m| m.name() == rpc.method_name())?;
-    Some(if input {
-        method.input()
-    } else {
-        method.output()
     })
 }
 
@@ -471,7 +454,7 @@ mod tests {
 
     #[test]
     fn the_redacted_fields_are_the_credentials_of_the_vendored_proto() {
-        let pool = DescriptorPool::decode(crate::cri::DESCRIPTORS).unwrap();
+        let pool = prost_reflect::DescriptorPool::decode(crate::cri::DESCRIPTORS).unwrap();
         let auth = pool.get_message_by_name("runtime.v1.AuthConfig").unwrap();
         let names: Vec<_> = auth.fields().map(|f| f.name().to_string()).collect();
         for name in CREDENTIALS {

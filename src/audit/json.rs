@@ -874,7 +874,7 @@ fn reference(method: Method, input: bool, bytes: &[u8], env: bool) -> Option<ser
         method.service().proto_name()?,
         method.as_str()
     ));
-    let descriptor = crate::audit::event::message_type(&rpc, input)?;
+    let descriptor = crate::proxy::rpc::message_type(&rpc, input)?;
     let message = prost_reflect::DynamicMessage::decode(descriptor, bytes).ok()?;
     crate::audit::event::reflected_json(message, env).ok()
 }

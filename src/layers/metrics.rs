@@ -152,7 +152,7 @@ impl MethodMetrics {
     fn finished(&self, code: Code) -> &Counter {
         let slot = &self.by_code[(code as usize).min(16)];
         slot.get_or_init(|| {
-            metrics::counter!(names::REQUESTS_TOTAL, "service" => self.service.as_str(), "method" => self.method.as_str(), "code" => code_name(code))
+            metrics::counter!(names::REQUESTS_TOTAL, "service" => self.service.as_str(), "method" => self.method.as_str(), "code" => status::code_name(code))
         })
     }
 }
@@ -169,25 +169,3 @@ impl Drop for MetricsRecord {
     }
 }
 
-/// gRPC code names as grpc-go prints them (`OK`, `NotFound`, ...): the `code` label.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}

@@ -16,7 +16,7 @@ use super::Call;
 use super::checks::Target;
 use super::file::CelExpr;
 use super::view::{ContainerSecurityView, text as view_text};
-use crate::audit::event::message_type;
+use crate::proxy::rpc::message_type;
 use crate::proxy::inspect::Subject;
 use crate::proxy::rpc::Rpc;
 

@@ -125,7 +125,7 @@ impl ImageRef {
 pub fn repository_matches(repository: &str, pattern: &str) -> bool {
     let pattern = pattern.trim_end_matches('/');
     if pattern.contains('*') {
-        return crate::audit::rules::glob_match(pattern, repository);
+        return crate::glob::glob_match(pattern, repository);
     }
     let pattern = pattern.strip_suffix(':').unwrap_or(pattern);
     repository

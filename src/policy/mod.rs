@@ -29,7 +29,7 @@ use self::view::{
     CreateContainerView, ImageView, PodLabels, PodMetadataView, PodView, PullImageView,
     RunPodSandboxLabels, RunPodSandboxView, SandboxConfigLabels, View,
 };
-use crate::audit::rules::glob_match;
+use crate::glob::glob_match;
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};

@@ -5,6 +5,9 @@
 //! is, and counts as [`Method::Unknown`] wherever a bounded label is needed.
 
 use std::fmt;
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, MessageDescriptor};
 
 /// The gRPC service a call addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -442,6 +445,23 @@ impl fmt::Display for Rpc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.path)
     }
+}
+
+/// The request (`input`) or answer type of a call, if the proto knows its method.
+pub fn message_type(rpc: &Rpc, input: bool) -> Option<MessageDescriptor> {
+    static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
+    let pool = POOL
+        .get_or_init(|| DescriptorPool::decode(crate::cri::DESCRIPTORS).ok())
+        .as_ref()?;
+    let method = pool
+        .get_service_by_name(rpc.service.proto_name()?)?
+        .methods()
+        .find(|m| m.name() == rpc.method_name())?;
+    Some(if input {
+        method.input()
+    } else {
+        method.output()
+    })
 }
 
 #[cfg(test)]

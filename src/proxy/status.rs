@@ -61,6 +61,29 @@ fn insert_status(headers: &mut HeaderMap, code: Code, message: &str) {
     }
 }
 
+/// gRPC code names as grpc-go prints them (`OK`, `NotFound`, ...): the `code` label.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
 /// Reads `grpc-status` from headers or trailers; `None` when absent or malformed.
 pub fn read_code(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get(&GRPC_STATUS_HEADER)?.to_str().ok()?;
