@@ -155,8 +155,8 @@ fn policies(c: &mut Criterion) {
 /// shows it: written from its bytes, and by reflection (decode, redact, serialize) as before.
 fn audit_payload(c: &mut Criterion) {
     use criguard::audit::event::reflected_json;
-    use criguard::proxy::rpc::message_type;
     use criguard::proxy::rpc::Method;
+    use criguard::proxy::rpc::message_type;
     let rpc = Rpc::from_path("/runtime.v1.RuntimeService/CreateContainer");
     let bytes = criguard::fake::samples::create_container_request().encode_to_vec();
     let mut out = Vec::with_capacity(16 << 10);

@@ -168,4 +168,3 @@ impl Drop for MetricsRecord {
         self.end(Code::Cancelled, 0);
     }
 }
-

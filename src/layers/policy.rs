@@ -125,7 +125,7 @@ fn record(evaluation: &Evaluation, set: &PolicySet, rpc: &Rpc, slot: Option<&Dec
             continue;
         }
         for finding in findings {
-            crate::telemetry::events::policy_finding(finding, rpc);
+            crate::policy::events::policy_finding(finding, rpc);
         }
     }
     if let Some(slot) = slot

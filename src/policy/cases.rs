@@ -25,10 +25,10 @@ use serde::Deserialize;
 
 use super::file::{PolicyError, policy_files, read_policy};
 use super::{Call, Evaluation, PolicySet, PolicySettings};
-use crate::proxy::rpc::message_type;
 use crate::inventory::Inventory;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{PodRef, Subject};
+use crate::proxy::rpc::message_type;
 use crate::proxy::rpc::{Method, Rpc};
 
 #[derive(Debug, Deserialize)]

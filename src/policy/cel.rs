@@ -16,9 +16,9 @@ use super::Call;
 use super::checks::Target;
 use super::file::CelExpr;
 use super::view::{ContainerSecurityView, text as view_text};
-use crate::proxy::rpc::message_type;
 use crate::proxy::inspect::Subject;
 use crate::proxy::rpc::Rpc;
+use crate::proxy::rpc::message_type;
 
 /// The request in proto JSON form with proto field names and every field present; `null` when
 /// the proto does not know the method or the bytes do not decode.

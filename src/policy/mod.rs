@@ -11,6 +11,7 @@ pub mod agreement;
 pub mod cases;
 pub mod cel;
 pub mod checks;
+pub mod events;
 pub mod file;
 pub mod image_ref;
 pub mod reload;

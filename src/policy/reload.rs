@@ -12,10 +12,10 @@ use arc_swap::ArcSwap;
 use notify::Watcher;
 use tokio_util::sync::CancellationToken;
 
+use super::events;
 use super::file::{PolicyError, load_dir};
 use super::{PolicySet, PolicySettings};
 use crate::inventory::Inventory;
-use crate::telemetry::events;
 use crate::telemetry::metrics::POLICY_RELOAD_TOTAL;
 
 /// Changes in the directory closer together than this are one reload.

@@ -17,8 +17,9 @@ pub const REQUESTS_IN_FLIGHT: &str = "criguard_requests_in_flight";
 pub const STREAMS_ACTIVE: &str = "criguard_streams_active";
 pub const MESSAGE_BYTES_TOTAL: &str = "criguard_message_bytes_total";
 pub const RUNTIME_UP: &str = "criguard_runtime_up";
-pub const RUNTIME_CONNECTS_TOTAL: &str = "criguard_runtime_connects_total";
-pub const CALLER_AUTHORITY_REWRITES_TOTAL: &str = "criguard_caller_authority_rewrites_total";
+// Counted by the proxy core, which names what it counts itself (it imports nothing above it).
+pub use crate::proxy::authority::CALLER_AUTHORITY_REWRITES_TOTAL;
+pub use crate::proxy::runtime::RUNTIME_CONNECTS_TOTAL;
 pub const BUILD_INFO: &str = "criguard_build_info";
 pub const ERROR_LOGS_SUPPRESSED_TOTAL: &str = "criguard_error_logs_suppressed_total";
 pub const ERROR_LOG_KEYS_EVICTED_TOTAL: &str = "criguard_error_log_keys_evicted_total";
