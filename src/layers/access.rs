@@ -129,7 +129,7 @@ where
                 if let Some(slot) = extensions.get::<DecisionSlot>() {
                     slot.set(Decision::denied(denied.decided_by(), denied.to_string()));
                 }
-                return Either::Left(ready(Err(ProxyError::Denied(denied))));
+                return Either::Left(ready(Err(ProxyError::from(denied))));
             }
         }
         Either::Right(self.inner.call(request))

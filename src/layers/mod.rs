@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod read_head;
+pub mod refusals;
 pub mod respond;

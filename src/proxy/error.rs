@@ -1,14 +1,9 @@
-//! The errors that criguard itself raises while handling a call. Each is typed where it
-//! happens; `status.rs` is the one place that turns them into gRPC statuses.
+//! The errors that criguard itself raises while handling a call. The core's own are typed
+//! here, and `status.rs` turns them into gRPC statuses; a layer's refusal is typed where it is
+//! decided and reaches the core as a [`Refusal`], whose code `layers/refusals.rs` gives.
 
 use std::fmt;
 use std::sync::Arc;
-
-use crate::layers::access::Denied;
-use crate::layers::audit::AuditUnavailable;
-use crate::layers::cri_only::NotCri;
-use crate::layers::limits::Throttled;
-use crate::policy::PolicyRefusal;
 
 /// Which way a message travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +48,14 @@ pub enum RuntimeError {
 #[error("could not read the request from the caller: {0}")]
 pub struct BadRequest(pub String);
 
-/// Everything a layer can fail with: each refusal is defined where it is decided (the layer or
-/// the domain module), and wrapped here. New layers add their own variant.
+/// A call refused above the core (who may call what, rate limits, policies, the audit trail):
+/// its words, and the gRPC code the caller gets for it.
+pub trait Refusal: std::error::Error + Send + Sync + 'static {
+    fn code(&self) -> tonic::Code;
+}
+
+/// Everything the stack can fail with: the core's own errors, and the refusals of the layers
+/// (each defined where it is decided, its code given in `layers/refusals.rs`).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error(transparent)]
@@ -66,13 +67,5 @@ pub enum ProxyError {
     #[error("shutting down; reconnect to the socket")]
     ShuttingDown,
     #[error(transparent)]
-    AuditUnavailable(#[from] AuditUnavailable),
-    #[error(transparent)]
-    Denied(#[from] Denied),
-    #[error(transparent)]
-    Throttled(#[from] Throttled),
-    #[error(transparent)]
-    NotCri(#[from] NotCri),
-    #[error(transparent)]
-    Policy(#[from] PolicyRefusal),
+    Refused(Arc<dyn Refusal>),
 }

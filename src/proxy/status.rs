@@ -1,4 +1,5 @@
-//! The one place that turns criguard's own errors into gRPC statuses.
+//! The one place that turns criguard's errors into gRPC statuses: the core's own here, and a
+//! layer's refusal by the code it gives (`layers/refusals.rs`).
 //!
 //! A caller always gets a real gRPC status, never an HTTP error page: before the runtime
 //! answered, as a trailers-only response (HTTP 200, `grpc-status` in the headers); after the
@@ -17,12 +18,7 @@ pub fn code_of(err: &ProxyError) -> Code {
         ProxyError::Runtime(_) => Code::Unavailable,
         ProxyError::BadRequest(_) => Code::InvalidArgument,
         ProxyError::ShuttingDown => Code::Unavailable,
-        ProxyError::AuditUnavailable(_) => Code::Unavailable,
-        ProxyError::Denied(_) => Code::PermissionDenied,
-        ProxyError::Throttled(_) => Code::ResourceExhausted,
-        ProxyError::NotCri(_) => Code::PermissionDenied,
-        ProxyError::Policy(refusal) if refusal.undecodable => Code::InvalidArgument,
-        ProxyError::Policy(_) => Code::PermissionDenied,
+        ProxyError::Refused(refusal) => refusal.code(),
     }
 }
 
