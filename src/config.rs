@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::layers::access::{FileListener, FileRoles, ListenerAccess, find_role};
+use crate::layers::access::{FileListener, FileRoles, find_role};
 use crate::layers::limits::{FileLimit, Limit};
 use crate::proxy::listener::SocketOptions;
+use crate::proxy::listener::{ListenerAccess, Role};
 use crate::proxy::runtime::Endpoint;
 use crate::settings::{ByteSize, LogFormat};
 use crate::telemetry::admin::AdminAddress;
@@ -354,7 +355,7 @@ fn resolve_listeners(
             },
             access: ListenerAccess {
                 path,
-                role: crate::layers::access::Role::full(),
+                role: Role::full(),
                 allow_uids: None,
                 allow_gids: None,
             },

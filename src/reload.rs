@@ -17,10 +17,10 @@ use arc_swap::ArcSwap;
 
 use crate::audit::AuditTrail;
 use crate::config::{Config, ConfigError, Overrides};
-use crate::layers::access::ListenerAccess;
 use crate::layers::limits::LimitsLayer;
 use crate::policy::file::PolicyError;
 use crate::policy::reload::PolicyStore;
+use crate::proxy::listener::ListenerAccess;
 use crate::telemetry::logging::LevelHandle;
 use crate::telemetry::metrics::{CONFIG_LAST_RELOAD_SUCCESSFUL, CONFIG_RELOAD_TOTAL};
 

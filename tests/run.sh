@@ -30,6 +30,9 @@ step "shellcheck: the installer and the test scripts"
 shellcheck -x deploy/kubernetes/criguard-install tests/run.sh tests/e2e/containerd-lab.sh \
   tests/clients/install.sh tests/lib/debian.sh tests/fuzz.sh .ci/run
 
+step "src/: imports run one way, from main down to the proxy core and the leaves"
+python3 tests/lib/import_direction.py src
+
 step "deploy/: promtool checks the Prometheus config and alert rules"
 promtool check config deploy/prometheus/prometheus.yml
 promtool check rules deploy/prometheus/criguard-alerts.yml

@@ -13,61 +13,10 @@ use serde::Deserialize;
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
+use crate::proxy::listener::{ListenerAccess, Role};
 use crate::proxy::rpc::{MethodSet, Rpc};
 
-/// The methods a listener's callers may use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Role {
-    pub name: String,
-    pub methods: MethodSet,
-}
-
-impl Role {
-    /// `full`: everything, for the kubelet.
-    pub fn full() -> Role {
-        Role {
-            name: "full".into(),
-            methods: MethodSet::all(),
-        }
-    }
-
-    /// `read-only`: calls that change nothing (the `read` class): no create, start, stop,
-    /// remove, update, exec, attach, port-forward, pull.
-    pub fn read_only() -> Role {
-        Role {
-            name: "read-only".into(),
-            methods: MethodSet::parse(&["read"]).expect("valid class"),
-        }
-    }
-}
-
-/// One listening socket as configured: its role and who may connect.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenerAccess {
-    pub path: PathBuf,
-    pub role: Role,
-    /// Uids admitted; with `allow_gids`, a caller matching either is admitted. Both `None`:
-    /// anyone who can open the socket.
-    pub allow_uids: Option<Vec<u32>>,
-    pub allow_gids: Option<Vec<u32>>,
-}
-
 impl ListenerAccess {
-    /// Whether `caller` may use this listener at all.
-    pub fn admits(&self, caller: Option<&Caller>) -> bool {
-        if self.allow_uids.is_none() && self.allow_gids.is_none() {
-            return true;
-        }
-        let Some(caller) = caller else { return false };
-        self.allow_uids
-            .as_ref()
-            .is_some_and(|uids| uids.contains(&caller.uid))
-            || self
-                .allow_gids
-                .as_ref()
-                .is_some_and(|gids| gids.contains(&caller.gid))
-    }
-
     fn check(&self, rpc: Option<&Rpc>, caller: Option<&Caller>) -> Result<(), Denied> {
         if !self.admits(caller) {
             return Err(Denied::Caller {

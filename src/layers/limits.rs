@@ -24,10 +24,10 @@ use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::access::ListenerAccess;
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
+use crate::proxy::listener::ListenerAccess;
 use crate::proxy::rpc::{MethodSet, Rpc};
 use crate::telemetry::metrics::{RATELIMIT_DECISIONS_TOTAL, RATELIMIT_WAIT_SECONDS};
 

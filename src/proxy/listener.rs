@@ -1,12 +1,71 @@
 //! The listening sockets: created with the configured mode and group, replacing a stale socket
 //! file but never a live one; or handed over by systemd socket activation (`LISTEN_FDS`, matched
 //! to the configured listeners by path), so that the sockets outlive every restart of criguard.
+//! Each carries its access: the role (methods callable through it) and the callers it admits,
+//! which the server hands to every call and the access layer enforces.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use tokio::net::UnixListener;
+
+use super::identity::Caller;
+use super::rpc::MethodSet;
+
+/// The methods a listener's callers may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub methods: MethodSet,
+}
+
+impl Role {
+    /// `full`: everything, for the kubelet.
+    pub fn full() -> Role {
+        Role {
+            name: "full".into(),
+            methods: MethodSet::all(),
+        }
+    }
+
+    /// `read-only`: calls that change nothing (the `read` class): no create, start, stop,
+    /// remove, update, exec, attach, port-forward, pull.
+    pub fn read_only() -> Role {
+        Role {
+            name: "read-only".into(),
+            methods: MethodSet::parse(&["read"]).expect("valid class"),
+        }
+    }
+}
+
+/// One listening socket as configured: its role and who may connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerAccess {
+    pub path: PathBuf,
+    pub role: Role,
+    /// Uids admitted; with `allow_gids`, a caller matching either is admitted. Both `None`:
+    /// anyone who can open the socket.
+    pub allow_uids: Option<Vec<u32>>,
+    pub allow_gids: Option<Vec<u32>>,
+}
+
+impl ListenerAccess {
+    /// Whether `caller` may use this listener at all.
+    pub fn admits(&self, caller: Option<&Caller>) -> bool {
+        if self.allow_uids.is_none() && self.allow_gids.is_none() {
+            return true;
+        }
+        let Some(caller) = caller else { return false };
+        self.allow_uids
+            .as_ref()
+            .is_some_and(|uids| uids.contains(&caller.uid))
+            || self
+                .allow_gids
+                .as_ref()
+                .is_some_and(|gids| gids.contains(&caller.gid))
+    }
+}
 
 /// Where the listening socket comes from.
 #[derive(Debug)]

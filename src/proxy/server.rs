@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use super::authority::{CallerStream, EdgeLimits};
 use super::h2io::{RecvBody, send_body};
 use super::identity::Caller;
-use crate::layers::access::ListenerAccess;
+use super::listener::ListenerAccess;
 use crate::systemd::Watchdog;
 
 /// Streams one caller may have open at once on one connection.
@@ -278,7 +278,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::layers::access::Role;
+    use crate::proxy::listener::Role;
 
     /// The watchdog is fed by the accept loop itself: when the thread it runs on is stuck, the
     /// pings stop (and systemd restarts criguard); when it turns again, they go on.
