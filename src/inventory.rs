@@ -450,11 +450,7 @@ mod listed {
         Q: prost::Message + Send + Sync + 'static,
         A: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(crate::client::CLIENT_MESSAGE_LIMIT);
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut grpc = ready(channel).await?;
         let codec = tonic_prost::ProstCodec::<Q, A>::default();
         let mut stream = grpc
             .server_streaming(
@@ -477,6 +473,16 @@ mod listed {
         Ok(pages)
     }
 
+    /// A gRPC client on `channel` once it can send, with the client's message limit.
+    async fn ready(channel: Channel) -> Result<tonic::client::Grpc<Channel>, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(crate::client::CLIENT_MESSAGE_LIMIT);
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(grpc)
+    }
+
     /// What a streamed list may leave in memory (each page its size once decoded: ids,
     /// names, images; each page on the wire is bounded by the client's message limit). The
     /// tables keep `MAX_ENTRIES` of each kind, a few hundred bytes each: far below.
@@ -491,11 +497,7 @@ mod listed {
         Q: prost::Message + Send + Sync + 'static,
         A: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(crate::client::CLIENT_MESSAGE_LIMIT);
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut grpc = ready(channel).await?;
         let codec = tonic_prost::ProstCodec::<Q, A>::default();
         let answer = grpc
             .unary(
