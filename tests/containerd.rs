@@ -1489,6 +1489,95 @@ async fn an_image_volume_from_outside_the_allowlist_is_refused_in_front_of_conta
     remove_pod(&mut c, sandbox).await;
 }
 
+/// A container made on containerd's own socket before criguard started: criguard reads it
+/// from containerd's lists (by StreamContainers where the runtime has it; containerd 1.6 to
+/// 2.1 answer UNIMPLEMENTED, so by ListContainers), and an exec naming only its id is judged
+/// with its pod's namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real containerd: run tests/run.sh"]
+async fn containers_made_before_criguard_started_are_known_by_their_pod() {
+    let runtime = runtime_socket();
+    let mut direct = clients(&runtime).await;
+    clean_up(&mut direct, "made-before").await;
+    let pod = pod_config("made-before");
+    let sandbox = direct
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let id = direct
+        .rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(container_config()),
+            sandbox_config: Some(pod),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    direct
+        .rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+
+    let policies = tempfile::tempdir().unwrap();
+    let exec = std::fs::read_to_string("policies/restrict-exec.yaml")
+        .unwrap()
+        .replace(
+            "include: [\"prod-*\", \"kube-system\"]",
+            "include: [criguard-e2e]",
+        );
+    std::fs::write(policies.path().join("restrict-exec.yaml"), exec).unwrap();
+    let criguard =
+        Criguard::start(&runtime, &["--policies", policies.path().to_str().unwrap()]).await;
+    let mut c = clients(&criguard.socket).await;
+    let exec = || ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["true".into()],
+        timeout: 5,
+    };
+    // The lists are read as criguard starts: retried briefly, the pod is then known.
+    let mut denied = None;
+    for _ in 0..50 {
+        match c.rt.exec_sync(exec()).await {
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                denied = Some(status);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let denied = denied.expect("the exec is judged with the container's pod");
+    assert!(
+        denied.message().contains("criguard-e2e/made-before"),
+        "{}",
+        denied.message()
+    );
+    direct
+        .rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 5,
+        })
+        .await
+        .unwrap();
+    direct
+        .rt
+        .remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+    remove_pod(&mut direct, sandbox).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real containerd: run tests/run.sh"]
 async fn restarts_in_front_of_containerd_under_load_fail_no_call() {
