@@ -180,7 +180,7 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             let json = std::fs::read_to_string(&request)
                 .map_err(|e| e.to_string())
                 .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()));
-            let rpc = cases::rpc_of(&method);
+            let rpc = criguard::proxy::rpc::Rpc::named(&method);
             let bytes = match json.and_then(|j| cases::encode_request(&rpc, &j)) {
                 Ok(bytes) => bytes,
                 Err(err) => {

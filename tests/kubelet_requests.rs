@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use criguard::policy::cases::{Known, evaluate, rpc_of};
+use criguard::policy::cases::{Known, evaluate};
 use criguard::policy::{Call, PolicySet, PolicySettings, file};
 use criguard::proxy::rpc::Rpc;
 
@@ -58,7 +58,7 @@ fn requests(pod: &str) -> Vec<(String, Vec<u8>, PathBuf)> {
 fn refusals(set: &PolicySet, pod: &str) -> Vec<(String, String)> {
     let mut refusals = Vec::new();
     for (method, bytes, path) in requests(pod) {
-        let rpc = rpc_of(&method);
+        let rpc = Rpc::named(&method);
         let named = image_named(&method, &bytes);
         let names = named.map(|n| vec![n]);
         let known = Known {

@@ -352,7 +352,7 @@ fn random_bytes_as_create_container_and_run_pod_sandbox_never_panic() {
     };
     let valid = samples::create_container_request().encode_to_vec();
     for method in ["CreateContainer", "RunPodSandbox", "PullImage", "ExecSync"] {
-        let rpc = criguard::policy::cases::rpc_of(method);
+        let rpc = criguard::proxy::rpc::Rpc::named(method);
         for i in 0..3000 {
             let mut bytes = if i % 2 == 0 {
                 valid.clone()

@@ -78,24 +78,6 @@ pub struct CaseClient {
     pub exe: Option<String>,
 }
 
-/// The gRPC path of a method name.
-pub fn rpc_of(method: &str) -> Rpc {
-    let service = if [
-        "ListImages",
-        "ImageStatus",
-        "PullImage",
-        "RemoveImage",
-        "ImageFsInfo",
-    ]
-    .contains(&method)
-    {
-        "ImageService"
-    } else {
-        "RuntimeService"
-    };
-    Rpc::from_path(&format!("/runtime.v1.{service}/{method}"))
-}
-
 /// Encodes a request given in CRI JSON form as the protobuf bytes a client would send.
 pub fn encode_request(rpc: &Rpc, request: &serde_json::Value) -> Result<bytes::Bytes, String> {
     let descriptor = message_type(rpc, true).ok_or_else(|| {
@@ -233,7 +215,7 @@ pub fn test_dir(dir: &Path) -> Result<Report, PolicyError> {
                 problem: err.into_inner().to_string(),
             })?;
         for case in cases {
-            let rpc = rpc_of(&case.method);
+            let rpc = Rpc::named(&case.method);
             let label = format!("{}: {}", cases_file.display(), case.name);
             let bytes = match encode_request(&rpc, &case.request) {
                 Ok(bytes) => bytes,

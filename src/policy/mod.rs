@@ -343,18 +343,11 @@ impl PolicySet {
     /// names by id: their names are known only from the inventory too. (Whether the runtime
     /// runs user namespaces is learned from its Status answers whether needed or not.)
     pub fn needs_inventory(&self) -> bool {
-        let rpc = |m: &Method| {
-            Rpc::from_path(&format!(
-                "/runtime.v1.{}/{}",
-                m.service().as_str(),
-                m.as_str()
-            ))
-        };
         let by_id = Method::ALL
             .iter()
             .filter(|m| !PolicySet::reads_views(**m))
-            .any(|m| self.inspects(&rpc(m)));
-        let create = rpc(&Method::CreateContainer);
+            .any(|&m| self.inspects(&Rpc::of(m)));
+        let create = Rpc::of(Method::CreateContainer);
         let registries = self.policies.iter().any(|p| {
             p.methods.contains(&create)
                 && p.rules.iter().any(|r| match &r.kind {

@@ -414,6 +414,22 @@ const RUNTIME_SERVICES: [&str; 2] = [
 const IMAGE_SERVICES: [&str; 2] = ["runtime.v1.ImageService", "runtime.v1alpha2.ImageService"];
 
 impl Rpc {
+    /// The call of a known method on its CRI v1 service (`Unknown` is sent to the runtime
+    /// service under the name `unknown`).
+    pub fn of(method: Method) -> Rpc {
+        let service = method.service().proto_name().unwrap_or(RUNTIME_SERVICES[0]);
+        Rpc::from_path(&format!("/{service}/{}", method.as_str()))
+    }
+
+    /// The call of the method `name`, as configuration and policy cases name methods: on its
+    /// own service when criguard's proto knows it, else on the runtime service.
+    pub fn named(name: &str) -> Rpc {
+        match Method::ALL.iter().find(|m| m.as_str() == name) {
+            Some(&method) => Rpc::of(method),
+            None => Rpc::from_path(&format!("/{}/{name}", RUNTIME_SERVICES[0])),
+        }
+    }
+
     /// Parses a gRPC path of the form `/package.Service/Method`. Never fails: anything else is
     /// an unknown method of an unknown service, and is forwarded all the same.
     pub fn from_path(path: &str) -> Rpc {
