@@ -152,6 +152,43 @@ async fn assert_create_denied(
     assert!(denied.message().contains(why), "{}", denied.message());
 }
 
+/// Runs `pod` through `c`: its sandbox id.
+async fn run_pod(c: &mut Clients, pod: &PodSandboxConfig) -> String {
+    c.rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(pod.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// Stops and removes a container, as the kubelet ends one.
+async fn remove_container(c: &mut Clients, id: String) {
+    c.rt.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 5,
+    })
+    .await
+    .unwrap();
+    c.rt.remove_container(RemoveContainerRequest { container_id: id })
+        .await
+        .unwrap();
+}
+
+/// restrict-exec as shipped, protecting the tests' namespace, in the policy directory `dir`.
+fn restrict_exec_in_test_namespace(dir: &Path) {
+    let exec = std::fs::read_to_string("policies/restrict-exec.yaml")
+        .unwrap()
+        .replace(
+            "include: [\"prod-*\", \"kube-system\"]",
+            "include: [criguard-e2e]",
+        );
+    assert!(exec.contains("include: [criguard-e2e]"));
+    std::fs::write(dir.join("restrict-exec.yaml"), exec).unwrap();
+}
+
 /// Stops and removes a pod's sandbox, as the kubelet ends a pod.
 async fn remove_pod(c: &mut Clients, sandbox: String) {
     c.rt.stop_pod_sandbox(StopPodSandboxRequest {
@@ -1063,15 +1100,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         "apiVersion: criguard.dev/v1alpha1\nkind: Policy\nmetadata: {name: registries}\nspec:\n  mode: enforce\n  match: {methods: [CreateContainer, PullImage]}\n  rules:\n    - name: trusted\n      images: {allow: [docker.io/library]}\n",
     )
     .unwrap();
-    // restrict-exec as shipped, protecting the test's namespace.
-    let exec = std::fs::read_to_string("policies/restrict-exec.yaml")
-        .unwrap()
-        .replace(
-            "include: [\"prod-*\", \"kube-system\"]",
-            "include: [criguard-e2e]",
-        );
-    assert!(exec.contains("include: [criguard-e2e]"));
-    std::fs::write(policies.path().join("restrict-exec.yaml"), exec).unwrap();
+    restrict_exec_in_test_namespace(policies.path());
     let criguard =
         Criguard::start(&runtime, &["--policies", policies.path().to_str().unwrap()]).await;
     let mut c = clients(&criguard.socket).await;
@@ -1138,15 +1167,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         seccomp: runtime_default(),
         ..Default::default()
     });
-    let sandbox =
-        c.rt.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(compliant.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_pod(&mut c, &compliant).await;
     let mut container = container_config();
     container.linux = Some(LinuxContainerConfig {
         security_context: Some(LinuxContainerSecurityContext {
@@ -1328,15 +1349,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         .into_inner();
     assert_eq!(ran.exit_code, 1, "the crafted command never ran");
     // The lifecycle calls still pass.
-    c.rt.stop_container(StopContainerRequest {
-        container_id: id.clone(),
-        timeout: 5,
-    })
-    .await
-    .unwrap();
-    c.rt.remove_container(RemoveContainerRequest { container_id: id })
-        .await
-        .unwrap();
+    remove_container(&mut c, id).await;
     remove_pod(&mut c, sandbox).await;
 }
 
@@ -1366,15 +1379,7 @@ async fn an_image_volume_from_outside_the_allowlist_is_refused_in_front_of_conta
     let mut direct = clients(&runtime).await;
     clean_up(&mut direct, "image-volume").await;
     let pod = pod_config("image-volume");
-    let sandbox =
-        c.rt.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_pod(&mut c, &pod).await;
     let mut with_volume = container_config();
     with_volume.mounts.push(Mount {
         container_path: "/tools".into(),
@@ -1500,16 +1505,7 @@ async fn containers_made_before_criguard_started_are_known_by_their_pod() {
     let mut direct = clients(&runtime).await;
     clean_up(&mut direct, "made-before").await;
     let pod = pod_config("made-before");
-    let sandbox = direct
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_pod(&mut direct, &pod).await;
     let id = direct
         .rt
         .create_container(CreateContainerRequest {
@@ -1530,13 +1526,7 @@ async fn containers_made_before_criguard_started_are_known_by_their_pod() {
         .unwrap();
 
     let policies = tempfile::tempdir().unwrap();
-    let exec = std::fs::read_to_string("policies/restrict-exec.yaml")
-        .unwrap()
-        .replace(
-            "include: [\"prod-*\", \"kube-system\"]",
-            "include: [criguard-e2e]",
-        );
-    std::fs::write(policies.path().join("restrict-exec.yaml"), exec).unwrap();
+    restrict_exec_in_test_namespace(policies.path());
     let criguard =
         Criguard::start(&runtime, &["--policies", policies.path().to_str().unwrap()]).await;
     let mut c = clients(&criguard.socket).await;
@@ -1562,19 +1552,7 @@ async fn containers_made_before_criguard_started_are_known_by_their_pod() {
         "{}",
         denied.message()
     );
-    direct
-        .rt
-        .stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 5,
-        })
-        .await
-        .unwrap();
-    direct
-        .rt
-        .remove_container(RemoveContainerRequest { container_id: id })
-        .await
-        .unwrap();
+    remove_container(&mut direct, id).await;
     remove_pod(&mut direct, sandbox).await;
 }
 
