@@ -329,8 +329,7 @@ impl MethodClass {
 }
 
 /// A set of methods as configuration writes it: method names (`ExecSync`, or a name our proto
-/// does not know yet), classes (`lifecycle`, `exec`,
-/// `image`, `read`), or `"*"` for every call.
+/// does not know yet), classes (`lifecycle`, `exec`, `image`, `read`), or `"*"` for every call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MethodSet {
     all: bool,
