@@ -23,6 +23,7 @@ use crate::layers::metrics::CallMetrics;
 use crate::layers::policy::PolicyLayer;
 use crate::layers::read_head::ReadHeadLayer;
 use crate::layers::respond::RespondWithStatusLayer;
+use crate::layers::trace::CallSpans;
 use crate::policy::PolicySet;
 use crate::policy::file::PolicyError;
 use crate::policy::reload::PolicyStore;
@@ -37,6 +38,7 @@ use crate::systemd::Notifier;
 use crate::telemetry::admin::{self, AdminListener, AdminState};
 use crate::telemetry::logging::LevelHandle;
 use crate::telemetry::readiness::Readiness;
+use crate::telemetry::trace::Tracing;
 
 /// The stack, top to bottom: what a call goes through on its way to the runtime.
 pub fn build_stack(
@@ -59,6 +61,9 @@ pub fn build_stack(
         // Learn the node's sandboxes and containers from the calls (outermost: it forgets a
         // removed object only after every layer inside has seen its Remove call end).
         .layer(Learn::layer(parts.inventory.clone()))
+        // A span per sampled call, child of the caller's traceparent; the runtime is told
+        // criguard's span is its parent. Above the rest, so the span covers all they do.
+        .layer(CallSpans::layer(parts.tracing, parts.inventory.clone()))
         // Count every call by method and final code, and time it to the end of its answer.
         .layer(CallMetrics::layer())
         // Log how each call ended, including the statuses criguard makes itself below;
@@ -95,6 +100,8 @@ pub struct StackParts {
     pub policies: Arc<ArcSwap<PolicySet>>,
     /// The sandboxes and containers known, when audit or policies need them.
     pub inventory: Option<Inventory>,
+    /// The tracer in force, if tracing is on.
+    pub tracing: Tracing,
 }
 
 fn with_rpc<B>(mut request: http::Request<B>) -> http::Request<B> {
@@ -260,6 +267,7 @@ impl Proxy {
         );
         let forwarder = Forwarder::new(runtime, image, config.max_message_size, shutdown.clone());
         let limits = LimitsLayer::new(&config.limits, &config.in_flight_caps());
+        let tracing = Tracing::start(config.tracing.as_ref());
         let listeners: Vec<_> = config
             .listeners
             .iter()
@@ -276,6 +284,7 @@ impl Proxy {
             audit: audit.clone(),
             policies: policies.clone(),
             log: None,
+            tracing: tracing.clone(),
         };
         if let Some(signals) = signals {
             let hangup = Hangup::new(reload, &config, handles);
@@ -294,6 +303,7 @@ impl Proxy {
                 .map(PolicyStore::current)
                 .unwrap_or_default(),
             inventory,
+            tracing: tracing.clone(),
         };
         let stack = build_stack(&config, parts, forwarder);
         let mut owned = Vec::new();
@@ -316,6 +326,7 @@ impl Proxy {
         if let Some(audit) = audit {
             audit.close().await;
         }
+        tracing.close().await;
         for socket in owned {
             socket.remove();
         }

@@ -55,6 +55,7 @@ pub struct FileConfig {
     pub policies: Option<PathBuf>,
     pub policy_exemptions: Option<PolicyExemptions>,
     pub kubelet_root_dir: Option<PathBuf>,
+    pub tracing: Option<crate::telemetry::trace::FileTracing>,
 }
 
 /// `policyExemptions`: what no policy applies to.
@@ -132,6 +133,8 @@ pub struct Config {
     pub policies: Option<PathBuf>,
     /// What the policies need to know of the node: exempt namespaces, the kubelet's root dir.
     pub policy_settings: crate::policy::PolicySettings,
+    /// OpenTelemetry spans per call (`tracing`); `None` when off.
+    pub tracing: Option<crate::telemetry::trace::TraceSettings>,
 }
 
 /// A configuration problem, naming the key (and the file) it comes from.
@@ -299,6 +302,11 @@ impl Config {
                 }
                 dir => dir,
             },
+            tracing: file
+                .tracing
+                .map(crate::telemetry::trace::TraceSettings::resolve)
+                .transpose()
+                .map_err(|(key, problem)| error(key, problem))?,
             policy_settings: crate::policy::PolicySettings {
                 exempt_namespaces: file.policy_exemptions.unwrap_or_default().namespaces,
                 kubelet_root_dir: match file.kubelet_root_dir {

@@ -6,7 +6,7 @@
 //!
 //! What changes while serving, for the calls that arrive from then on: rate limits and
 //! in-flight caps, each listener's role and allowed callers, the audit rules, the policies and
-//! their exempt namespaces, the log level. What needs a restart (socket paths and modes, the
+//! their exempt namespaces, the log level, tracing. What needs a restart (socket paths and modes, the
 //! runtime endpoints, message size, admin address, audit sinks, …) is named in the log when it
 //! changes, and stays as it was until the restart.
 
@@ -23,6 +23,7 @@ use crate::policy::reload::PolicyStore;
 use crate::proxy::listener::ListenerAccess;
 use crate::telemetry::logging::LevelHandle;
 use crate::telemetry::metrics::{CONFIG_LAST_RELOAD_SUCCESSFUL, CONFIG_RELOAD_TOTAL};
+use crate::telemetry::trace::Tracing;
 
 /// Where the configuration comes from, to read it again: the file and the flags.
 #[derive(Clone, Debug, Default)]
@@ -46,6 +47,7 @@ pub struct Handles {
     pub audit: Option<Arc<AuditTrail>>,
     pub policies: Option<PolicyStore>,
     pub log: Option<LevelHandle>,
+    pub tracing: Tracing,
 }
 
 /// Why a reload changed nothing.
@@ -149,6 +151,11 @@ impl Reloader {
             let _ = log.set(new.log_level.as_deref());
             running.log_level = new.log_level.clone();
             changed.push("logLevel");
+        }
+        if running.tracing != new.tracing {
+            self.handles.tracing.apply(new.tracing.as_ref());
+            running.tracing = new.tracing.clone();
+            changed.push("tracing");
         }
         changed.dedup();
         if !pending.is_empty() {

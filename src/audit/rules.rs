@@ -21,6 +21,18 @@ pub enum Level {
     RequestResponse,
 }
 
+impl Level {
+    /// The level as written in the rules.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::None => "None",
+            Level::Metadata => "Metadata",
+            Level::Request => "Request",
+            Level::RequestResponse => "RequestResponse",
+        }
+    }
+}
+
 /// One rule as written under `audit.rules`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -24,6 +24,7 @@ use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::inspect::{self, Subject};
+use crate::proxy::notes::CallNotes;
 use crate::proxy::rpc::{Method, Object, Rpc};
 
 /// Layer for [`Audit`]; without a trail (audit off) calls pass unrecorded.
@@ -92,11 +93,15 @@ where
             (Some(trail), Some(rpc)) => trail.rules().highest(rpc, caller.map(|c| &**c)),
             _ => Level::None,
         };
+        let notes = extensions.get::<CallNotes>().cloned();
         let (Some(trail), Some(rpc), true) = (
             &self.trail,
             extensions.get::<Rpc>().cloned(),
             highest > Level::None,
         ) else {
+            if let (Some(notes), Some(_)) = (&notes, &self.trail) {
+                notes.set_audit_level(Level::None.name());
+            }
             return Either::Left(inner.call(request).map_ok(unaudited::<RB>));
         };
         let caller = caller.cloned();
@@ -122,6 +127,7 @@ where
                 start,
                 decision: None,
                 decided,
+                notes,
                 response: keep_response.then(BytesMut::new),
             };
             let failure = match &record.place {
@@ -173,6 +179,8 @@ struct Record {
     decision: Option<Decision>,
     /// Where the layers below leave theirs.
     decided: DecisionSlot,
+    /// Where the call's span learns the level it was recorded at.
+    notes: Option<CallNotes>,
     /// The head of the answer, when the event or the inventory needs it.
     response: Option<BytesMut>,
 }
@@ -231,6 +239,9 @@ impl Record {
         let choice = trail
             .rules()
             .choose(&self.rpc, self.caller.as_deref(), namespace);
+        if let Some(notes) = &self.notes {
+            notes.set_audit_level(choice.level.name());
+        }
         if choice.level == Level::None {
             return;
         }

@@ -28,6 +28,7 @@ use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
 use crate::proxy::listener::ListenerAccess;
+use crate::proxy::notes::CallNotes;
 use crate::proxy::rpc::{MethodSet, Rpc};
 use crate::telemetry::metrics::{RATELIMIT_DECISIONS_TOTAL, RATELIMIT_WAIT_SECONDS};
 
@@ -374,6 +375,9 @@ where
                             if !waited.is_zero() {
                                 metrics::histogram!(RATELIMIT_WAIT_SECONDS, "limit" => name)
                                     .record(waited.as_secs_f64());
+                                if let Some(notes) = request.extensions().get::<CallNotes>() {
+                                    notes.add_rate_limit_wait(waited);
+                                }
                             }
                             break;
                         }
@@ -384,6 +388,9 @@ where
                         Verdict::Reject => {
                             metrics::counter!(RATELIMIT_DECISIONS_TOTAL, "limit" => name.clone(), "outcome" => "rejected").increment(1);
                             let throttled = limiter.throttled(waited);
+                            if let Some(notes) = request.extensions().get::<CallNotes>() {
+                                notes.add_rate_limit_wait(waited);
+                            }
                             if let Some(slot) = request.extensions().get::<DecisionSlot>() {
                                 slot.set(Decision::throttled(
                                     format!("limit {name}"),

@@ -13,3 +13,4 @@ pub mod policy;
 pub mod read_head;
 pub mod refusals;
 pub mod respond;
+pub mod trace;

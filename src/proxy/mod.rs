@@ -10,6 +10,7 @@ pub mod h2io;
 pub mod identity;
 pub mod inspect;
 pub mod listener;
+pub mod notes;
 pub mod rpc;
 pub mod runtime;
 pub mod server;

@@ -33,6 +33,8 @@ pub const POLICY_EVALUATION_SECONDS: &str = "criguard_policy_evaluation_duration
 pub const POLICY_RELOAD_TOTAL: &str = "criguard_policy_reload_total";
 pub const RATELIMIT_DECISIONS_TOTAL: &str = "criguard_ratelimit_decisions_total";
 pub const RATELIMIT_WAIT_SECONDS: &str = "criguard_ratelimit_wait_seconds";
+pub const TRACE_SPANS_EXPORTED_TOTAL: &str = "criguard_trace_spans_exported_total";
+pub const TRACE_SPANS_DROPPED_TOTAL: &str = "criguard_trace_spans_dropped_total";
 
 /// Buckets of `criguard_policy_evaluation_duration_seconds`: 1 µs to 10 ms.
 pub const EVALUATION_BUCKETS: [f64; 9] = [1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2];
@@ -197,6 +199,14 @@ fn describe() {
         RATELIMIT_WAIT_SECONDS,
         Unit::Seconds,
         "Time calls waited for a rate limit (action: wait) before they went on, by limit."
+    );
+    describe_counter!(
+        TRACE_SPANS_EXPORTED_TOTAL,
+        "Spans the OTLP collector took (tracing on)."
+    );
+    describe_counter!(
+        TRACE_SPANS_DROPPED_TOTAL,
+        "Spans lost, by reason: queue_full (the export queue was full), export_failed (the collector was down, slow or refused), shut_down (tracing was turned off first). Calls are never held for a span."
     );
     // Streams start at zero, so that dashboards and alerts find the series before the first.
     for method in Method::ALL.iter().filter(|m| m.is_server_streaming()) {

@@ -5,3 +5,5 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod readiness;
+pub mod trace;
+pub mod traceparent;

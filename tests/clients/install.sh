@@ -23,20 +23,25 @@ if [ ! -x "$out/cri-go-client" ] || [ tests/clients/go/main.go -nt "$out/cri-go-
     go build -o "$out/cri-go-client" tests/clients/go/main.go
 fi
 
-# The kubelet 1.36's client and what it imports, as Debian packages them (GOPATH trees).
+# The kubelet 1.36's client and what it imports, as Debian packages them (GOPATH trees), with the
+# OTLP/gRPC trace exporter a kubelet with tracing on uses.
 kubelet_sources=(golang-k8s-cri-client-dev golang-k8s-cri-api-dev golang-k8s-component-base-dev
   golang-k8s-klog-dev golang-k8s-utils-dev golang-google-grpc-dev golang-google-protobuf-dev
   golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev golang-golang-x-net-dev
   golang-golang-x-sys-dev golang-golang-x-text-dev golang-opentelemetry-otel-dev
   golang-opentelemetry-contrib-dev golang-github-go-logr-logr-dev golang-github-go-logr-stdr-dev
-  golang-github-cespare-xxhash-v2-dev)
+  golang-github-cespare-xxhash-v2-dev golang-opentelemetry-proto-dev
+  golang-github-cenkalti-backoff-v5-dev golang-github-grpc-ecosystem-grpc-gateway-dev
+  golang-github-google-uuid-dev)
 kubelet=$PWD/$out/kubelet-1.36
-if [ ! -x "$out/kubelet-cri-client" ] || [ tests/clients/kubelet/main.go -nt "$out/kubelet-cri-client" ]; then
-  if [ ! -x "$kubelet/usr/lib/go-1.27/bin/go" ]; then
+if [ ! -x "$out/kubelet-cri-client" ] || [ tests/clients/kubelet/main.go -nt "$out/kubelet-cri-client" ] ||
+  [ "$(cat "$kubelet/packages" 2>/dev/null)" != "${kubelet_sources[*]}" ]; then
+  if [ "$(cat "$kubelet/packages" 2>/dev/null)" != "${kubelet_sources[*]}" ]; then
     rm -rf "$kubelet.new"
     newer_debian_unpack "$kubelet.new" golang-1.27-go/sid golang-1.27-src/sid \
       "${kubelet_sources[@]/%//sid}"
-    mv "$kubelet.new" "$kubelet"
+    echo "${kubelet_sources[*]}" > "$kubelet.new/packages"
+    rm -rf "$kubelet" && mv "$kubelet.new" "$kubelet"
   fi
   GOROOT="$kubelet/usr/lib/go-1.27" GO111MODULE=off GOPATH="$kubelet/usr/share/gocode" GOFLAGS='' \
     GOTOOLCHAIN=local GOCACHE="$PWD/$out/go-cache-1.27" \

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod clients;
 pub mod e2e;
+pub mod otlp;
 pub mod restart;
 
 /// A child process (criguard, Prometheus) killed when dropped, so that a failing test leaves

@@ -9,6 +9,10 @@
 // Each step prints one line, "<Method> <what the answer says>", without the ids and times that
 // differ between runs. Any error ends the program with status 1 after printing it.
 //
+// With -trace-endpoint HOST:PORT it traces as a kubelet with tracing on does: an SDK tracer
+// provider exporting over OTLP/gRPC, the cri-client's otelgrpc handler with the W3C trace-context
+// and baggage propagators, every call a child of one "syncPod" span; the trace id goes to stderr.
+//
 // Built offline with Debian's golang-1.27-go and the Debian packages of k8s.io/cri-client and
 // its dependencies, in GOPATH mode (tests/clients/install.sh).
 package main
@@ -24,6 +28,12 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remote "k8s.io/cri-client/pkg"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 func main() {
@@ -31,25 +41,54 @@ func main() {
 	name := flag.String("name", "kubelet-1-36", "the pod's name (namespace criguard-e2e)")
 	image := flag.String("image", "docker.io/library/busybox:1.36", "the container's image")
 	streaming := flag.Bool("streaming", true, "list with the Stream* calls (CRIListStreaming)")
+	traceEndpoint := flag.String("trace-endpoint", "", "export spans over OTLP/gRPC to HOST:PORT")
 	flag.Parse()
-	if err := run(*endpoint, *name, *image, *streaming); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var tp trace.TracerProvider
+	if *traceEndpoint != "" {
+		provider, err := tracerProvider(ctx, *traceEndpoint)
+		if err != nil {
+			fmt.Printf("error %v\n", err)
+			os.Exit(1)
+		}
+		defer provider.Shutdown(context.Background())
+		var span trace.Span
+		ctx, span = provider.Tracer("kubelet").Start(ctx, "syncPod")
+		defer span.End()
+		fmt.Fprintf(os.Stderr, "trace %s\n", span.SpanContext().TraceID())
+		tp = provider
+	}
+	if err := run(ctx, tp, *endpoint, *name, *image, *streaming); err != nil {
 		fmt.Printf("error %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// tracerProvider is what the kubelet builds from KubeletConfiguration.tracing: every span
+// sampled, exported over OTLP/gRPC without TLS.
+func tracerProvider(ctx context.Context, endpoint string) (*sdktrace.TracerProvider, error) {
+	exporter, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(endpoint), otlptracegrpc.WithInsecure())
+	if err != nil {
+		return nil, err
+	}
+	return sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exporter),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())),
+		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "kubelet"))),
+	), nil
 }
 
 func step(method string, format string, args ...interface{}) {
 	fmt.Printf("%s %s\n", method, fmt.Sprintf(format, args...))
 }
 
-func run(endpoint, name, image string, streaming bool) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	rt, err := remote.NewRemoteRuntimeService(ctx, endpoint, 10*time.Second, nil, streaming)
+func run(ctx context.Context, tp trace.TracerProvider, endpoint, name, image string, streaming bool) error {
+	rt, err := remote.NewRemoteRuntimeService(ctx, endpoint, 10*time.Second, tp, streaming)
 	if err != nil {
 		return err
 	}
-	images, err := remote.NewRemoteImageService(ctx, endpoint, 10*time.Second, nil, streaming)
+	images, err := remote.NewRemoteImageService(ctx, endpoint, 10*time.Second, tp, streaming)
 	if err != nil {
 		return err
 	}
