@@ -262,8 +262,87 @@ fn caller_edge(c: &mut Criterion) {
     }
 }
 
+/// The tracing layer around a call that does nothing: with tracing off (what every call pays
+/// when `tracing:` is not set), and with a sampled `traceparent` (the span made, its attributes
+/// set, handed to the export queue), next to the same call without the layer.
+fn tracing_layer(c: &mut Criterion) {
+    use criguard::layers::trace::CallSpans;
+    use criguard::telemetry::trace::{TraceSettings, Tracing};
+    use tower::{Layer, Service, ServiceExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bare = tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(body_of(vec![Frame::trailers(
+            ok_trailers(),
+        )])))
+    });
+    let request = |traceparent: Option<&str>| {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = "/runtime.v1.RuntimeService/Version".parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(Rpc::from_path("/runtime.v1.RuntimeService/Version"));
+        if let Some(value) = traceparent {
+            request
+                .headers_mut()
+                .insert("traceparent", value.parse().unwrap());
+        }
+        request
+    };
+    let settings = TraceSettings::resolve(criguard::telemetry::trace::FileTracing {
+        // Nothing listens there: spans are dropped, after the part every call pays.
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let on = rt.block_on(async { Tracing::start(Some(&settings)) });
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let cases = [
+        ("no tracing layer", None, None),
+        (
+            "tracing layer, off",
+            Some(Tracing::default()),
+            Some(sampled),
+        ),
+        ("tracing layer, on, no traceparent", Some(on.clone()), None),
+        (
+            "tracing layer, on, sampled traceparent",
+            Some(on),
+            Some(sampled),
+        ),
+    ];
+    for (name, tracing, traceparent) in cases {
+        c.bench_function(&format!("a call: {name}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let response = match &tracing {
+                        None => bare
+                            .oneshot(request(traceparent))
+                            .await
+                            .unwrap()
+                            .map(|b| b.boxed_unsync()),
+                        Some(tracing) => {
+                            let mut service = CallSpans::layer(tracing.clone(), None).layer(bare);
+                            service
+                                .call(request(traceparent))
+                                .await
+                                .unwrap()
+                                .map(|b| b.boxed_unsync())
+                        }
+                    };
+                    black_box(response.into_body().collect().await.unwrap());
+                })
+            })
+        });
+    }
+}
+
 criterion_group!(
     benches,
+    tracing_layer,
     caller_edge,
     method_parsing,
     framing,

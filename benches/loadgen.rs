@@ -6,6 +6,7 @@
 //! CRIGUARD_BENCH_SECONDS=1 cargo bench --bench loadgen -- Version
 //! CRIGUARD_BENCH_SECONDS=16 CRIGUARD_BENCH_ROUNDS=8 cargo bench --bench loadgen -- policies audit
 //! cargo bench --bench loadgen -- hardened CreateContainer kubelet   # named scenarios only
+//! cargo bench --bench loadgen -- tracing          # spans off / every call sampled
 //! ```
 //!
 //! Scenarios: Version, ListContainers (100 and 5000 containers), CreateContainer (5 KB) and a
@@ -34,6 +35,11 @@ use hdrhistogram::Histogram;
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use prost::Message;
+
+/// The tests' OTLP/gRPC collector, for the cost of tracing.
+#[path = "../tests/support/otlp.rs"]
+#[allow(dead_code)]
+mod otlp;
 
 const BIN: &str = env!("CARGO_BIN_EXE_criguard");
 /// Alternating rounds per side and scenario (`CRIGUARD_BENCH_ROUNDS`): more rounds spread a
@@ -661,6 +667,7 @@ fn main() {
                 "policies",
                 "hardened",
                 "authority",
+                "tracing",
             ]
             .contains(&f.as_str())
         }) {
@@ -853,6 +860,47 @@ fn main() {
             })
             .sum();
         println!("audit events written: {events}");
+    }
+    if wanted("tracing") {
+        // Every call sampled (no caller sends a traceparent here: each call starts a trace),
+        // its span exported to an OTLP/gRPC collector in this process.
+        let collector = runtime.block_on(otlp::Collector::start());
+        let config = dir.path().join("tracing.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "tracing:\n  endpoint: {}\n  samplingRatePerMillion: 1000000\n",
+                collector.endpoint()
+            ),
+        )
+        .unwrap();
+        let traced = dir.path().join("small-criguard-tracing.sock");
+        let traced_process = spawn(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                traced.to_str().unwrap(),
+                "--runtime-endpoint",
+                &format!("unix://{}", small.runtime.display()),
+                "--admin-address",
+                dir.path()
+                    .join("small-tracing-admin.sock")
+                    .to_str()
+                    .unwrap(),
+            ],
+            &traced,
+        );
+        compare(
+            &runtime,
+            Side::new("tracing off", &small.proxy, &small.proxy_process),
+            Side::new("tracing on", &traced, &traced_process),
+            None,
+            per_round,
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        println!("spans the collector received: {}", collector.spans().len());
     }
     if wanted("hardened") {
         let cases: Vec<&String> = filter.iter().filter(|f| *f != "hardened").collect();

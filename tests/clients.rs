@@ -340,9 +340,15 @@ fn containerd_socket() -> PathBuf {
 
 /// criguard (the binary) in front of the lab's containerd, on a socket in `dir`.
 async fn criguard_before_containerd(dir: &Path) -> (Running, PathBuf) {
+    criguard_before_containerd_with(dir, &[]).await
+}
+
+/// With more flags, e.g. `--config FILE`.
+async fn criguard_before_containerd_with(dir: &Path, args: &[&str]) -> (Running, PathBuf) {
     let socket = dir.join("criguard.sock");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_criguard"))
         .arg("serve")
+        .args(args)
         .arg("--listen")
         .arg(&socket)
         .arg("--runtime-endpoint")
@@ -602,6 +608,124 @@ async fn containerd_kubelet_1_36_client_lifecycle_matches_direct() {
         assert!(direct_log.contains(fallback), "{direct_log}");
         assert!(through_log.contains(fallback), "{through_log}");
     }
+}
+
+/// A kubelet with tracing on (1.36's CRI client, an SDK tracer provider exporting over
+/// OTLP/gRPC), through criguard with tracing on, to containerd 2.x with tracing on, all three
+/// exporting to one collector: one trace holds, for each CRI call, the kubelet's span,
+/// criguard's beneath it (with the call's pod) and containerd's beneath criguard's. containerd
+/// 1.x turns tracing on only in its configuration file; the lab does it for 2.x.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real client stacks and the lab's containerd"]
+async fn containerd_one_trace_holds_the_kubelets_span_criguards_and_containerds() {
+    if e2e::containerd_generation().0 < 2 {
+        println!("containerd 1.x: the lab exports no spans");
+        return;
+    }
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/clients/kubelet-cri-client");
+    assert!(client.exists(), "{INSTALL}");
+    let collector = support::otlp::Collector::start_on(e2e::OTLP).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("criguard.yaml");
+    std::fs::write(
+        &config,
+        // With the audit trail, criguard knows the pod of calls that name only an id.
+        format!(
+            "tracing:\n  endpoint: {}\naudit:\n  path: {}\n",
+            collector.endpoint(),
+            dir.path().join("audit.log").display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (_criguard, socket) =
+        criguard_before_containerd_with(dir.path(), &["--config", &config]).await;
+    let name = "kubelet-136-traced";
+    let out = tokio::process::Command::new(&client)
+        .arg("-endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args([
+            "-name",
+            name,
+            "-image",
+            BUSYBOX,
+            "-trace-endpoint",
+            e2e::OTLP,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let trace = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("trace "))
+        .unwrap_or_else(|| panic!("no trace id: {stderr}"))
+        .to_string();
+    let run_pod = "runtime.v1.RuntimeService/RunPodSandbox";
+    let spans = collector
+        .trace(&trace, Duration::from_secs(30), |spans| {
+            ["kubelet", "criguard", "containerd"].iter().all(|service| {
+                spans
+                    .iter()
+                    .any(|s| s.service == *service && s.name.contains("RemovePodSandbox"))
+            })
+        })
+        .await;
+    let by = |service: &str, name: &str, parent: &str| {
+        spans
+            .iter()
+            .find(|s| s.service == service && s.name.contains(name) && s.parent_span_id == parent)
+            .unwrap_or_else(|| panic!("no {service} span {name} beneath {parent}: {spans:#?}"))
+    };
+    let sync_pod = by("kubelet", "syncPod", "");
+    for call in [
+        run_pod,
+        "runtime.v1.RuntimeService/CreateContainer",
+        "runtime.v1.RuntimeService/ExecSync",
+        "runtime.v1.RuntimeService/RemovePodSandbox",
+    ] {
+        let kubelet = by("kubelet", call, &sync_pod.span_id);
+        let criguard = by("criguard", call, &kubelet.span_id);
+        let containerd = by(
+            "containerd",
+            call.rsplit('/').next().unwrap(),
+            &criguard.span_id,
+        );
+        println!(
+            "{call}: kubelet {} → criguard {} → containerd {} ({})",
+            kubelet.span_id, criguard.span_id, containerd.span_id, containerd.name
+        );
+        assert_eq!(
+            criguard.attribute("k8s.pod.name"),
+            Some(name),
+            "{criguard:?}"
+        );
+        assert_eq!(
+            criguard.attribute("k8s.namespace.name"),
+            Some("criguard-e2e")
+        );
+        assert_eq!(criguard.attribute("rpc.grpc.status_code"), Some("0"));
+        assert_eq!(criguard.attribute("criguard.decision"), Some("allowed"));
+    }
+    let kubelet = by("kubelet", run_pod, &sync_pod.span_id);
+    println!(
+        "{}",
+        support::otlp::tree(
+            &spans,
+            kubelet,
+            &[
+                "k8s.namespace.name",
+                "k8s.pod.name",
+                "criguard.caller.exe",
+                "criguard.listener.role",
+                "criguard.decision",
+                "criguard.audit.level",
+                "rpc.grpc.status_code"
+            ]
+        )
+    );
 }
 
 /// The kubelet's GetContainerEvents stream, through criguard to grpc-go dialled as kubelets up

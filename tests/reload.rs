@@ -261,6 +261,58 @@ async fn sighup_changes_the_audit_rules() {
     wait_exit(&mut criguard.0, Duration::from_secs(10)).await;
 }
 
+/// `tracing:` turns on and off with SIGHUP: spans for the calls after, none for those before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_turns_tracing_on_and_off() {
+    let sockets = Sockets::new();
+    let _runtime = start_fake_runtime(&sockets.runtime(), criguard::fake::FakeRuntime::new()).await;
+    let admin = sockets.dir.path().join("admin.sock");
+    let collector = support::otlp::Collector::start().await;
+    write_config(&sockets, "");
+    let (mut criguard, _) = serve_config(&sockets).await;
+    let mut client = RawClient::connect(sockets.criguard()).await.unwrap();
+    let traced = |trace: u8| {
+        let mut headers = HeaderMap::new();
+        let value = format!("00-{:032x}-00f067aa0ba902b7-01", trace);
+        headers.insert("traceparent", value.parse().unwrap());
+        headers
+    };
+    let call = async |client: &mut RawClient, trace: u8| {
+        let answer = client
+            .call(LIST_CONTAINERS, grpc_frame(b""), &traced(trace))
+            .await
+            .unwrap();
+        assert_eq!(answer.grpc_status(), Some(0));
+    };
+    call(&mut client, 1).await;
+
+    write_config(
+        &sockets,
+        &format!("tracing:\n  endpoint: {}\n", collector.endpoint()),
+    );
+    kill(&criguard.0, "HUP");
+    assert!(eventually_async(|| async { reloads(&admin, "success").await == 1.0 }).await);
+    call(&mut client, 2).await;
+    let trace_2 = format!("{:032x}", 2);
+    let spans = collector
+        .trace(&trace_2, Duration::from_secs(10), |s| !s.is_empty())
+        .await;
+    assert_eq!(spans.len(), 1, "the call after the reload has its span");
+
+    write_config(&sockets, "");
+    kill(&criguard.0, "HUP");
+    assert!(eventually_async(|| async { reloads(&admin, "success").await == 2.0 }).await);
+    call(&mut client, 3).await;
+    kill(&criguard.0, "TERM");
+    wait_exit(&mut criguard.0, Duration::from_secs(10)).await;
+    let traces: Vec<String> = collector.spans().into_iter().map(|s| s.trace_id).collect();
+    assert_eq!(
+        traces,
+        [trace_2],
+        "no span before tracing was on, nor after it was off"
+    );
+}
+
 /// Polls an async check for up to five seconds.
 async fn eventually_async<F, Fut>(mut check: F) -> bool
 where

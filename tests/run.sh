@@ -43,7 +43,7 @@ cargo test --locked
 
 step "real client stacks: grpc-go (Debian), grpc C-core (Debian's and PyPI's grpcio), the kubelet 1.36's cri-client"
 tests/clients/install.sh
-cargo test --locked --test clients -- --ignored --skip containerd_
+cargo test --locked --test clients --test tracing -- --ignored --skip containerd_
 
 step "fuzz/: every fuzz target for ${CRIGUARD_FUZZ_SECONDS:-60} s (the caller's HTTP/2 edge and the audit JSON writer against their references, the policies)"
 tests/fuzz.sh

@@ -52,6 +52,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
 }
 
 #[tokio::test]
+#[ignore = "needs the real client stacks (tests/clients/install.sh)"]
 async fn a_sampled_call_gets_criguards_span_beneath_the_callers_and_above_the_runtimes() {
     for stack in [Stack::GoKubelet, Stack::GrpcioPypi] {
         let sockets = Sockets::new();
@@ -168,7 +169,9 @@ async fn malformed_repeated_or_unsampled_trace_contexts_pass_untouched_and_start
 }
 
 #[tokio::test]
-async fn calls_without_a_trace_context_start_a_trace_at_the_configured_rate() {
+#[ignore = "needs the real client stacks (tests/clients/install.sh)"]
+async fn calls_without_a_trace_context_start_a_trace_at_the_configured_rate_and_shutdown_sends_the_last()
+ {
     let sockets = Sockets::new();
     let collector = Collector::start().await;
     let tracing = format!(
@@ -184,19 +187,21 @@ async fn calls_without_a_trace_context_start_a_trace_at_the_configured_rate() {
         .map(|v| v.to_string())
         .expect("criguard starts the trace it sends on");
     let parts: Vec<&str> = sent.split('-').collect();
+    // Stopped at once: criguard sends the last spans on its way out.
+    criguard.stop().await;
     let spans = collector
-        .trace(parts[1], Duration::from_secs(10), |s| !s.is_empty())
+        .trace(parts[1], Duration::from_secs(1), |s| !s.is_empty())
         .await;
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].span_id, parts[2]);
     assert_eq!(spans[0].parent_span_id, "", "a root span");
     assert_eq!(spans[0].service, "criguard-node-1");
-    criguard.stop().await;
 }
 
 /// What criguard decided shows in the span: a policy's denial (with policy and rule), the
 /// audit level, the pod.
 #[tokio::test]
+#[ignore = "needs the real client stacks (tests/clients/install.sh)"]
 async fn a_denied_call_shows_the_policy_rule_audit_level_and_pod_in_its_span() {
     let sockets = Sockets::new();
     let collector = Collector::start().await;
@@ -269,6 +274,7 @@ async fn a_denied_call_shows_the_policy_rule_audit_level_and_pod_in_its_span() {
 /// The collector is down (nothing listens) or silent (accepts, never answers): every call
 /// passes as fast as without tracing, and the lost spans are counted and logged.
 #[tokio::test]
+#[ignore = "needs the real client stacks (tests/clients/install.sh)"]
 async fn a_collector_down_or_silent_costs_calls_nothing_and_drops_are_counted() {
     let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let down = format!("http://{}", refused.local_addr().unwrap());

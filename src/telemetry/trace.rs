@@ -39,7 +39,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "criguard";
 pub const DEFAULT_QUEUE_SIZE: usize = 2048;
 pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Spans per export, and how long the exporter waits for a batch to fill.
-const BATCH: usize = 512;
+const BATCH: usize = 128;
 const BATCH_DELAY: Duration = Duration::from_millis(500);
 /// How long criguard waits at shutdown for the last spans to go out.
 const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(3);
@@ -277,7 +277,7 @@ pub fn traceparent_of(
 /// Hands finished spans to the exporter's queue, never waiting.
 #[derive(Debug)]
 struct QueueProcessor {
-    queue: ArcSwapOption<mpsc::Sender<SpanData>>,
+    queue: ArcSwapOption<mpsc::Sender<Box<SpanData>>>,
 }
 
 impl SpanProcessor for QueueProcessor {
@@ -286,7 +286,7 @@ impl SpanProcessor for QueueProcessor {
     fn on_end(&self, span: SpanData) {
         let queue = self.queue.load();
         let reason = match queue.as_deref().map(|q| {
-            q.try_send(span)
+            q.try_send(Box::new(span))
                 .map_err(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
         }) {
             Some(Ok(())) => return,
@@ -307,7 +307,7 @@ impl SpanProcessor for QueueProcessor {
 }
 
 /// The background exporter: batches from the queue to the collector, until the queue closes.
-async fn export(mut finished: mpsc::Receiver<SpanData>, settings: TraceSettings) {
+async fn export(mut finished: mpsc::Receiver<Box<SpanData>>, settings: TraceSettings) {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(settings.endpoint.clone())
@@ -337,7 +337,7 @@ async fn export(mut finished: mpsc::Receiver<SpanData>, settings: TraceSettings)
             }
         }
         let count = batch.len() as u64;
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        let sent: Vec<SpanData> = batch.drain(..).map(|span| *span).collect();
         let result = tokio::time::timeout(settings.export_timeout, exporter.export(sent)).await;
         match result {
             Ok(Ok(())) => metrics::counter!(TRACE_SPANS_EXPORTED_TOTAL).increment(count),

@@ -42,6 +42,8 @@ REGISTRY_USER=criguard-e2e
 REGISTRY_PASSWORD=e2e-registry-password-7f3a
 # busybox's files under another registry's name (tests/support/e2e.rs: FOREIGN_IMAGE).
 FOREIGN_IMAGE=quay.io/criguard-e2e/tools:1.0
+# The OTLP/gRPC collector containerd 2.x sends its spans to (tests/support/e2e.rs: OTLP).
+OTLP=127.0.0.1:4327
 BRIDGE=cgtest0
 SUBNET=10.89.0.0/16
 
@@ -230,9 +232,18 @@ start_containerd() {
     log "containerd already running (pid $(cat "$RUN/containerd.pid"))"
     return
   fi
-  local bin
+  local bin tracing=()
   bin=$(bin_dir "$GENERATION")
-  PATH="$bin:$PATH" setsid "$bin/containerd" --config "$LAB/containerd.toml" \
+  # 2.x exports its spans over OTLP/gRPC when told by the OpenTelemetry variables: only under
+  # a caller's sampled span (ratio 0 for roots), to the lab's collector port, where the trace
+  # test listens; with nobody there, containerd drops them.
+  if [ "${GENERATION%%.*}" -ge 2 ]; then
+    tracing=(OTEL_EXPORTER_OTLP_ENDPOINT="http://$OTLP" OTEL_EXPORTER_OTLP_PROTOCOL=grpc
+      OTEL_EXPORTER_OTLP_INSECURE=true OTEL_SERVICE_NAME=containerd
+      OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0
+      OTEL_BSP_SCHEDULE_DELAY=200)
+  fi
+  env "${tracing[@]}" PATH="$bin:$PATH" setsid "$bin/containerd" --config "$LAB/containerd.toml" \
     >>"$LAB/log/containerd.log" 2>&1 </dev/null &
   echo $! >"$RUN/containerd.pid"
   echo "$GENERATION" >"$RUN/generation"

@@ -11,6 +11,9 @@ pub const BUSYBOX: &str = "docker.io/library/busybox:1.36";
 /// busybox's files under the name of a registry no test policy allows (the lab tags it).
 pub const FOREIGN_IMAGE: &str = "quay.io/criguard-e2e/tools:1.0";
 
+/// Where the lab's containerd 2.x sends its spans (OTLP/gRPC): the trace test's collector.
+pub const OTLP: &str = "127.0.0.1:4327";
+
 /// The containerd generation the lab runs (`CRIGUARD_E2E_CONTAINERD`: 1.6, 1.7 or 2.1).
 pub fn containerd_generation() -> (u32, u32) {
     let given = std::env::var("CRIGUARD_E2E_CONTAINERD").unwrap_or_else(|_| "1.6".into());

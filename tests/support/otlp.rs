@@ -113,6 +113,33 @@ impl Drop for Collector {
     }
 }
 
+/// The spans beneath `root` (itself included) as an indented tree: service, name and the
+/// `attributes` asked for, one span a line.
+pub fn tree(spans: &[ReceivedSpan], root: &ReceivedSpan, attributes: &[&str]) -> String {
+    let mut out = String::new();
+    let mut stack = vec![(root, 0)];
+    while let Some((span, depth)) = stack.pop() {
+        let shown: Vec<String> = attributes
+            .iter()
+            .filter_map(|key| Some(format!("{key}={}", span.attribute(key)?)))
+            .collect();
+        out += &format!(
+            "{}{} {} {}\n",
+            "  ".repeat(depth),
+            span.service,
+            span.name,
+            shown.join(" ")
+        );
+        let mut children: Vec<_> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == span.span_id)
+            .collect();
+        children.reverse();
+        stack.extend(children.into_iter().map(|c| (c, depth + 1)));
+    }
+    out
+}
+
 struct Receiver(Arc<Mutex<Vec<ReceivedSpan>>>);
 
 #[tonic::async_trait]
