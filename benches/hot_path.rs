@@ -76,6 +76,15 @@ fn bodies(c: &mut Criterion) {
             })
         })
     });
+    let message = criguard::fake::samples::create_container_request().encode_to_vec();
+    c.bench_function("Subject::of_request 5 KB CreateContainer", |b| {
+        b.iter(|| {
+            criguard::proxy::inspect::Subject::of_request(
+                criguard::proxy::rpc::Method::CreateContainer,
+                black_box(&message),
+            )
+        })
+    });
     let version = grpc_frame(b"\n\x02v1");
     c.bench_function("response body + status observer, unary answer", |b| {
         b.iter(|| {
@@ -301,7 +310,7 @@ fn tracing_layer(c: &mut Criterion) {
     let on = rt.block_on(async { Tracing::start(Some(&settings)) });
     let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let cases = [
-        ("no tracing layer", None, None),
+        ("no tracing layer", None, Some(sampled)),
         (
             "tracing layer, off",
             Some(Tracing::default()),

@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 seconds=${CRIGUARD_FUZZ_SECONDS:-60}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(caller_edge audit_json policy_requests)
+[ ${#targets[@]} -gt 0 ] || targets=(caller_edge audit_json policy_requests traceparent)
 
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz --version 0.13.2
 export RUSTC_BOOTSTRAP=1

@@ -148,8 +148,9 @@ async fn malformed_repeated_or_unsampled_trace_contexts_pass_untouched_and_start
         assert_eq!(answer.grpc_status(), Some(0));
     }
     // A sampled call last: once its span is in, any span of the calls before would be too.
+    // Its flags: sampled, random trace id (W3C level 2) and one W3C leaves undefined.
     let mut headers = HeaderMap::new();
-    let last = format!("00-{other_trace}-b7ad6b7169203331-01");
+    let last = format!("00-{other_trace}-b7ad6b7169203331-0b");
     headers.insert("traceparent", last.parse().unwrap());
     client
         .call(VERSION, grpc_frame(&[]), &headers)
@@ -162,9 +163,15 @@ async fn malformed_repeated_or_unsampled_trace_contexts_pass_untouched_and_start
     assert_eq!(collector.spans().len(), 1, "{:?}", collector.spans());
 
     let reached = runtime.requests();
+    assert_eq!(reached.len(), untouched.len() + 1);
     for (values, request) in untouched.iter().zip(&reached) {
         assert_eq!(&header(&request.headers, "traceparent"), values);
     }
+    // Sampled and random kept, the undefined flag zero, as W3C asks of whoever sends it on.
+    assert_eq!(
+        header(&reached[untouched.len()].headers, "traceparent"),
+        [format!("00-{other_trace}-{}-03", spans[0].span_id)]
+    );
     criguard.stop().await;
 }
 

@@ -39,7 +39,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "criguard";
 pub const DEFAULT_QUEUE_SIZE: usize = 2048;
 pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Spans per export, and how long the exporter waits for a batch to fill.
-const BATCH: usize = 128;
+const BATCH: usize = 64;
 const BATCH_DELAY: Duration = Duration::from_millis(500);
 /// How long criguard waits at shutdown for the last spans to go out.
 const FLUSH_AT_SHUTDOWN: Duration = Duration::from_secs(3);
@@ -261,16 +261,19 @@ impl Tracer {
     }
 }
 
-/// The `traceparent` that names `span` as the parent, keeping the caller's other flags.
+/// The `traceparent` that names `span` as the parent: sampled, and random-trace-id when the
+/// caller said so (the trace id is the caller's); the flags W3C leaves undefined are zero, as
+/// it asks.
 pub fn traceparent_of(
     span: &opentelemetry_sdk::trace::Span,
     caller: Option<TraceFlags>,
 ) -> TraceParent {
+    const RANDOM: TraceFlags = TraceFlags::new(0x02);
     let context = opentelemetry::trace::Span::span_context(span);
     TraceParent {
         trace_id: context.trace_id(),
         parent_id: context.span_id(),
-        flags: caller.unwrap_or_default() | TraceFlags::SAMPLED,
+        flags: (caller.unwrap_or_default() & RANDOM) | TraceFlags::SAMPLED,
     }
 }
 
@@ -396,4 +399,51 @@ fn dropped(count: u64, reason: &'static str, why: &str) {
         error = why,
         "spans dropped; calls are not affected (at most one such line every 30s)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(yaml: &str) -> Result<TraceSettings, (&'static str, String)> {
+        TraceSettings::resolve(serde_yaml_ng::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn the_defaults_are_the_kubelets_and_off_for_calls_without_a_traceparent() {
+        let settings = resolve("{}").unwrap();
+        assert_eq!(settings.endpoint, "http://localhost:4317");
+        assert_eq!(settings.sampling_rate_per_million, 0);
+        assert_eq!(settings.service_name, "criguard");
+        assert_eq!(settings.queue_size, DEFAULT_QUEUE_SIZE);
+        assert_eq!(settings.export_timeout, DEFAULT_EXPORT_TIMEOUT);
+    }
+
+    #[test]
+    fn the_kubelets_endpoint_form_is_taken_and_tls_is_refused_by_name() {
+        assert_eq!(
+            resolve("endpoint: collector.monitoring:4317")
+                .unwrap()
+                .endpoint,
+            "http://collector.monitoring:4317"
+        );
+        for (yaml, key) in [
+            ("endpoint: https://collector:4317", "tracing.endpoint"),
+            ("endpoint: http://collector", "tracing.endpoint"),
+            ("endpoint: 'http://[::1'", "tracing.endpoint"),
+            (
+                "samplingRatePerMillion: 1000001",
+                "tracing.samplingRatePerMillion",
+            ),
+            ("queueSize: 0", "tracing.queueSize"),
+            ("exportTimeout: 0s", "tracing.exportTimeout"),
+        ] {
+            assert_eq!(resolve(yaml).unwrap_err().0, key, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error() {
+        assert!(serde_yaml_ng::from_str::<FileTracing>("samplingRate: 5").is_err());
+    }
 }

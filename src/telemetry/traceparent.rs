@@ -97,7 +97,7 @@ mod tests {
     }
 
     #[test]
-    fn flags_other_than_sampled_are_kept() {
+    fn flags_other_than_sampled_are_read_as_sent() {
         let random = GOOD.replace("-01", "-03");
         let parsed = TraceParent::parse(random.as_bytes()).unwrap();
         assert_eq!(parsed.flags.to_u8(), 3);
