@@ -207,11 +207,7 @@ impl StatusObserver for AuditRecord {
 impl Drop for AuditRecord {
     fn drop(&mut self) {
         if let Some(record) = self.0.take() {
-            record.finish(Outcome {
-                code: tonic::Code::Cancelled,
-                message: Some("the caller went away before the answer".into()),
-                response_bytes: 0,
-            });
+            record.finish(Outcome::cancelled());
         }
     }
 }

@@ -139,11 +139,7 @@ impl StatusObserver for SpanRecord {
 impl Drop for SpanRecord {
     fn drop(&mut self) {
         if let Some(record) = self.0.take() {
-            record.end(Outcome {
-                code: Code::Cancelled,
-                message: Some("the caller went away before the answer".into()),
-                response_bytes: 0,
-            });
+            record.end(Outcome::cancelled());
         }
     }
 }

@@ -11,8 +11,8 @@
 //! `criguard_trace_spans_dropped_total` and logged at most every 30 s.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -378,13 +378,19 @@ fn resource_of(settings: &TraceSettings) -> Resource {
         .build()
 }
 
-/// Counts dropped spans, and says so in the log at most every 30 s.
+/// Counts dropped spans, and says so in the log at most every 30 s. Cheap enough for the
+/// call's path when the queue is full: the counters are looked up once.
 fn dropped(count: u64, reason: &'static str, why: &str) {
     const EVERY: Duration = Duration::from_secs(30);
+    const REASONS: [&str; 3] = ["queue_full", "export_failed", "shut_down"];
+    static COUNTERS: [OnceLock<metrics::Counter>; 3] = [const { OnceLock::new() }; 3];
     static SINCE_LOGGED: AtomicU64 = AtomicU64::new(0);
     static LAST_LOGGED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    metrics::counter!(TRACE_SPANS_DROPPED_TOTAL, "reason" => reason).increment(count);
-    let total = SINCE_LOGGED.fetch_add(count, Ordering::Relaxed) + count;
+    let index = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+    COUNTERS[index]
+        .get_or_init(|| metrics::counter!(TRACE_SPANS_DROPPED_TOTAL, "reason" => REASONS[index]))
+        .increment(count);
+    SINCE_LOGGED.fetch_add(count, Ordering::Relaxed);
     let Ok(mut last) = LAST_LOGGED.try_lock() else {
         return;
     };
@@ -392,7 +398,7 @@ fn dropped(count: u64, reason: &'static str, why: &str) {
         return;
     }
     *last = Some(Instant::now());
-    SINCE_LOGGED.fetch_sub(total, Ordering::Relaxed);
+    let total = SINCE_LOGGED.swap(0, Ordering::Relaxed);
     tracing::warn!(
         dropped = total,
         reason,

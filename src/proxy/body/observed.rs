@@ -21,6 +21,18 @@ pub struct Outcome {
     pub response_bytes: u64,
 }
 
+impl Outcome {
+    /// A call whose caller went away before its answer began: what an observer dropped before
+    /// its end records.
+    pub fn cancelled() -> Outcome {
+        Outcome {
+            code: Code::Cancelled,
+            message: Some("the caller went away before the answer".into()),
+            response_bytes: 0,
+        }
+    }
+}
+
 /// Told once how an answer ended.
 pub trait StatusObserver {
     /// Each piece of the answer's body as it passes, before the end.
