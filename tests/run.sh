@@ -45,7 +45,7 @@ step "real client stacks: grpc-go (Debian), grpc C-core (Debian's and PyPI's grp
 tests/clients/install.sh
 cargo test --locked --test clients --test tracing -- --ignored --skip containerd_
 
-step "fuzz/: every fuzz target for ${CRIGUARD_FUZZ_SECONDS:-60} s (the caller's HTTP/2 edge and the audit JSON writer against their references, the policies)"
+step "fuzz/: every fuzz target for ${CRIGUARD_FUZZ_SECONDS:-60} s (the caller's HTTP/2 edge and the audit JSON writer against their references, the policies, the traceparent reader)"
 tests/fuzz.sh
 
 step "policies/: every shipped policy against its test cases"
