@@ -205,6 +205,63 @@ async fn calls_without_a_trace_context_start_a_trace_at_the_configured_rate_and_
     assert_eq!(spans[0].service, "criguard-node-1");
 }
 
+/// The time a rate limit (`action: wait`) held a call shows in its span, and a call it
+/// rejects shows the limit.
+#[tokio::test]
+async fn rate_limit_waits_and_rejections_show_in_the_span() {
+    let sockets = Sockets::new();
+    let collector = Collector::start().await;
+    let tracing = format!(
+        "  endpoint: {}\nlimits:\n  - {{name: versions, methods: [Version], rate: 2, burst: 1, action: wait, maxWait: 1s}}\n  - {{name: lists, methods: [ListContainers], rate: 0.1, burst: 1}}\n",
+        collector.endpoint()
+    );
+    let (_runtime, criguard) = start(&sockets, &tracing).await;
+    let mut client = RawClient::connect(&criguard.socket).await.unwrap();
+    let traced = |n: u8| {
+        let mut headers = HeaderMap::new();
+        let value = format!("00-{n:032x}-00f067aa0ba902b7-01");
+        headers.insert("traceparent", value.parse().unwrap());
+        headers
+    };
+    for (n, path) in [
+        (1, VERSION),
+        (2, VERSION),
+        (3, "/runtime.v1.RuntimeService/ListContainers"),
+        (4, "/runtime.v1.RuntimeService/ListContainers"),
+    ] {
+        client
+            .call(path, grpc_frame(&[]), &traced(n))
+            .await
+            .unwrap();
+    }
+    let span = |n: u8| {
+        let trace = format!("{n:032x}");
+        let collector = &collector;
+        async move {
+            collector
+                .trace(&trace, Duration::from_secs(10), |s| !s.is_empty())
+                .await
+                .remove(0)
+        }
+    };
+    assert_eq!(span(1).await.attribute("criguard.ratelimit.wait_ms"), None);
+    let waited: f64 = span(2)
+        .await
+        .attribute("criguard.ratelimit.wait_ms")
+        .expect("the second Version waited")
+        .parse()
+        .unwrap();
+    assert!((300.0..=1000.0).contains(&waited), "{waited} ms");
+    let rejected = span(4).await;
+    assert_eq!(rejected.attribute("criguard.decision"), Some("throttled"));
+    assert_eq!(
+        rejected.attribute("criguard.decision.by"),
+        Some("limit lists")
+    );
+    assert_eq!(rejected.attribute("rpc.grpc.status_code"), Some("8"));
+    criguard.stop().await;
+}
+
 /// What criguard decided shows in the span: a policy's denial (with policy and rule), the
 /// audit level, the pod.
 #[tokio::test]
