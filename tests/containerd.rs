@@ -762,11 +762,13 @@ async fn a_real_prometheus_scrapes_the_calls_made_through_criguard() {
     std::fs::write(
         &config,
         format!(
-            "listen: {}\nruntimeEndpoint: unix://{}\nadminAddress: 127.0.0.1:{admin_port}\nprobeInterval: 1s\naudit: {{path: {}}}\npolicies: {}\nlimits: [{{name: lists, methods: [ListContainers], rate: 1000}}]\n",
+            "listen: {}\nruntimeEndpoint: unix://{}\nadminAddress: 127.0.0.1:{admin_port}\nprobeInterval: 1s\naudit: {{path: {}}}\npolicies: {}\nlimits: [{{name: lists, methods: [ListContainers], rate: 1000}}]\ntracing: {{endpoint: '127.0.0.1:{}'}}\n",
             socket.display(),
             runtime.display(),
             dir.path().join("audit.log").display(),
-            policies.display()
+            policies.display(),
+            // No collector: nothing is sampled here; the tracing metrics are exported all the same.
+            free_port(),
         ),
     )
     .unwrap();
