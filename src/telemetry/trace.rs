@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use opentelemetry::trace::{
-    SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, Tracer as _,
-    TracerProvider as _,
+    SpanKind, TraceContextExt, TraceFlags, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
@@ -230,17 +229,7 @@ impl Tracer {
     ) -> Option<opentelemetry_sdk::trace::Span> {
         let context = match parent {
             Some((parent, state)) => {
-                let state = state
-                    .and_then(|s| std::str::from_utf8(s).ok())
-                    .and_then(|s| s.parse::<TraceState>().ok())
-                    .unwrap_or_default();
-                Context::new().with_remote_span_context(SpanContext::new(
-                    parent.trace_id,
-                    parent.parent_id,
-                    parent.flags,
-                    true,
-                    state,
-                ))
+                Context::new().with_remote_span_context(parent.remote_context(state))
             }
             None => Context::new(),
         };

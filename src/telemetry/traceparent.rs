@@ -2,10 +2,14 @@
 //! the caller, written for the runtime. A value this does not accept is left as it is: the
 //! call is forwarded with it untouched and gets no span.
 
-use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
+
+/// The longest `tracestate` read for the span's own record (W3C asks vendors to keep at least
+/// 512 characters); a longer one is still forwarded untouched, only not parsed.
+const MAX_TRACESTATE: usize = 512;
 
 /// The length of a version-00 value: `00-<32 hex>-<16 hex>-<2 hex>`.
 const LEN: usize = 55;
@@ -51,6 +55,17 @@ impl TraceParent {
         };
         (parsed.trace_id != TraceId::INVALID && parsed.parent_id != SpanId::INVALID)
             .then_some(parsed)
+    }
+
+    /// The caller's span as a remote parent, with its `tracestate` when one was sent that
+    /// parses and is not over 512 bytes.
+    pub fn remote_context(self, state: Option<&[u8]>) -> SpanContext {
+        let state = state
+            .filter(|s| s.len() <= MAX_TRACESTATE)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        SpanContext::new(self.trace_id, self.parent_id, self.flags, true, state)
     }
 
     /// The version-00 header value.
@@ -120,6 +135,18 @@ mod tests {
         // Version 00 has exactly 55 bytes; a later one continues only after a dash.
         assert!(TraceParent::parse(format!("{GOOD}-x").as_bytes()).is_none());
         assert!(TraceParent::parse(format!("cc{}x", &GOOD[2..]).as_bytes()).is_none());
+    }
+
+    #[test]
+    fn the_remote_parent_keeps_a_tracestate_up_to_512_bytes() {
+        let parsed = TraceParent::parse(GOOD.as_bytes()).unwrap();
+        let parent = parsed.remote_context(Some(b"vendor=opaque,other=1"));
+        assert!(parent.is_remote());
+        assert_eq!(parent.trace_state().get("vendor"), Some("opaque"));
+        let long = format!("vendor={}", "x".repeat(600));
+        let parent = parsed.remote_context(Some(long.as_bytes()));
+        assert_eq!(parent.trace_state().header(), "");
+        assert_eq!(parent.span_id(), parsed.parent_id);
     }
 
     #[test]
