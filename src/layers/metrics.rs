@@ -65,15 +65,14 @@ fn note_unknown_method(rpc: &Rpc) {
     }
 }
 
-/// One call, from its start to the end of its answer. Dropped without an end (the caller went
-/// away before the answer started), it counts as CANCELLED.
+/// One call, from its start to the end of its answer (CANCELLED when the caller went away
+/// first: see `observe.rs`).
 #[derive(Debug)]
 pub struct MetricsRecord {
     metrics: &'static MethodMetrics,
     start: Instant,
     streaming: bool,
     request_stats: Option<RequestStats>,
-    ended: bool,
 }
 
 impl MetricsRecord {
@@ -85,14 +84,10 @@ impl MetricsRecord {
             start: Instant::now(),
             streaming: false,
             request_stats: None,
-            ended: false,
         }
     }
 
-    fn end(&mut self, code: Code, response_bytes: u64) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
-        }
+    fn end(self, code: Code, response_bytes: u64) {
         let metrics = self.metrics;
         metrics.finished(code).increment(1);
         metrics.duration.record(self.start.elapsed().as_secs_f64());
@@ -158,13 +153,7 @@ impl MethodMetrics {
 }
 
 impl StatusObserver for MetricsRecord {
-    fn on_end(mut self, outcome: Outcome) {
+    fn on_end(self, outcome: Outcome) {
         self.end(outcome.code, outcome.response_bytes);
-    }
-}
-
-impl Drop for MetricsRecord {
-    fn drop(&mut self) {
-        self.end(Code::Cancelled, 0);
     }
 }

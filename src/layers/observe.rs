@@ -1,6 +1,7 @@
-//! The mechanism shared by the layers that watch calls to their end (metrics, the call log):
-//! a record is made when a call arrives, sees the answer's head, and is told the final gRPC
-//! status once the answer body has ended (see [`StatusBody`]).
+//! The mechanism shared by the layers that watch calls to their end (spans, metrics, the call
+//! log): a record is made when a call arrives, sees the answer's head, and is told the final
+//! gRPC status once the answer body has ended (see [`StatusBody`]), or CANCELLED when the
+//! caller goes away first, before or after the answer began.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use crate::proxy::body::{StatusBody, StatusObserver};
+use crate::proxy::body::{Outcome, StatusBody, StatusObserver};
 
 /// Makes the record of one call. Implemented by each observing layer's settings.
 pub trait Observe: Clone {
@@ -83,6 +84,16 @@ pin_project! {
         record: Option<O::Record>,
         _observe: std::marker::PhantomData<fn() -> O>,
     }
+
+    /// Dropped before the answer's head came (the caller went away), the record is told the
+    /// call was cancelled; after it, the answer's [`StatusBody`] tells it how the call ended.
+    impl<F, O: Observe> PinnedDrop for ObservedFuture<F, O> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(record) = this.project().record.take() {
+                record.on_end(Outcome::cancelled());
+            }
+        }
+    }
 }
 
 impl<F, O, RB, E> Future for ObservedFuture<F, O>
@@ -99,5 +110,52 @@ where
         let mut record = this.record.take().expect("polled after completion");
         O::on_response(&mut record, &response);
         Poll::Ready(Ok(StatusBody::wrap(response, record)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use tonic::Code;
+    use tower::{Layer, Service};
+
+    use super::*;
+
+    /// Keeps the codes its records are told.
+    #[derive(Clone, Default)]
+    struct Codes(Arc<Mutex<Vec<Code>>>);
+
+    struct Record(Codes);
+
+    impl StatusObserver for Record {
+        fn on_end(self, outcome: Outcome) {
+            self.0.0.lock().unwrap().push(outcome.code);
+        }
+    }
+
+    impl Observe for Codes {
+        type Record = Record;
+
+        fn start<B>(&self, _request: &mut http::Request<B>) -> Record {
+            Record(self.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_began_is_told_cancelled_once() {
+        let codes = Codes::default();
+        // The runtime never answers.
+        let never = tower::service_fn(|_: http::Request<()>| {
+            std::future::pending::<
+                Result<http::Response<http_body_util::Empty<bytes::Bytes>>, Infallible>,
+            >()
+        });
+        let mut service = ObserveLayer::new(codes.clone()).layer(never);
+        let call = service.call(http::Request::new(()));
+        assert!(codes.0.lock().unwrap().is_empty());
+        drop(call);
+        assert_eq!(*codes.0.lock().unwrap(), [Code::Cancelled]);
     }
 }

@@ -112,8 +112,7 @@ impl Observe for CallSpans {
     }
 }
 
-/// The span of one call, until it ends; `None` for calls without one. Dropped before its end
-/// (the caller went away first), the span ends as CANCELLED.
+/// The span of one call, until it ends; `None` for calls without one.
 #[derive(Debug)]
 pub struct SpanRecord(Option<Box<Record>>);
 
@@ -129,17 +128,9 @@ pub struct Record {
 }
 
 impl StatusObserver for SpanRecord {
-    fn on_end(mut self, outcome: Outcome) {
-        if let Some(record) = self.0.take() {
+    fn on_end(self, outcome: Outcome) {
+        if let Some(record) = self.0 {
             record.end(outcome);
-        }
-    }
-}
-
-impl Drop for SpanRecord {
-    fn drop(&mut self) {
-        if let Some(record) = self.0.take() {
-            record.end(Outcome::cancelled());
         }
     }
 }
