@@ -819,29 +819,14 @@ fn main() {
     if wanted("audit") {
         // Every call at Metadata, to a file: the audit trail's cost on the hot path.
         let log = dir.path().join("audit.log");
-        let config = dir.path().join("audit.yaml");
-        std::fs::write(
-            &config,
-            format!(
+        let (audited, audited_process) = spawn_configured(
+            dir.path(),
+            &small,
+            "audit",
+            &format!(
                 "audit:\n  path: {}\n  rules:\n    - level: Metadata\n",
                 log.display()
             ),
-        )
-        .unwrap();
-        let audited = dir.path().join("small-criguard-audit.sock");
-        let audited_process = spawn(
-            &[
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                audited.to_str().unwrap(),
-                "--runtime-endpoint",
-                &format!("unix://{}", small.runtime.display()),
-                "--admin-address",
-                dir.path().join("small-audit-admin.sock").to_str().unwrap(),
-            ],
-            &audited,
         );
         compare(
             &runtime,
@@ -865,32 +850,14 @@ fn main() {
         // Every call sampled (no caller sends a traceparent here: each call starts a trace),
         // its span exported to an OTLP/gRPC collector in this process.
         let collector = runtime.block_on(otlp::Collector::start());
-        let config = dir.path().join("tracing.yaml");
-        std::fs::write(
-            &config,
-            format!(
+        let (traced, traced_process) = spawn_configured(
+            dir.path(),
+            &small,
+            "tracing",
+            &format!(
                 "tracing:\n  endpoint: {}\n  samplingRatePerMillion: 1000000\n",
                 collector.endpoint()
             ),
-        )
-        .unwrap();
-        let traced = dir.path().join("small-criguard-tracing.sock");
-        let traced_process = spawn(
-            &[
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--listen",
-                traced.to_str().unwrap(),
-                "--runtime-endpoint",
-                &format!("unix://{}", small.runtime.display()),
-                "--admin-address",
-                dir.path()
-                    .join("small-tracing-admin.sock")
-                    .to_str()
-                    .unwrap(),
-            ],
-            &traced,
         );
         compare(
             &runtime,
@@ -924,6 +891,29 @@ fn main() {
         status_kib(small.proxy_process.0.id(), "VmHWM:"),
         status_kib(big.proxy_process.0.id(), "VmHWM:"),
     );
+}
+
+/// criguard with the configuration `yaml`, in front of `pair`'s runtime, on its own socket
+/// and admin socket named after `name`.
+fn spawn_configured(dir: &Path, pair: &Pair, name: &str, yaml: &str) -> (PathBuf, Process) {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml).unwrap();
+    let socket = dir.join(format!("criguard-{name}.sock"));
+    let process = spawn(
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            socket.to_str().unwrap(),
+            "--runtime-endpoint",
+            &format!("unix://{}", pair.runtime.display()),
+            "--admin-address",
+            dir.join(format!("{name}-admin.sock")).to_str().unwrap(),
+        ],
+        &socket,
+    );
+    (socket, process)
 }
 
 /// Version at c=64 from grpc-go (tests/clients/go, built by tests/clients/install.sh) through

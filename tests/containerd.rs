@@ -164,6 +164,31 @@ async fn run_pod(c: &mut Clients, pod: &PodSandboxConfig) -> String {
     .pod_sandbox_id
 }
 
+/// Creates `config`'s container in the pod and starts it; its id.
+async fn create_and_start(
+    c: &mut Clients,
+    sandbox: &str,
+    pod: PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let id =
+        c.rt.create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(config),
+            sandbox_config: Some(pod),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    c.rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    id
+}
+
 /// Stops and removes a container, as the kubelet ends one.
 async fn remove_container(c: &mut Clients, id: String) {
     c.rt.stop_container(StopContainerRequest {
@@ -1241,21 +1266,7 @@ async fn policies_deny_privileged_host_network_foreign_images_and_exec_in_front_
         .unwrap();
     let foreign = with_image(&container, "index.docker.io/evil/app:1", "");
     assert_create_denied(&mut c, &sandbox, foreign, &compliant, "docker.io/evil/app").await;
-    let id =
-        c.rt.create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(container),
-            sandbox_config: Some(compliant),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    c.rt.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    let id = create_and_start(&mut c, &sandbox, compliant, container).await;
 
     // Exec into the protected namespace by anyone but the kubelet: denied.
     let denied =
@@ -1508,24 +1519,7 @@ async fn containers_made_before_criguard_started_are_known_by_their_pod() {
     clean_up(&mut direct, "made-before").await;
     let pod = pod_config("made-before");
     let sandbox = run_pod(&mut direct, &pod).await;
-    let id = direct
-        .rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(container_config()),
-            sandbox_config: Some(pod),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    direct
-        .rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    let id = create_and_start(&mut direct, &sandbox, pod, container_config()).await;
 
     let policies = tempfile::tempdir().unwrap();
     restrict_exec_in_test_namespace(policies.path());

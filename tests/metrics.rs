@@ -276,13 +276,7 @@ async fn policy_decisions_are_counted_per_policy_rule_and_decision() {
     use prost::Message;
     let sockets = Sockets::new();
     let admin = sockets.dir.path().join("admin.sock");
-    let policies = sockets.dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    std::fs::write(
-        policies.join("pss-baseline.yaml"),
-        include_str!("../policies/pss-baseline.yaml"),
-    )
-    .unwrap();
+    let policies = baseline_dir(&sockets);
     let _runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"")).await;
     let mut command = serve_command(&sockets);
     command

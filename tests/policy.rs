@@ -18,8 +18,6 @@ use tokio_util::sync::CancellationToken;
 const CREATE: &str = "/runtime.v1.RuntimeService/CreateContainer";
 const LIST: &str = "/runtime.v1.RuntimeService/ListContainers";
 
-const BASELINE: &str = include_str!("../policies/pss-baseline.yaml");
-
 /// The sample CreateContainer with its container's security context set by `set`.
 fn container_with(set: impl FnOnce(&mut LinuxContainerSecurityContext)) -> CreateContainerRequest {
     let mut request = samples::create_container_request();
@@ -47,21 +45,6 @@ fn compliant_container() -> CreateContainerRequest {
         security.readonly_paths = vec!["/proc/sys".into()];
         security.capabilities = None;
     })
-}
-
-/// A policy directory in the test's directory holding `files` (name, text).
-fn policy_dir(sockets: &Sockets, files: &[(&str, &str)]) -> std::path::PathBuf {
-    let dir = sockets.dir.path().join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
-    }
-    dir
-}
-
-/// A policy directory in the test's directory holding the shipped pss-baseline.
-fn baseline_dir(sockets: &Sockets) -> std::path::PathBuf {
-    policy_dir(sockets, &[("pss-baseline.yaml", BASELINE)])
 }
 
 const RESTRICT_EXEC: &str = include_str!("../policies/restrict-exec.yaml");

@@ -269,13 +269,7 @@ async fn rate_limit_waits_and_rejections_show_in_the_span() {
 async fn a_denied_call_shows_the_policy_rule_audit_level_and_pod_in_its_span() {
     let sockets = Sockets::new();
     let collector = Collector::start().await;
-    let policies = sockets.dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    std::fs::write(
-        policies.join("pss-baseline.yaml"),
-        include_str!("../policies/pss-baseline.yaml"),
-    )
-    .unwrap();
+    let policies = baseline_dir(&sockets);
     let runtime = RecordingRuntime::start(&sockets.runtime(), |_| Answer::ok(b"")).await;
     let config = format!(
         "policies: {}\naudit:\n  path: {}\ntracing:\n  endpoint: {}\n",

@@ -66,6 +66,24 @@ impl Sockets {
     }
 }
 
+/// The shipped pss-baseline policy.
+pub const BASELINE: &str = include_str!("../../policies/pss-baseline.yaml");
+
+/// A policy directory in the test's directory holding `files` (name, text).
+pub fn policy_dir(sockets: &Sockets, files: &[(&str, &str)]) -> PathBuf {
+    let dir = sockets.dir.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir
+}
+
+/// A policy directory in the test's directory holding the shipped pss-baseline.
+pub fn baseline_dir(sockets: &Sockets) -> PathBuf {
+    policy_dir(sockets, &[("pss-baseline.yaml", BASELINE)])
+}
+
 /// `criguard serve` (the binary) on `sockets.criguard()` in front of `sockets.runtime()`;
 /// callers add their own flags.
 pub fn serve_command(sockets: &Sockets) -> std::process::Command {
