@@ -23,7 +23,7 @@ use crate::proxy::body::{Outcome, RequestMessageSlot, ResponseBody, StatusBody, 
 use crate::proxy::decision::{Decision, DecisionSlot};
 use crate::proxy::error::ProxyError;
 use crate::proxy::identity::Caller;
-use crate::proxy::inspect::{self, Subject};
+use crate::proxy::inspect;
 use crate::proxy::notes::CallNotes;
 use crate::proxy::rpc::{Method, Object, Rpc};
 
@@ -216,11 +216,7 @@ impl Record {
     fn finish(self, outcome: Outcome) {
         let trail = &self.trail;
         let method = self.rpc.method;
-        let mut subject = self
-            .message
-            .subject(|m| Subject::of_request(method, m))
-            .cloned()
-            .unwrap_or_default();
+        let mut subject = self.message.subject_of(method);
         trail.inventory().complete(&mut subject);
         let answer = self.response.as_deref().and_then(first_message);
         if outcome.code == tonic::Code::Ok {

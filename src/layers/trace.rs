@@ -15,7 +15,6 @@ use crate::inventory::Inventory;
 use crate::proxy::body::{Outcome, RequestMessageSlot, RequestStats, StatusObserver};
 use crate::proxy::decision::DecisionSlot;
 use crate::proxy::identity::Caller;
-use crate::proxy::inspect::Subject;
 use crate::proxy::listener::ListenerAccess;
 use crate::proxy::notes::CallNotes;
 use crate::proxy::rpc::Rpc;
@@ -138,11 +137,7 @@ impl StatusObserver for SpanRecord {
 impl Record {
     fn end(mut self, outcome: Outcome) {
         let method = self.rpc.method;
-        let mut subject = self
-            .message
-            .subject(|m| Subject::of_request(method, m))
-            .cloned()
-            .unwrap_or_default();
+        let mut subject = self.message.subject_of(method);
         if let Some(inventory) = &self.inventory {
             inventory.complete(&mut subject);
         }

@@ -6,6 +6,7 @@ use http_body::Frame;
 
 use crate::proxy::error::ProxyError;
 use crate::proxy::inspect::Subject;
+use crate::proxy::rpc::Method;
 
 /// The first gRPC message of a request, as the caller sent it (without the 5-byte prefix).
 /// Put in the request extensions by [`read_request_head`] for layers that decode it.
@@ -60,6 +61,14 @@ impl RequestMessageSlot {
     pub fn subject(&self, read: impl FnOnce(&Bytes) -> Subject) -> Option<&Subject> {
         let message = self.0.message.get()?;
         Some(self.0.subject.get_or_init(|| read(message)))
+    }
+
+    /// A copy of the call's subject as `method`'s request names it (empty without a message),
+    /// for a layer to complete with what it knows.
+    pub fn subject_of(&self, method: Method) -> Subject {
+        self.subject(|m| Subject::of_request(method, m))
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
